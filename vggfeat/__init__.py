@@ -1,0 +1,60 @@
+"""vggfeat: VGG-16/19 (every configuration of Simonyan & Zisserman, 2015) for transfer learning.
+
+The public API is imported lazily, so `import vggfeat` (and the `vggfeat --help` CLI) does not pull
+in TensorFlow; the first use of a function that needs Keras does.
+
+Examples:
+    >>> import vggfeat
+    >>> vggfeat.extract(["images/"], "features.h5", layers=["fc7"])   # doctest: +SKIP
+    >>> data = vggfeat.load_features("features.h5", layer="fc7")       # doctest: +SKIP
+"""
+
+from ._version import __version__
+
+# public name -> module that defines it
+_API = {
+    "ARCHS": "specs",
+    "get_arch": "specs",
+    "layer_table": "specs",
+    "count_params": "specs",
+    "resolve_layer": "specs",
+    "VggfeatError": "errors",
+    "ArchitectureError": "errors",
+    "LayerError": "errors",
+    "WeightsError": "errors",
+    "InputError": "errors",
+    "OutputError": "errors",
+    "preprocess": "preprocessing",
+    "build_vgg": "models",
+    "copy_weights": "models",
+    "feature_model": "models",
+    "load_network": "weights",
+    "LocalResponseNormalization": "layers",
+    "Geometry": "images",
+    "load_image": "images",
+    "scan_images": "images",
+    "FeatureExtractor": "extractor",
+    "extract": "extract",
+    "iter_features": "extract",
+    "ExtractSummary": "extract",
+    "load_features": "store",
+    "read_attrs": "store",
+    "FeatureWriter": "store",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        module = importlib.import_module(f".{_API[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vggfeat' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

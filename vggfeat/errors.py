@@ -1,0 +1,33 @@
+"""Errors that describe a user's mistake or an unusable input.
+
+Every one of them carries a one-line message that names the bad value; the CLI prints it as
+`Error: ...` with exit code 2 and no traceback. Anything else that escapes is a bug in vggfeat.
+"""
+
+
+class VggfeatError(Exception):
+    """Base class of the errors vggfeat reports to users as a one-line message."""
+
+
+class ArchitectureError(VggfeatError, ValueError):
+    """Unknown architecture, or an option that does not fit it."""
+
+
+class LayerError(VggfeatError, ValueError):
+    """A layer name that does not exist in the network; the message lists the valid ones."""
+
+
+class WeightsError(VggfeatError, ValueError):
+    """Weights that cannot be had or do not fit the architecture."""
+
+
+class InputError(VggfeatError, ValueError):
+    """Missing input paths, no images found, bad option values."""
+
+
+class OutputError(VggfeatError):
+    """An existing output that would be overwritten, or a file that cannot be resumed."""
+
+
+class ImageError(Exception):
+    """One image could not be read; the run records it and goes on (not a user-facing error)."""

@@ -1,0 +1,270 @@
+"""Streaming extraction: image files -> batches of features -> HDF5, with nothing lost.
+
+Pillow decodes in a thread pool (it releases the GIL) a bounded number of images ahead of the model,
+which runs a compiled Keras forward pass on the main thread; only the batches in flight are held in
+memory. Nothing here imports TensorFlow, so the same loop runs with `KERAS_BACKEND=jax`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .errors import ImageError, InputError, OutputError, VggfeatError
+from .images import MAX_PIXELS, ImageList, load_image, scan_images
+
+
+class ExtractFailed(VggfeatError):
+    """The run could not produce features (no image readable, or a failure under `strict`)."""
+
+    exit_code = 1
+
+
+@dataclass
+class FeatureBatch:
+    """One batch of results, in input order.
+
+    Attributes:
+        paths: stored paths of the images that gave features (row order of `features`).
+        labels: their class indices (-1 where unlabelled).
+        features: {layer: float32 array (len(paths), ...)}.
+        failed: (stored path, reason) for the images of this batch that could not be read.
+    """
+
+    paths: list
+    labels: list
+    features: dict
+    failed: list = field(default_factory=list)
+
+
+@dataclass
+class ExtractSummary:
+    output: str
+    written: int
+    failed: int
+    skipped: int
+    total_rows: int
+    seconds: float
+    layers: dict
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.written + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.layers.items())
+        skipped = f", {self.skipped} already done" if self.skipped else ""
+        return (f"{self.written} images written, {self.failed} failed{skipped} in {self.seconds:.1f} s "
+                f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]")
+
+
+def _default_workers():
+    return max(2, min(16, (os.cpu_count() or 2)))
+
+
+def _decode_in_order(files, geometry, workers, depth, max_pixels):
+    """Yield (index, array or ImageError) in input order, decoding up to `depth` images ahead."""
+
+    def job(path):
+        try:
+            return load_image(path, geometry, max_pixels=max_pixels)
+        except ImageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vggfeat-decode") as pool:
+        pending = deque()
+        it = iter(enumerate(files))
+        for i, f in it:
+            pending.append((i, pool.submit(job, f)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            i, fut = pending.popleft()
+            result = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(job, nxt[1])))
+            yield i, result
+
+
+def _to_list(images: ImageList | list | str):
+    if isinstance(images, ImageList):
+        return images
+    return scan_images(images)
+
+
+def iter_features(inputs, extractor=None, *, workers=None, skip=(), progress=None, strict=False,
+                  max_pixels=MAX_PIXELS, **extractor_options):
+    """Yield `FeatureBatch`es of the images in `inputs`, in input order, holding only a few batches.
+
+    Args:
+        inputs: folders and/or image files (or an `ImageList` from `scan_images`).
+        extractor: a `FeatureExtractor`; when None one is built from `extractor_options`
+            (arch, weights, layers, pooling, form, input_size, resize, precision, seed, batch_size).
+        workers: decoding threads (default: number of CPUs, 2 to 16).
+        skip: stored paths to leave out (already done).
+        progress: show a progress bar on stderr (None: when stderr is a terminal).
+        strict: raise `ExtractFailed` at the first image that cannot be read.
+
+    Examples:
+        >>> for batch in iter_features(["images/"], weights="random", layers=["fc7"]):  # doctest: +SKIP
+        ...     print(batch.paths, batch.features["fc7"].shape)
+    """
+    from .extractor import FeatureExtractor
+
+    images = _to_list(inputs)
+    if extractor is None:
+        extractor = FeatureExtractor(**extractor_options)
+    elif extractor_options:
+        raise TypeError(f"pass either an extractor or its options, not both: {sorted(extractor_options)}")
+    skip = set(skip)
+    todo = [i for i, p in enumerate(images.paths) if p not in skip]
+    bs = extractor.batch_size
+    workers = workers or _default_workers()
+    files = [images.files[i] for i in todo]
+    bar = _progress_bar(len(todo), progress)
+    try:
+        pending_paths, pending_labels, pending_images, failed = [], [], [], []
+        for j, result in _decode_in_order(files, extractor.geometry, workers, depth=2 * bs + workers,
+                                          max_pixels=max_pixels):
+            i = todo[j]
+            if isinstance(result, ImageError):
+                failed.append((images.paths[i], str(result)))
+                if strict:
+                    if pending_paths or failed:
+                        yield _run(extractor, pending_paths, pending_labels, pending_images, failed)
+                    raise ExtractFailed(f"cannot read {images.paths[i]}: {result} (--strict)")
+            else:
+                pending_paths.append(images.paths[i])
+                pending_labels.append(images.labels[i])
+                pending_images.append(result)
+            if len(pending_paths) >= bs:
+                batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
+                bar.update(len(batch.paths) + len(batch.failed))
+                yield batch
+                pending_paths, pending_labels, pending_images, failed = [], [], [], []
+        if pending_paths or failed:
+            batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
+            bar.update(len(batch.paths) + len(batch.failed))
+            yield batch
+    finally:
+        bar.close()
+
+
+def _run(extractor, paths, labels, images, failed):
+    feats = extractor.predict(images)
+    return FeatureBatch(list(paths), list(labels), feats, list(failed))
+
+
+def _progress_bar(total, progress):
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1, desc="extract")
+
+
+def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", seed=0, pooling="avg",
+            fully_convolutional=False, dense=False, input_size=None, resize=None, precision="float32",
+            dtype="float32", compression=None, batch_size=32, workers=None, resume=False, overwrite=False,
+            strict=False, progress=None, max_pixels=MAX_PIXELS, extractor=None, on_batch=None):
+    """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
+
+    Args:
+        inputs: one or more folders (scanned recursively, sorted; first-level subfolders are classes)
+            and/or image files.
+        output: the `.h5` file to write.
+        layers: layer names (Keras or paper spelling), all computed in one forward pass.
+        arch, weights, seed, pooling, input_size, resize, precision, batch_size: see `FeatureExtractor`.
+        fully_convolutional: drop the FC layers; conv maps at any input size (shorter side to
+            `input_size`, no crop).
+        dense: the paper's dense form (fc6-fc8 as convolutions), FC features at any size >= 224.
+        dtype: storage type of the features, `float32` or `float16`.
+        compression: `gzip`, `lzf` or None.
+        resume: continue an existing file (its settings must match); images already written are
+            skipped and failed ones tried again. Without an existing file, start a new one.
+        overwrite: replace an existing file.
+        strict: stop with an error at the first image that cannot be read.
+        progress: progress bar on stderr (None: when stderr is a terminal).
+        extractor: a ready `FeatureExtractor` (then the model options above are not used).
+        on_batch: called with each `FeatureBatch` after it is written (for tests and callers' logs).
+
+    Returns:
+        `ExtractSummary`.
+
+    Raises:
+        InputError, LayerError, WeightsError, OutputError: before anything is written.
+        ExtractFailed: no image could be read, or a failure under `strict`.
+    """
+    from .extractor import FeatureExtractor
+    from .store import FeatureWriter
+
+    if isinstance(layers, str):
+        layers = [layers]
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if fully_convolutional and dense:
+        raise InputError("--fully-convolutional and --dense exclude each other")
+    if dtype not in ("float32", "float16"):
+        raise InputError(f"unknown storage dtype {dtype!r}; choose float32 or float16")
+    if compression not in (None, "gzip", "lzf"):
+        raise InputError(f"unknown compression {compression!r}; choose gzip or lzf")
+    output = os.fspath(output)
+    if os.path.isdir(output):
+        raise OutputError(f"the output is a folder: {output}")
+    exists = os.path.exists(output)
+    if exists and not (resume or overwrite):
+        raise OutputError(f"{output} exists; pass --resume to continue it or --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise OutputError(f"the output folder does not exist: {parent}")
+    images = scan_images(inputs)
+    if extractor is None:
+        form = "dense" if dense else ("fully_conv" if fully_convolutional else "standard")
+        extractor = FeatureExtractor(arch, weights, layers, pooling=pooling, form=form, input_size=input_size,
+                                     resize=resize, precision=precision, seed=seed, batch_size=batch_size)
+    settings = extractor.settings()
+    settings["inputs"] = json.dumps([os.path.abspath(os.fspath(p)) for p in (
+        [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
+    if images.root:
+        settings["root"] = images.root
+
+    if exists and resume:
+        writer = FeatureWriter.resume(output, settings=settings, dtype=dtype)
+        if writer.class_names != images.class_names:
+            writer.close()
+            raise OutputError(f"cannot resume {output}: its classes {writer.class_names} differ from the "
+                              f"folder's {images.class_names}")
+    else:
+        writer = FeatureWriter.create(output, settings=settings, feature_shapes=extractor.output_shapes,
+                                      class_names=images.class_names, dtype=dtype, compression=compression,
+                                      overwrite=overwrite)
+    start = time.perf_counter()
+    done = set(writer.written_paths())
+    skipped = sum(1 for p in images.paths if p in done)
+    written = failed = 0
+    complete = False
+    try:
+        for batch in iter_features(images, extractor, workers=workers, skip=done, progress=progress,
+                                   strict=strict, max_pixels=max_pixels):
+            writer.append(batch.paths, batch.labels, batch.features, batch.failed)
+            written += len(batch.paths)
+            failed += len(batch.failed)
+            if on_batch is not None:
+                on_batch(batch)
+        complete = True
+    finally:
+        total_rows = writer.rows
+        writer.close(complete=complete)
+    seconds = time.perf_counter() - start
+    summary = ExtractSummary(output, written, failed, skipped, total_rows, seconds,
+                             {k: (None,) + tuple(v) for k, v in extractor.output_shapes.items()})
+    if total_rows == 0 and failed:
+        raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
+    return summary

@@ -1,0 +1,237 @@
+"""`FeatureExtractor`: a VGG network with weights, cut at named layers, run on batches of pixels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import ArchitectureError, InputError, LayerError
+from .images import Geometry
+from .specs import get_arch, is_conv_layer, resolve_layer
+
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+POOLINGS = ("avg", "max", "none")
+
+
+class FeatureExtractor:
+    """A VGG network with weights, cut at one or several layers, ready to run on images.
+
+    Args:
+        arch: `vgg11`, `vgg11-lrn`, `vgg13`, `vgg16c`, `vgg16`, `vgg19` (or A..E); None takes it from
+            the weight file, else vgg16.
+        weights: `imagenet`, `random`, or a path (`.h5`, `.weights.h5`, `.keras`).
+        layers: layer names, Keras or paper spelling (`fc7`, `fc6`, `conv5_3`, `pool5`...).
+            Outputs are taken after the ReLU.
+        pooling: `avg`, `max` or `none`: global pooling of spatial maps (conv layers; FC layers of
+            the dense form). Vectors of the standard FC layers are not pooled.
+        form: `standard` (fixed input, FC layers as Dense), `fully_conv` (FC layers dropped, conv maps
+            at any size >= 32) or `dense` (the paper's Sect. 3.2: fc6-fc8 as convolutions, any size
+            >= 224).
+        input_size: crop side (standard) or shorter side (other forms). Default: the weights'
+            native size (224, or the size a fine-tuned model was trained at).
+        resize: `crop`, `squash` or `short` (see `Geometry`); default `crop` for the standard form and
+            `short` for the others.
+        precision: `float32`, `bfloat16` or `float16` (mixed precision: float32 variables, low-precision
+            compute; outputs are float32).
+        seed: seed of `random` weights.
+        batch_size: images per forward pass.
+
+    Examples:
+        >>> fx = FeatureExtractor("vgg16", weights="random", layers=["fc7", "pool5"])  # doctest: +SKIP
+        >>> out = fx.predict(list_of_uint8_images)                                     # doctest: +SKIP
+        >>> out["fc7"].shape                                                           # doctest: +SKIP
+        (len(list_of_uint8_images), 4096)
+    """
+
+    def __init__(self, arch=None, weights="imagenet", layers=("fc7",), *, pooling="avg", form="standard",
+                 input_size=None, resize=None, precision="float32", seed=0, batch_size=32):
+        from .models import FORMS
+
+        if isinstance(layers, str):
+            layers = [layers]
+        layers = list(layers)
+        if not layers:
+            raise LayerError("no layer given: name at least one, e.g. fc7")
+        if len(set(layers)) != len(layers):
+            raise LayerError(f"a layer is named twice: {', '.join(layers)}")
+        if form not in FORMS:
+            raise ArchitectureError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+        if pooling is None:
+            pooling = "none"
+        if pooling not in POOLINGS:
+            raise InputError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if int(batch_size) < 1:
+            raise InputError(f"batch size must be at least 1. Received: {batch_size}")
+        resize = resize or ("crop" if form == "standard" else "short")
+        if form == "standard" and resize == "short":
+            raise InputError("--resize short gives images of different shapes, which the FC layers of the "
+                             "standard form cannot take; use --fully-convolutional or --dense, or crop/squash")
+        self.layers = layers
+        self.pooling = pooling
+        self.form = form
+        self.precision = precision
+        self.batch_size = int(batch_size)
+
+        # Fail fast on names before any weights are read, when the architecture is already known.
+        weights_is_file = str(weights) not in ("imagenet", "random")
+        if arch is not None or not weights_is_file:
+            spec = get_arch(arch or "vgg16")
+            for name in layers:
+                resolve_layer(spec, name, include_top=form != "fully_conv")
+        self._build(arch, weights, seed, input_size, resize)
+
+    # -----------------------------------------------------------------------------------------
+    def _build(self, arch, weights, seed, input_size, resize):
+        from .models import build_vgg, copy_weights, feature_model, infer_arch
+        from .weights import load_network
+
+        needs_top = self.form != "fully_conv" and any(_is_fc_name(n) for n in self.layers)
+        dtype = PRECISIONS[self.precision]
+        native = int(input_size) if (str(weights) == "random" and self.form == "standard" and input_size) else 224
+        base, info = load_network(arch, weights, seed=seed, include_top=needs_top, input_size=native)
+        self.arch = infer_arch(base) if arch is None else get_arch(arch).name
+        if self.arch == "vgg11" and arch is not None and get_arch(arch).name == "vgg11-lrn":
+            self.arch = "vgg11-lrn"
+        spec = get_arch(self.arch)
+        base_has_top = any(layer.name == "fc2" for layer in base.layers)
+        self.keras_layers = [resolve_layer(spec, n, include_top=self.form != "fully_conv" and (
+            base_has_top or self.form == "dense")) for n in self.layers]
+        wants_fc = any(not is_conv_layer(k) for k in self.keras_layers)
+        if wants_fc and not base_has_top:
+            raise LayerError(f"the weights {info.name} have no FC layers; choose a conv layer such as conv5_3 or pool5")
+        base_size = int(base.input.shape[1]) if base.input.shape[1] is not None else 224
+
+        if self.form == "standard":
+            size = int(input_size or base_size)
+            if size != base_size and base_has_top:
+                if wants_fc:
+                    raise InputError(
+                        f"the FC layers of these weights take {base_size}x{base_size} input; input size {size} "
+                        "needs --dense (FC layers as convolutions) or a conv layer with --fully-convolutional"
+                    )
+                net = build_vgg(spec.name, form="standard", include_top=False, input_size=size, dtype=dtype)
+                copy_weights(base, net)
+            elif dtype != "float32" or size != base_size:
+                net = build_vgg(spec.name, form="standard", include_top=base_has_top, input_size=size,
+                                classes=_classes(base), dtype=dtype) if base_has_top else build_vgg(
+                    spec.name, form="standard", include_top=False, input_size=size, dtype=dtype)
+                copy_weights(base, net)
+            else:
+                net = base
+        elif self.form == "fully_conv":
+            size = int(input_size or 224)
+            net = build_vgg(spec.name, form="fully_conv", dtype=dtype)
+            copy_weights(base, net)
+        elif not wants_fc:
+            # The dense form only differs in its FC layers: with conv layers alone it is the trunk.
+            size = int(input_size or 224)
+            net = build_vgg(spec.name, form="fully_conv", dtype=dtype)
+            copy_weights(base, net)
+        else:
+            k = base_size // 32
+            size = int(input_size or base_size)
+            if size < 32 * k:
+                raise InputError(f"the dense form of these weights needs input of at least {32 * k} pixels. "
+                                 f"Received: input_size={size}")
+            net = build_vgg(spec.name, form="dense", classes=_classes(base), fc6_kernel=k, dtype=dtype)
+            copy_weights(base, net)
+        del base
+        self.geometry = Geometry(resize, size)
+        self.weights_info = info
+        self.preprocessing = info.preprocessing
+        self.input_size = size
+        self.model = feature_model(net, self.keras_layers, pooling=self.pooling, output_names=self.layers,
+                                   preprocessing=self.preprocessing)
+        self.output_shapes = {k: tuple(v.shape[1:]) for k, v in self.model.output.items()}
+        for name, shape in self.output_shapes.items():
+            if None in shape:
+                raise InputError(
+                    f"layer {name} gives maps whose size depends on each image's shape; use --pooling avg or "
+                    "max, or a fixed geometry (--resize crop or squash)"
+                )
+        self.class_names = list(info.class_names)
+
+    # -----------------------------------------------------------------------------------------
+    @property
+    def feature_dims(self) -> dict:
+        """Number of values per image of each output."""
+        return {k: int(np.prod(s)) for k, s in self.output_shapes.items()}
+
+    def settings(self) -> dict:
+        """The settings that decide the features: written to every output file and checked on resume."""
+        out = {
+            "arch": self.arch,
+            "preprocessing": self.preprocessing,
+            "form": self.form,
+            "resize": self.geometry.resize,
+            "input_size": int(self.input_size),
+            "geometry": self.geometry.describe(),
+            "layers": json.dumps(self.layers),
+            "keras_layers": json.dumps(self.keras_layers),
+            "pooling": self.pooling,
+            "precision": self.precision,
+        }
+        out.update(self.weights_info.attrs())
+        return out
+
+    def predict(self, images) -> dict:
+        """Features of a list of RGB uint8 images (H, W, 3) as {layer: float32 array (N, ...)}.
+
+        Images of the same shape share forward passes of at most `batch_size`; with a fixed geometry
+        a partial batch is padded to the full batch size, so that passes share one shape (one compiled
+        function, on every backend) -- or, for a small last batch, the next power of two, which bounds
+        both the padding waste (< 2x) and the number of compiled shapes (log2 of the batch size). Row i of every output belongs to `images[i]`.
+        """
+        images = [self._as_pixels(im) for im in images]
+        n = len(images)
+        out = {k: np.empty((n,) + s, dtype=np.float32) for k, s in self.output_shapes.items()}
+        if n == 0:
+            return out
+        groups = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for shape, idx in groups.items():
+            if self.geometry.fixed and shape[:2] != (self.input_size, self.input_size):
+                raise InputError(f"image of shape {shape} does not fit the input size {self.input_size}")
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                batch = np.stack([images[i] for i in chunk])
+                padded = _padded_size(len(chunk), self.batch_size) if self.geometry.fixed else len(chunk)
+                if padded > len(chunk):
+                    pad = np.zeros((padded - len(chunk),) + batch.shape[1:], dtype=batch.dtype)
+                    batch = np.concatenate([batch, pad])
+                result = self.model.predict_on_batch(batch)
+                for k in out:
+                    out[k][chunk] = np.asarray(result[k], dtype=np.float32)[: len(chunk)]
+        return out
+
+    @staticmethod
+    def _as_pixels(im):
+        a = np.asarray(im)
+        if a.ndim != 3 or a.shape[-1] != 3:
+            raise InputError(f"an image must be an array of shape (H, W, 3). Received shape: {a.shape}")
+        if a.dtype != np.uint8:
+            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return a
+
+
+def _padded_size(n, batch_size):
+    """Rows a pass of `n` images is padded to: the next power of two, at most `batch_size`."""
+    p = 1
+    while p < n:
+        p *= 2
+    return min(p, batch_size)
+
+
+def _is_fc_name(name):
+    return str(name).strip().lower() in ("fc1", "fc2", "predictions", "fc6", "fc7", "fc8")
+
+
+def _classes(model):
+    try:
+        return int(model.get_layer("predictions").output.shape[-1])
+    except ValueError:
+        return 1000
