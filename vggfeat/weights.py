@@ -75,11 +75,14 @@ def file_sha256(path, chunk=1 << 22) -> str:
     return h.hexdigest()
 
 
+def keras_home() -> str:
+    """Keras's home folder, read now (`$KERAS_HOME`, default ~/.keras) as Keras itself resolves it."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+
+
 def keras_cache_dir() -> str:
     """The folder where Keras keeps downloaded weight files (`$KERAS_HOME/models`, default ~/.keras/models)."""
-    import keras
-
-    return os.path.join(os.path.expanduser(keras.config.keras_home()), "models")
+    return os.path.join(keras_home(), "models")
 
 
 def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
@@ -95,7 +98,7 @@ def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
         )
     fname, url, md5 = IMAGENET_FILES[key]
     try:
-        return keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5)
+        return keras.utils.get_file(fname, url, cache_dir=keras_home(), cache_subdir="models", file_hash=md5)
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means the same thing to the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
@@ -162,17 +165,12 @@ def read_weight_file_layout(path) -> WeightFileLayout:
                     continue
                 shape = g["vars"]["0"].shape
                 (conv_shapes if len(shape) == 4 else dense_shapes).append(shape)
-            conv, i = [], 0
-            # Conv kernels are saved in layer order; split them into blocks by output width.
-            widths = (64, 128, 256, 512, 512)
-            for w in widths:
-                block = []
-                while i < len(conv_shapes) and conv_shapes[i][-1] == w and (
-                    not block or conv_shapes[i][2] == w
-                ):
-                    block.append(int(conv_shapes[i][0]))
-                    i += 1
-                conv.append(tuple(block))
+            # Keras 3 files keep no layer names, only positions: blocks 1-3 are told apart by width;
+            # the 512-wide convs belong half to block 4 and half to block 5 in every configuration.
+            by_width = {w: [int(k[0]) for k in conv_shapes if k[-1] == w] for w in (64, 128, 256, 512)}
+            wide = by_width[512]
+            conv = (tuple(by_width[64]), tuple(by_width[128]), tuple(by_width[256]),
+                    tuple(wide[: len(wide) // 2]), tuple(wide[len(wide) // 2:]))
             has_top = len(dense_shapes) == 3
             return WeightFileLayout(tuple(conv), has_top, int(dense_shapes[0][0]) if has_top else None,
                                     int(dense_shapes[-1][-1]) if has_top else None, legacy=False)
@@ -242,8 +240,7 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     if w == "imagenet":
         spec = get_arch(arch or "vgg16")
         path = imagenet_weights_path(spec.name, include_top)
-        model = build_vgg(spec.name, include_top=include_top, input_size=224, dtype=dtype)
-        _load_legacy(model, path, spec.name)
+        model = _load_h5_file(spec.name, path, include_top, input_size, dtype)
         return model, WeightsInfo("imagenet", "imagenet", path=path)
 
     path = os.fspath(weights)
@@ -275,6 +272,16 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     if not (path.endswith(".h5") or path.endswith(".hdf5")):
         raise WeightsError(f"unknown weight file type {base}: expected .h5, .weights.h5 or .keras")
 
+    model = _load_h5_file(arch, path, include_top, input_size, dtype)
+    return model, WeightsInfo("file", base, path=path, sha256=sha)
+
+
+def _load_h5_file(arch, path, include_top, input_size, dtype):
+    """Build the network a legacy `.h5` or `.weights.h5` file holds and load the file into it."""
+    from .models import build_vgg, copy_weights
+    from .specs import fc_input_side
+
+    base = os.path.basename(path)
     layout = read_weight_file_layout(path)
     candidates = _arch_of_layout(layout, path)
     if arch is None:
@@ -286,32 +293,26 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     if include_top and not layout.has_top:
         raise WeightsError(f"weight file {base} has no fc6/fc7/fc8 weights (a 'notop' file); "
                            "use a conv layer, --fully-convolutional, or a file with top")
-    use_top = include_top and layout.has_top
-    if use_top:
-        from .specs import fc_input_side
-
+    if include_top:
         side = fc_input_side(layout.fc1_inputs)
         model = build_vgg(name, include_top=True, input_size=side, classes=layout.classes, dtype=dtype)
     else:
         model = build_vgg(name, include_top=False, input_size=input_size, dtype=dtype)
     if layout.legacy:
         _load_legacy(model, path, name)
-    else:
-        try:
-            if layout.has_top and not use_top:
-                # A conv-only model cannot take a file with top by order; load into a full one.
-                from .specs import fc_input_side
-                from .models import copy_weights
-
-                full = build_vgg(name, include_top=True, input_size=fc_input_side(layout.fc1_inputs),
-                                 classes=layout.classes)
-                full.load_weights(path)
-                copy_weights(full, model)
-            else:
-                model.load_weights(path)
-        except Exception as exc:  # noqa: BLE001
-            raise WeightsError(f"weight file {base} does not fit {name}: {str(exc).splitlines()[0]}") from None
-    return model, WeightsInfo("file", base, path=path, sha256=sha)
+        return model
+    try:
+        if layout.has_top and not include_top:
+            # Keras 3 files load by position: load into the full network, then keep the trunk.
+            full = build_vgg(name, include_top=True, input_size=fc_input_side(layout.fc1_inputs),
+                             classes=layout.classes)
+            full.load_weights(path)
+            copy_weights(full, model)
+        else:
+            model.load_weights(path)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"weight file {base} does not fit {name}: {str(exc).splitlines()[0]}") from None
+    return model
 
 
 def _load_legacy(model, path, arch_name):

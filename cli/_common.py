@@ -1,0 +1,61 @@
+"""What the commands share: turning library errors into one-line messages, and quiet imports."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+
+
+class UserError(click.ClickException):
+    """`Error: ...` on stderr, no traceback; exit code 2 for user mistakes, as the library says."""
+
+    def __init__(self, message, exit_code=2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def quiet_backend():
+    """Keep TensorFlow's C++ start-up chatter off the user's terminal (before it is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+
+
+def reports_errors(func):
+    """Run a command, reporting vggfeat's user-facing errors as `Error: ...` without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from vggfeat.errors import VggfeatError
+
+        try:
+            return func(*args, **kwargs)
+        except VggfeatError as exc:
+            raise UserError(str(exc), getattr(exc, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            raise UserError("interrupted; what was written is kept (--resume continues)", 130) from None
+
+    return wrapper
+
+
+def model_options(func):
+    """Options that choose the network and its weights, shared by several commands."""
+    options = [
+        click.option("--arch", default=None, metavar="NAME",
+                     help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A, A-LRN, B, C, D, E). "
+                          "Default: from the weight file, else vgg16."),
+        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
+                     help="Keras's ImageNet weights (vgg16/vgg19; downloaded once), random weights from "
+                          "--seed, or a .h5 / .weights.h5 / .keras file."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of --weights random."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

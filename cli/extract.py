@@ -1,0 +1,61 @@
+"""`vggfeat extract`: image folders to HDF5 embeddings."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import model_options, quiet_backend, reports_errors
+
+
+@click.command("extract")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
+@click.option("--layer", "layers", multiple=True, default=("fc7",), show_default=True,
+              help="Layer to extract, Keras or paper name (fc7, fc6, conv5_3, pool5...). Repeat for several "
+                   "layers in one pass. Outputs are after the ReLU.")
+@model_options
+@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
+              help="Global pooling of spatial maps (conv layers, dense-form FC layers).")
+@click.option("--fully-convolutional", is_flag=True,
+              help="Drop the FC layers: conv maps at any input size (shorter side to --input-size, no crop).")
+@click.option("--dense", is_flag=True,
+              help="The paper's dense form: fc6-fc8 as convolutions, FC features at any size >= 224.")
+@click.option("--input-size", type=int, default=None,
+              help="Crop side (default 224), or the shorter side with --fully-convolutional/--dense.")
+@click.option("--resize", type=click.Choice(["crop", "squash", "short"]), default=None,
+              help="crop: shorter side to 256/224 of the size, centre crop (default); squash: straight to "
+                   "size x size; short: shorter side to size, no crop (default of the conv forms).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Compute precision (bfloat16/float16: mixed precision, faster).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the features.")
+@click.option("--compression", type=click.Choice(["gzip", "lzf"]), default=None, help="HDF5 compression.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPUs).")
+@click.option("--resume", is_flag=True, help="Continue an existing output (same settings): skip images done.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@reports_errors
+def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
+                    input_size, resize, precision, dtype, compression, batch_size, workers, resume,
+                    overwrite, strict, quiet):
+    """Extract features of images in INPUTS (folders, scanned recursively, and/or files) into OUTPUT.
+
+    Images in first-level subfolders get the subfolder's name as class label. Images that cannot be
+    read are skipped and recorded under /failed; an existing OUTPUT is refused unless --resume or
+    --overwrite; an interrupted run continues with --resume.
+
+    \b
+    Example: vggfeat extract --layer fc7 images/ -o features.h5
+    """
+    quiet_backend()
+    from vggfeat import extract
+
+    summary = extract(list(inputs), output, list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
+                      fully_convolutional=fully_convolutional, dense=dense, input_size=input_size, resize=resize,
+                      precision=precision, dtype=dtype, compression=compression, batch_size=batch_size,
+                      workers=workers, resume=resume, overwrite=overwrite, strict=strict,
+                      progress=None if not quiet else False)
+    if not quiet:
+        click.echo(summary.line(), err=True)

@@ -1,0 +1,105 @@
+"""`vggfeat info`: the layers of a network, with the arithmetic the paper argues with."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ._common import reports_errors
+
+
+def _fmt_count(n):
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} G"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} k"
+    return str(n)
+
+
+@click.command("info")
+@click.option("--arch", default=None, metavar="NAME",
+              help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A..E). Default: vgg16, or the "
+                   "network in --weights.")
+@click.option("--weights", default=None, metavar="PATH",
+              help="Describe the network in a weight file or a fine-tuned .keras model (its classes too).")
+@click.option("--input-size", default=224, show_default=True, type=int, help="Side of the square input.")
+@click.option("--dense", is_flag=True, help="The paper's dense form: fc6 as a 7x7 conv, fc7/fc8 as 1x1 convs.")
+@click.option("--classes", default=None, type=int, help="Width of fc8 (default 1000, or the weight file's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON for scripts.")
+@reports_errors
+def info_command(arch, weights, input_size, dense, classes, as_json):
+    """Print one row per layer: name and paper alias, output shape, parameters, multiply-accumulates,
+    receptive field and stride in input pixels, with totals.
+
+    Outputs of convs, fc6 and fc7 are taken after the ReLU. No TensorFlow is needed.
+
+    \b
+    Example: vggfeat info --arch vgg16 --input-size 224
+    """
+    from vggfeat.specs import get_arch, layer_table
+
+    meta = {}
+    if weights:
+        meta = _describe_weights(weights)
+        if arch is not None and get_arch(arch).name != meta["arch"]:
+            raise click.ClickException(f"{weights} holds a {meta['arch']} network, not {get_arch(arch).name}")
+        arch = meta["arch"]
+        classes = classes or meta.get("classes")
+        if meta.get("input_size") and input_size == 224 and not dense:
+            input_size = meta["input_size"]
+    spec = get_arch(arch or "vgg16")
+    rows = layer_table(spec.name, input_size=input_size, dense=dense, classes=classes or 1000,
+                       include_top=meta.get("has_top", True))
+    total_params = sum(r.params for r in rows)
+    total_macs = sum(r.macs for r in rows)
+    if as_json:
+        out = {"arch": spec.name, "letter": spec.letter, "input_size": input_size, "dense": dense,
+               "layers": [r.as_dict() for r in rows], "total_params": total_params, "total_macs": total_macs}
+        out.update({k: v for k, v in meta.items() if k not in out})
+        click.echo(json.dumps(out, indent=1))
+        return
+    form = "dense form" if dense else "standard form"
+    click.echo(f"{spec.name} (configuration {spec.letter}), {form}, input {input_size}x{input_size}x3")
+    for key in ("weights", "class_names", "preprocessing"):
+        if meta.get(key):
+            value = meta[key] if not isinstance(meta[key], list) else ", ".join(meta[key])
+            click.echo(f"{key}: {value}")
+    header = f"{'layer':<14} {'paper':<8} {'kind':<11} {'output':>16} {'params':>12} {'MACs':>10} {'RF':>5} {'stride':>6}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for r in rows:
+        shape = "x".join(str(s) for s in r.output_shape)
+        rf = "-" if r.receptive_field is None else str(r.receptive_field)
+        stride = "-" if r.stride is None else str(r.stride)
+        click.echo(f"{r.name:<14} {r.alias:<8} {r.kind:<11} {shape:>16} {r.params:>12,} "
+                   f"{_fmt_count(r.macs):>10} {rf:>5} {stride:>6}")
+    click.echo("-" * len(header))
+    click.echo(f"{'total':<14} {'':<8} {'':<11} {'':>16} {total_params:>12,} {_fmt_count(total_macs):>10}")
+    click.echo("RF: receptive field in input pixels (FC layers of the standard form see the whole input).")
+
+
+def _describe_weights(path):
+    """What a weight file holds, read with h5py/zipfile only."""
+    import os
+
+    from vggfeat.errors import WeightsError
+    from vggfeat.weights import read_keras_metadata, read_weight_file_layout, _arch_of_layout
+    from vggfeat.specs import fc_input_side
+
+    if not os.path.isfile(path):
+        raise WeightsError(f"weight file not found: {path}")
+    if path.endswith(".keras"):
+        meta = read_keras_metadata(path)
+        if not meta:
+            raise WeightsError(f"{path} was not saved by vggfeat (no {os.path.basename(path)}/vggfeat.json); "
+                               "vggfeat info reads the metadata of models saved by `vggfeat finetune`")
+        return {"weights": os.path.basename(path), "arch": meta["arch"], "classes": len(meta.get("class_names", [])) or None,
+                "class_names": meta.get("class_names", []), "input_size": meta.get("input_size"),
+                "preprocessing": meta.get("preprocessing"), "has_top": True}
+    layout = read_weight_file_layout(path)
+    arch = _arch_of_layout(layout, path)[0]
+    return {"weights": os.path.basename(path), "arch": arch, "classes": layout.classes, "has_top": layout.has_top,
+            "input_size": fc_input_side(layout.fc1_inputs) if layout.has_top else None}

@@ -1,0 +1,30 @@
+"""The `vggfeat` command. Each command lives in its own module and imports Keras only when it runs,
+so `vggfeat --help` and `vggfeat CMD --help` answer at once."""
+
+from __future__ import annotations
+
+import click
+
+from vggfeat._version import __version__
+
+from .extract import extract_command
+from .info import info_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="vggfeat")
+def cli():
+    """VGG-16/19 features for transfer learning: image folders to HDF5 embeddings.
+
+    \b
+    Main job:  vggfeat extract --layer fc7 images/ -o features.h5
+    Layers:    vggfeat info --arch vgg16
+    """
+
+
+cli.add_command(extract_command)
+cli.add_command(info_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()

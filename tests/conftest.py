@@ -1,0 +1,66 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import sys
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: class name -> (colour, shape) of the generated images; classes differ visibly.
+CLASSES = {
+    "circles": ((220, 40, 40), "circle"),
+    "squares": ((40, 200, 60), "square"),
+    "stripes": ((40, 60, 220), "stripes"),
+}
+
+
+def draw(kind, colour, size=(48, 40), seed=0):
+    """A small RGB image with a coloured shape on a noisy background."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    a = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy = w / 2 + rng.uniform(-4, 4), h / 2 + rng.uniform(-4, 4)
+    r = min(w, h) * rng.uniform(0.25, 0.4)
+    if kind == "circle":
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2
+    elif kind == "square":
+        mask = (abs(xx - cx) < r) & (abs(yy - cy) < r)
+    else:
+        mask = ((xx // 4) % 2 == 0)
+    a[mask] = colour
+    return a
+
+
+def make_folder(root, per_class=4, size=(48, 40), classes=CLASSES, ext=".png"):
+    """root/<class>/img_<i>.png for each class; returns the sorted relative paths."""
+    paths = []
+    for ci, (name, (colour, kind)) in enumerate(classes.items()):
+        d = os.path.join(root, name)
+        os.makedirs(d, exist_ok=True)
+        for i in range(per_class):
+            p = os.path.join(d, f"img_{i:03d}{ext}")
+            Image.fromarray(draw(kind, colour, size, seed=ci * 1000 + i)).save(p)
+            paths.append(f"{name}/img_{i:03d}{ext}")
+    return sorted(paths)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / "images"
+    make_folder(str(root))
+    return root
+
+
+def run_cli(*args, env=None, timeout=600):
+    """Run the installed CLI in a fresh interpreter (as a user would)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "vggfeat_cli", *map(str, args)], capture_output=True,
+                          text=True, env=e, timeout=timeout, cwd=REPO)
