@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import click
 
@@ -17,15 +18,31 @@ class UserError(click.ClickException):
 
 
 def quiet_backend():
-    """Keep TensorFlow's C++ start-up chatter off the user's terminal (before it is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
-    try:
-        import absl.logging
+    """Import Keras (and start its backend) without TensorFlow's start-up chatter on the terminal.
 
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    except ImportError:
-        pass
+    TensorFlow 2.20+ prints absl/oneDNN/CUDA notices from C++ before any setting can silence them, so
+    the import runs with file descriptor 2 pointed at /dev/null; Python errors still surface, since
+    the descriptor is restored before any exception propagates.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device discovery logs here, while muted
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def reports_errors(func):
