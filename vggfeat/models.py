@@ -28,9 +28,37 @@ def _layer_seed(seed, layer_name):
     return zlib.crc32(f"{int(seed)}:{layer_name}".encode()) & 0x7FFFFFFF
 
 
+@keras.saving.register_keras_serializable(package="vggfeat")
+class SeededGlorotUniform(keras.initializers.Initializer):
+    """Glorot-uniform kernels drawn by NumPy from a seed.
+
+    Unlike Keras's seeded initializers, whose numbers depend on the backend's random generator, this
+    gives the same weights for the same seed on TensorFlow and JAX, and it draws float32 directly
+    in place (fc6 of VGG-16 alone is 411 MB; no float64 or extra temporary copies).
+    """
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+
+    def __call__(self, shape, dtype=None):
+        shape = tuple(int(s) for s in shape)
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+        limit = np.float32(np.sqrt(6.0 / (fan_in + fan_out)))
+        values = np.random.default_rng(self.seed).random(shape, dtype=np.float32)
+        values *= 2 * limit
+        values -= limit
+        return keras.ops.convert_to_tensor(values, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
 def _init_kwargs(seed, layer_name):
+    layer_seed = _layer_seed(seed, layer_name)
     return {
-        "kernel_initializer": keras.initializers.GlorotUniform(seed=_layer_seed(seed, layer_name)),
+        "kernel_initializer": (keras.initializers.GlorotUniform() if layer_seed is None
+                               else SeededGlorotUniform(layer_seed)),
         "bias_initializer": "zeros",
     }
 
