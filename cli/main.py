@@ -7,8 +7,10 @@ import click
 
 from vggfeat._version import __version__
 
+from .classify import classify_command
 from .extract import extract_command
 from .info import info_command
+from .predict import predict_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,11 +20,15 @@ def cli():
 
     \b
     Main job:  vggfeat extract --layer fc7 images/ -o features.h5
+    Classify:  vggfeat classify features.h5 --layer fc7 -o clf.skops
+    Predict:   vggfeat predict --classifier clf.skops new_images/
     Layers:    vggfeat info --arch vgg16
     """
 
 
 cli.add_command(extract_command)
+cli.add_command(classify_command)
+cli.add_command(predict_command)
 cli.add_command(info_command)
 
 

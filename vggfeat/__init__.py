@@ -40,6 +40,11 @@ _API = {
     "load_features": "store",
     "read_attrs": "store",
     "FeatureWriter": "store",
+    "VGGFeaturizer": "sklearn",
+    "classify": "classify",
+    "make_classifier": "classify",
+    "load_classifier": "classify",
+    "predict_images": "classify",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -91,7 +91,10 @@ class FeatureExtractor:
         needs_top = self.form != "fully_conv" and any(_is_fc_name(n) for n in self.layers)
         dtype = PRECISIONS[self.precision]
         native = int(input_size) if (str(weights) == "random" and self.form == "standard" and input_size) else 224
-        base, info = load_network(arch, weights, seed=seed, include_top=needs_top, input_size=native)
+        # The standard form is used as built, so build it in the compute precision at once (one copy
+        # of the weights in memory); the other forms are converted from a float32 network.
+        base, info = load_network(arch, weights, seed=seed, include_top=needs_top, input_size=native,
+                                  dtype=dtype if self.form == "standard" else None)
         self.arch = infer_arch(base) if arch is None else get_arch(arch).name
         if self.arch == "vgg11" and arch is not None and get_arch(arch).name == "vgg11-lrn":
             self.arch = "vgg11-lrn"
@@ -114,7 +117,7 @@ class FeatureExtractor:
                     )
                 net = build_vgg(spec.name, form="standard", include_top=False, input_size=size, dtype=dtype)
                 copy_weights(base, net)
-            elif dtype != "float32" or size != base_size:
+            elif base.get_layer("block1_conv1").dtype_policy.name != dtype or size != base_size:
                 net = build_vgg(spec.name, form="standard", include_top=base_has_top, input_size=size,
                                 classes=_classes(base), dtype=dtype) if base_has_top else build_vgg(
                     spec.name, form="standard", include_top=False, input_size=size, dtype=dtype)

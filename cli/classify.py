@@ -1,0 +1,55 @@
+"""`vggfeat classify`: train and cross-validate a classifier on stored features."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import reports_errors
+
+
+@click.command("classify")
+@click.argument("features", type=click.Path())
+@click.option("--layer", default=None, help="Layer in the file (default: the only one).")
+@click.option("--classifier", type=click.Choice(["linear-svm", "logreg", "knn"]), default="linear-svm",
+              show_default=True, help="linear-svm is the paper's choice.")
+@click.option("--C", "C", type=float, default=1.0, show_default=True, help="Regularisation of linear-svm/logreg.")
+@click.option("--neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="k of knn.")
+@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise the features first.")
+@click.option("--cv", type=int, default=5, show_default=True, help="Stratified K-fold cross-validation.")
+@click.option("--test-size", type=float, default=None, help="Hold out this fraction instead of --cv.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds / split.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Save the fitted pipeline with the extraction settings (.skops).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@reports_errors
+def classify_command(features, layer, classifier, C, neighbors, l2, cv, test_size, seed, plot, output, overwrite):
+    """Train a classifier on the features in FEATURES (a file of `vggfeat extract`) and report its
+    accuracy: per fold and mean +/- std, and a classification report.
+
+    \b
+    Example: vggfeat classify features.h5 --layer fc7 --cv 5 --plot confusion.png -o clf.skops
+    """
+    import os
+
+    from vggfeat.classify import classify, plot_confusion, save_classifier
+    from vggfeat.errors import OutputError
+
+    if output and os.path.exists(output) and not overwrite:
+        raise OutputError(f"{output} exists; pass --overwrite to replace it")
+    result = classify(features, layer, classifier=classifier, C=C, l2=l2, neighbors=neighbors, cv=cv,
+                      test_size=test_size, seed=seed)
+    how = f"held-out {test_size:g}" if test_size else f"{cv}-fold cross-validation"
+    click.echo(f"{classifier}{' + L2' if l2 else ''} on {result.settings['layer']} ({len(result.y_true)} "
+               f"{'test ' if test_size else ''}samples, {how})")
+    if not test_size:
+        for i, s in enumerate(result.fold_scores, 1):
+            click.echo(f"  fold {i}: accuracy {s:.4f}")
+    click.echo(f"accuracy: {result.mean:.4f} +/- {result.std:.4f}")
+    click.echo(result.report.rstrip())
+    if plot:
+        plot_confusion(result, plot)
+        click.echo(f"confusion matrix: {plot}")
+    if output:
+        save_classifier(result, output, overwrite=overwrite)
+        click.echo(f"classifier: {output}")

@@ -1,0 +1,282 @@
+"""Classifiers on stored features: cross-validation, reports, plots, and classifier files (skops).
+
+A classifier file holds the fitted scikit-learn pipeline together with the extraction settings read from
+the HDF5 file it was trained on, so that `predict_images` extracts new images in exactly the same way
+(same architecture, weights file hash, layer, geometry, preprocessing) and refuses other weights.
+Files are written with skops rather than pickle: loading never runs arbitrary code, and a type that
+skops does not trust by default is accepted only if it is listed in `TRUSTED_TYPES`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError, OutputError, WeightsError
+from .store import load_features
+
+CLASSIFIERS = ("linear-svm", "logreg", "knn")
+
+#: Types a classifier file may contain (checked before loading it).
+TRUSTED_TYPES = [
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.Normalizer",
+    "sklearn.svm._classes.LinearSVC",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.utils._bunch.Bunch",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.str",
+    "builtins.int",
+    "builtins.float",
+    "builtins.bool",
+    "builtins.tuple",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.float64",
+    "numpy.int64",
+]
+
+
+def make_classifier(kind="linear-svm", C=1.0, l2=True, neighbors=5):
+    """The paper's post-processing and classifier as one pipeline: L2 normalisation (`Normalizer`),
+    then a linear SVM (default), logistic regression or k-NN."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+    from sklearn.svm import LinearSVC
+
+    if kind == "linear-svm":
+        clf = LinearSVC(C=C, max_iter=10000)
+    elif kind == "logreg":
+        clf = LogisticRegression(C=C, max_iter=2000)
+    elif kind == "knn":
+        clf = KNeighborsClassifier(n_neighbors=neighbors)
+    else:
+        raise InputError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+    steps = [("l2", Normalizer())] if l2 else []
+    return Pipeline(steps + [("classifier", clf)])
+
+
+@dataclass
+class ClassifyResult:
+    fold_scores: list
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    class_names: list
+    report: str
+    pipeline: object
+    settings: dict
+
+    @property
+    def mean(self):
+        return float(np.mean(self.fold_scores))
+
+    @property
+    def std(self):
+        return float(np.std(self.fold_scores))
+
+
+def _labelled(data, path):
+    mask = data.labels >= 0
+    if not mask.any():
+        raise InputError(f"{path} has no labels: put the images in one subfolder per class before extracting")
+    X = data.features[mask].reshape(int(mask.sum()), -1).astype(np.float32)
+    y = data.labels[mask]
+    present = np.unique(y)
+    if len(present) < 2:
+        raise InputError(f"{path} has one class only ({data.class_names[present[0]]}); a classifier needs two or more")
+    return X, y
+
+
+def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, l2=True, neighbors=5, cv=5,
+             test_size=None, seed=0):
+    """Cross-validate (or hold out `test_size`) a classifier on stored features, then fit it on all
+    the labelled rows (on the training part with `test_size`).
+
+    Returns:
+        `ClassifyResult` with per-fold accuracies, predictions, a classification report, the fitted
+        pipeline and the extraction settings of the file.
+    """
+    from sklearn.base import clone
+    from sklearn.metrics import accuracy_score, classification_report
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+
+    data = load_features(features_path, layer)
+    X, y = _labelled(data, features_path)
+    pipe = make_classifier(classifier, C=C, l2=l2, neighbors=neighbors)
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    if test_size is not None:
+        if not 0 < test_size < 1:
+            raise InputError(f"--test-size must be between 0 and 1. Received: {test_size}")
+        try:
+            Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
+        except ValueError as exc:
+            raise InputError(f"cannot split {len(y)} samples with --test-size {test_size}: {exc}") from None
+        fitted = clone(pipe).fit(Xtr, ytr)
+        pred = fitted.predict(Xte)
+        scores, y_true, y_pred = [accuracy_score(yte, pred)], yte, pred
+    else:
+        if cv < 2:
+            raise InputError(f"--cv must be at least 2. Received: {cv}")
+        if counts.min() < cv:
+            small = [data.class_names[c] for c in np.unique(y) if (y == c).sum() < cv]
+            raise InputError(f"--cv {cv} needs at least {cv} samples per class; too few in: {', '.join(small)}")
+        folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        y_pred = cross_val_predict(pipe, X, y, cv=folds)
+        scores = [accuracy_score(y[test], y_pred[test]) for _, test in folds.split(X, y)]
+        y_true = y
+        fitted = clone(pipe).fit(X, y)
+    labels = sorted(np.unique(y))
+    report = classification_report(y_true, y_pred, labels=labels,
+                                   target_names=[data.class_names[i] for i in labels], zero_division=0)
+    settings = dict(data.attrs)
+    settings["layer"] = data.layer
+    return ClassifyResult(scores, y_true, y_pred, list(data.class_names), report, fitted, settings)
+
+
+def plot_confusion(result: ClassifyResult, path):
+    """Write the confusion matrix of `result` as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    labels = sorted(np.unique(result.y_true))
+    names = [result.class_names[i] for i in labels]
+    size = max(4.0, 0.6 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(result.y_true, result.y_pred, labels=labels, display_labels=names,
+                                            ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title(f"accuracy {result.mean:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier files
+# ---------------------------------------------------------------------------------------------
+
+#: Extraction settings a classifier file keeps (the HDF5 attributes that decide the features).
+EXTRACTION_KEYS = ("arch", "weights", "weights_sha256", "seed", "preprocessing", "form", "resize", "input_size",
+                   "pooling", "precision", "layer")
+
+
+def save_classifier(result: ClassifyResult, path, overwrite=False):
+    """Save the fitted pipeline with the extraction settings and class names (skops format)."""
+    import skops.io as sio
+
+    from ._version import __version__
+
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    settings = {k: result.settings[k] for k in EXTRACTION_KEYS if result.settings.get(k) is not None}
+    settings = {k: (int(v) if isinstance(v, (np.integer,)) else v) for k, v in settings.items()}
+    sio.dump({"pipeline": result.pipeline, "settings": json.dumps(settings), "class_names": list(result.class_names),
+              "vggfeat_version": __version__}, path)
+
+
+def load_classifier(path):
+    """Load a classifier file: types skops does not trust by default must be in `TRUSTED_TYPES`.
+
+    Returns:
+        `(pipeline, settings, class_names)`.
+    """
+    import skops.io as sio
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"classifier file not found: {path}")
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path} is not a skops classifier file: {str(exc).splitlines()[0]}") from None
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
+    if refused:
+        raise InputError(f"{path} contains types vggfeat does not trust: {', '.join(refused)}")
+    obj = sio.load(path, trusted=list(untrusted))
+    if not isinstance(obj, dict) or not {"pipeline", "settings", "class_names"} <= set(obj):
+        raise InputError(f"{path} was not written by `vggfeat classify -o`")
+    return obj["pipeline"], json.loads(obj["settings"]), list(obj["class_names"])
+
+
+def extractor_for(settings, weights=None, batch_size=32):
+    """A `FeatureExtractor` with exactly the settings of a classifier file.
+
+    `weights`: needed when the classifier was trained on features from a weight file (its sha256 must
+    match); `imagenet` and `random` (with the stored seed) are recreated from the settings.
+    """
+    from .extractor import FeatureExtractor
+    from .weights import file_sha256
+
+    stored = settings.get("weights")
+    if stored in ("imagenet", "random"):
+        if weights not in (None, stored):
+            raise WeightsError(f"the classifier was trained on features from {stored} weights, not {weights}")
+        weights = stored
+    else:
+        if weights is None:
+            raise WeightsError(f"the classifier was trained on features from the weight file {stored}; "
+                               "pass it with --weights PATH")
+        if weights in ("imagenet", "random") or not os.path.isfile(weights):
+            raise WeightsError(f"the classifier was trained on features from the weight file {stored}, not {weights}")
+        sha = file_sha256(weights)
+        if sha != settings.get("weights_sha256"):
+            raise WeightsError(f"the weights {os.path.basename(weights)} differ from those the classifier was "
+                               f"trained with ({stored}, sha256 {settings.get('weights_sha256', '?')[:12]}...)")
+    fx = FeatureExtractor(settings["arch"], weights, [settings["layer"]], pooling=settings.get("pooling", "avg"),
+                          form=settings.get("form", "standard"), input_size=settings.get("input_size"),
+                          resize=settings.get("resize"), precision=settings.get("precision", "float32"),
+                          seed=settings.get("seed", 0), batch_size=batch_size)
+    if fx.preprocessing != settings.get("preprocessing", fx.preprocessing):
+        raise WeightsError(f"preprocessing {fx.preprocessing} differs from the classifier's "
+                           f"{settings['preprocessing']}")
+    return fx
+
+
+def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None):
+    """Classify images with a classifier file. Yields one dict per image, in input order:
+    `path`, `label`, `score`, per-class probabilities (`p_<class>`) where the classifier has them, and
+    `error` (the reason, for images that cannot be read)."""
+    from .extract import iter_features
+    from .images import scan_images
+
+    pipeline, settings, class_names = load_classifier(classifier_path)
+    fx = extractor_for(settings, weights, batch_size)
+    images = scan_images(inputs)
+    layer = settings["layer"]
+    has_proba = hasattr(pipeline, "predict_proba")
+    proba_columns = [f"p_{class_names[int(c)]}" for c in pipeline.classes_] if has_proba else []
+    for batch in iter_features(images, fx, workers=workers, progress=progress):
+        failed = dict(batch.failed)
+        rows = {}
+        if batch.paths:
+            X = batch.features[layer].reshape(len(batch.paths), -1)
+            pred = pipeline.predict(X)
+            if has_proba:
+                proba = pipeline.predict_proba(X)
+                score = proba.max(axis=1)
+            else:
+                decision = pipeline.decision_function(X)
+                score = decision.max(axis=1) if decision.ndim == 2 else np.abs(decision)
+            for i, p in enumerate(batch.paths):
+                row = {"path": p, "label": class_names[int(pred[i])], "score": float(score[i]), "error": ""}
+                for j, column in enumerate(proba_columns):
+                    row[column] = float(proba[i, j])
+                rows[p] = row
+        # keep input order: failures sit where their image was
+        order = [p for p in images.paths if p in rows or p in failed]
+        for p in order:
+            yield rows.get(p) or {"path": p, "label": "", "score": "", **dict.fromkeys(proba_columns, ""),
+                                  "error": failed[p]}

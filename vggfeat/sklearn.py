@@ -1,0 +1,127 @@
+"""scikit-learn integration: `VGGFeaturizer` (images -> features in a Pipeline) and classifier files.
+
+`VGGFeaturizer` follows scikit-learn's "rolling your own estimator": `__init__` only stores its
+parameters, `fit` builds the network (a fitted attribute, `extractor_`), `transform` runs it in batches.
+Inputs are image file paths or images as arrays, never a numeric feature matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .errors import ImageError, InputError
+from .images import load_image
+
+
+class VGGFeaturizer(TransformerMixin, BaseEstimator):
+    """Images (file paths or arrays) to VGG features, as a scikit-learn transformer.
+
+    Args:
+        arch: `vgg11`, `vgg11-lrn`, `vgg13`, `vgg16c`, `vgg16`, `vgg19` (or A..E); None: from the
+            weight file, else vgg16.
+        weights: `imagenet`, `random` or a path (`.h5`, `.weights.h5`, `.keras`).
+        layer: the layer to extract (`fc7`, `fc6`, `conv5_3`, `pool5`...), after the ReLU.
+        pooling: `avg` or `max` global pooling of spatial maps (`none` flattens them).
+        form: `standard`, `fully_conv` or `dense` (see `vggfeat.FeatureExtractor`).
+        input_size: crop side, or shorter side for the convolutional forms; None: the weights' size.
+        resize: `crop`, `squash` or `short`; None: the form's default.
+        precision: `float32`, `bfloat16` or `float16`.
+        seed: seed of `random` weights.
+        batch_size: images per forward pass.
+
+    Examples:
+        >>> from sklearn.pipeline import make_pipeline
+        >>> from sklearn.preprocessing import Normalizer
+        >>> from sklearn.svm import LinearSVC
+        >>> pipe = make_pipeline(VGGFeaturizer(weights="imagenet"), Normalizer(), LinearSVC())
+        >>> pipe.fit(train_paths, train_labels).score(test_paths, test_labels)  # doctest: +SKIP
+    """
+
+    def __init__(self, arch=None, weights="imagenet", layer="fc7", pooling="avg", form="standard",
+                 input_size=None, resize=None, precision="float32", seed=0, batch_size=32):
+        self.arch = arch
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.form = form
+        self.input_size = input_size
+        self.resize = resize
+        self.precision = precision
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def _build(self):
+        from .extractor import FeatureExtractor
+
+        return FeatureExtractor(self.arch, self.weights, [self.layer], pooling=self.pooling, form=self.form,
+                                input_size=self.input_size, resize=self.resize, precision=self.precision,
+                                seed=self.seed, batch_size=self.batch_size)
+
+    def fit(self, X=None, y=None):
+        """Build the network (no learning happens: the weights are fixed). Returns self."""
+        extractor = self._build()
+        self.extractor_ = extractor
+        self.settings_ = extractor.settings()
+        self.n_features_out_ = int(extractor.feature_dims[self.layer])
+        return self
+
+    def _extractor(self):
+        check_is_fitted(self, "settings_")
+        if getattr(self, "extractor_", None) is None:  # after unpickling
+            self.extractor_ = self._build()
+        return self.extractor_
+
+    def transform(self, X):
+        """Features of the images in X: a list/array of file paths, a list of (H, W, 3) arrays, or an
+        array (n, H, W, 3). Returns float32 (n, n_features_out_); row i belongs to X[i].
+
+        Raises:
+            ValueError: an image cannot be read (a pipeline cannot drop rows; `vggfeat extract`
+                records and skips such files instead), or X is not images.
+        """
+        extractor = self._extractor()
+        out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
+        bs = extractor.batch_size
+        for start in range(0, len(X), bs):
+            chunk = [self._image(x, extractor.geometry) for x in X[start:start + bs]]
+            feats = extractor.predict(chunk)[self.layer]
+            out[start:start + len(chunk)] = feats.reshape(len(chunk), -1)
+        return out
+
+    @staticmethod
+    def _image(x, geometry):
+        if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
+            try:
+                return load_image(x, geometry)
+            except ImageError as exc:
+                raise InputError(f"cannot read image {x}: {exc}") from None
+        a = np.asarray(x)
+        if a.ndim != 3 or a.shape[-1] != 3:
+            raise InputError("VGGFeaturizer takes image file paths or RGB images of shape (H, W, 3); "
+                             f"received an item of shape {a.shape}")
+        if geometry.fixed and a.shape[:2] != (geometry.size, geometry.size):
+            from PIL import Image
+
+            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+            from .images import _resize
+
+            a = np.asarray(_resize(im, geometry))
+        return a
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "settings_")
+        return np.array([f"{self.layer}_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("extractor_", None)  # a Keras model; rebuilt from the parameters when needed
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
