@@ -125,7 +125,8 @@ def test_classify_beats_chance_and_round_trips(dataset, tmp_path):
 
 @pytest.mark.parametrize("kind", ["logreg", "knn"])
 def test_other_classifiers(dataset, kind):
-    assert classify(dataset / "features.h5", "fc7", classifier=kind, cv=3).mean > 0.7  # chance is 1/3
+    # L2-normalised features are close together: logistic regression needs weak regularisation (large C)
+    assert classify(dataset / "features.h5", "fc7", classifier=kind, C=100.0, cv=3).mean > 0.7  # chance is 1/3
 
 
 def test_classify_errors(dataset, tmp_path):
