@@ -7,7 +7,7 @@ preprocess_input + model.predict + np.save) is ../shared/bench/naive_keras.py, c
 
 Usage:
     python benchmarks/extract_benchmark.py [--images 256] [--runs 3] [--rss-images 2560]
-        [--configs naive,float32,bfloat16] [--batch-size 32] [--out docs/benchmarks.md]
+        [--configs naive,float32,bfloat16] [--rss-configs float32] [--batch-size 32] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--rss-images", type=int, default=0,
                     help="also run vggfeat once per precision on this many images to compare peak RSS")
     ap.add_argument("--configs", default="naive,float32,bfloat16")
+    ap.add_argument("--rss-configs", default="float32", help="vggfeat precisions run on --rss-images")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "vggfeat-bench"))
     ap.add_argument("--out", default=None, help="append the results as Markdown to this file")
@@ -99,8 +100,8 @@ def main():
     if args.rss_images:
         big_folder = os.path.join(args.workdir, f"images{args.rss_images}")
         make_images(big_folder, args.rss_images)
-        for c in configs:
-            if c == "naive":
+        for c in args.rss_configs.split(","):
+            if c == "naive" or c not in results:
                 continue
             secs, rss = run_once(command(c, big_folder, os.path.join(args.workdir, f"big_{c}"), args.batch_size))
             small = statistics.median(m for _, m in results[c])
