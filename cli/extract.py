@@ -25,6 +25,13 @@ from ._common import model_options, quiet_backend, reports_errors
 @click.option("--resize", type=click.Choice(["crop", "squash", "short"]), default=None,
               help="crop: shorter side to 256/224 of the size, centre crop (default); squash: straight to "
                    "size x size; short: shorter side to size, no crop (default of the conv forms).")
+@click.option("--scales", default=None, metavar="Q1,Q2,...",
+              help="The paper's multi-scale descriptor (with --dense or --fully-convolutional): shorter side "
+                   "to each scale, no crop, maps pooled per scale, e.g. 256,384,512.")
+@click.option("--flip", is_flag=True, help="With --scales: average with the horizontally flipped image.")
+@click.option("--aggregate", type=click.Choice(["mean", "stack", "max"]), default="mean", show_default=True,
+              help="With --scales: average (VOC), concatenate (Caltech) or max over scales.")
+@click.option("--l2", is_flag=True, help="With --scales: L2-normalise the final descriptor.")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Compute precision (bfloat16/float16: mixed precision, faster).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -38,7 +45,7 @@ from ._common import model_options, quiet_backend, reports_errors
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @reports_errors
 def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
-                    input_size, resize, precision, dtype, compression, batch_size, workers, resume,
+                    input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, workers, resume,
                     overwrite, strict, quiet):
     """Extract features of images in INPUTS (folders, scanned recursively, and/or files) into OUTPUT.
 
@@ -49,6 +56,12 @@ def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_
     \b
     Example: vggfeat extract --layer fc7 images/ -o features.h5
     """
+    scale_list = None
+    if scales:
+        try:
+            scale_list = [int(q) for q in scales.replace(" ", "").split(",") if q]
+        except ValueError:
+            raise click.BadParameter(f"expected integers separated by commas, got {scales!r}", param_hint="--scales")
     quiet_backend()
     from vggfeat import extract
 
@@ -56,6 +69,7 @@ def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_
                       fully_convolutional=fully_convolutional, dense=dense, input_size=input_size, resize=resize,
                       precision=precision, dtype=dtype, compression=compression, batch_size=batch_size,
                       workers=workers, resume=resume, overwrite=overwrite, strict=strict,
-                      progress=None if not quiet else False)
+                      progress=None if not quiet else False, scales=scale_list, flip=flip, aggregate=aggregate,
+                      l2=l2)
     if not quiet:
         click.echo(summary.line(), err=True)

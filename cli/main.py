@@ -9,6 +9,7 @@ from vggfeat._version import __version__
 
 from .classify import classify_command
 from .extract import extract_command
+from .finetune import finetune_command
 from .info import info_command
 from .predict import predict_command
 
@@ -22,6 +23,7 @@ def cli():
     Main job:  vggfeat extract --layer fc7 images/ -o features.h5
     Classify:  vggfeat classify features.h5 --layer fc7 -o clf.skops
     Predict:   vggfeat predict --classifier clf.skops new_images/
+    Fine-tune: vggfeat finetune photos/ -o mine.keras, then extract --weights mine.keras
     Layers:    vggfeat info --arch vgg16
     """
 
@@ -29,6 +31,7 @@ def cli():
 cli.add_command(extract_command)
 cli.add_command(classify_command)
 cli.add_command(predict_command)
+cli.add_command(finetune_command)
 cli.add_command(info_command)
 
 

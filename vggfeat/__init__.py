@@ -45,6 +45,9 @@ _API = {
     "make_classifier": "classify",
     "load_classifier": "classify",
     "predict_images": "classify",
+    "finetune": "finetune",
+    "build_extractor": "extract",
+    "MultiScaleExtractor": "multiscale",
 }
 
 __all__ = sorted(_API) + ["__version__"]

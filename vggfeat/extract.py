@@ -170,10 +170,42 @@ def _progress_bar(total, progress):
                 smoothing=0.1, desc="extract")
 
 
+def build_extractor(layers=("fc7",), *, arch=None, weights="imagenet", seed=0, pooling="avg",
+                    fully_convolutional=False, dense=False, input_size=None, resize=None, precision="float32",
+                    batch_size=32, scales=None, flip=False, aggregate="mean", l2=False):
+    """The extractor `extract` uses: a `FeatureExtractor`, wrapped in a `MultiScaleExtractor` when
+    `scales` are given."""
+    from .extractor import FeatureExtractor
+
+    if fully_convolutional and dense:
+        raise InputError("--fully-convolutional and --dense exclude each other")
+    form = "dense" if dense else ("fully_conv" if fully_convolutional else "standard")
+    if not scales:
+        if flip or l2 or aggregate != "mean":
+            raise InputError("--flip, --aggregate and --l2 belong to the multi-scale descriptor: give --scales")
+        return FeatureExtractor(arch, weights, layers, pooling=pooling, form=form, input_size=input_size,
+                                resize=resize, precision=precision, seed=seed, batch_size=batch_size)
+    from .multiscale import MultiScaleExtractor
+
+    scales = [int(q) for q in scales]
+    if form == "standard":
+        raise InputError("--scales needs --dense (FC layers at any size) or --fully-convolutional")
+    if input_size is not None:
+        raise InputError("--scales replaces --input-size: each scale is a shorter side")
+    if resize not in (None, "short"):
+        raise InputError("--scales rescales whole images (shorter side to each scale); drop --resize")
+    if pooling == "none":
+        raise InputError("--scales needs --pooling avg or max (maps of different scales differ in size)")
+    base = FeatureExtractor(arch, weights, layers, pooling=pooling, form=form, input_size=max(scales),
+                            resize="short", precision=precision, seed=seed, batch_size=batch_size)
+    return MultiScaleExtractor(base, scales, flip=flip, aggregate=aggregate, l2=l2)
+
+
 def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", seed=0, pooling="avg",
             fully_convolutional=False, dense=False, input_size=None, resize=None, precision="float32",
             dtype="float32", compression=None, batch_size=32, workers=None, resume=False, overwrite=False,
-            strict=False, progress=None, max_pixels=MAX_PIXELS, extractor=None, on_batch=None):
+            strict=False, progress=None, max_pixels=MAX_PIXELS, scales=None, flip=False, aggregate="mean",
+            l2=False, extractor=None, on_batch=None):
     """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
 
     Args:
@@ -192,6 +224,9 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         overwrite: replace an existing file.
         strict: stop with an error at the first image that cannot be read.
         progress: progress bar on stderr (None: when stderr is a terminal).
+        scales, flip, aggregate, l2: the paper's multi-scale descriptor (Appendix B; needs `dense` or
+            `fully_convolutional`): shorter side to each scale, no crop, pooled maps, averaged with the
+            flipped image, aggregated over scales by `mean`, `stack` or `max`, L2-normalised.
         extractor: a ready `FeatureExtractor` (then the model options above are not used).
         on_batch: called with each `FeatureBatch` after it is written (for tests and callers' logs).
 
@@ -202,7 +237,6 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         InputError, LayerError, WeightsError, OutputError: before anything is written.
         ExtractFailed: no image could be read, or a failure under `strict`.
     """
-    from .extractor import FeatureExtractor
     from .store import FeatureWriter
 
     if isinstance(layers, str):
@@ -226,9 +260,10 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         raise OutputError(f"the output folder does not exist: {parent}")
     images = scan_images(inputs)
     if extractor is None:
-        form = "dense" if dense else ("fully_conv" if fully_convolutional else "standard")
-        extractor = FeatureExtractor(arch, weights, layers, pooling=pooling, form=form, input_size=input_size,
-                                     resize=resize, precision=precision, seed=seed, batch_size=batch_size)
+        extractor = build_extractor(layers, arch=arch, weights=weights, seed=seed, pooling=pooling,
+                                    fully_convolutional=fully_convolutional, dense=dense, input_size=input_size,
+                                    resize=resize, precision=precision, batch_size=batch_size, scales=scales,
+                                    flip=flip, aggregate=aggregate, l2=l2)
     settings = extractor.settings()
     settings["inputs"] = json.dumps([os.path.abspath(os.fspath(p)) for p in (
         [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
