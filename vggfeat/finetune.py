@@ -125,6 +125,14 @@ class _ImageBatches:
         return ImageBatches(*args, **kwargs)
 
 
+def _number(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _learning_curves(csv_path, png_path):
     import csv
 
@@ -142,8 +150,10 @@ def _learning_curves(csv_path, png_path):
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-o"), ("val_", "--o")):
             key = prefix + metric
-            if key in rows[0] and rows[0][key] != "":
-                ax.plot(epochs, [float(r[key]) for r in rows], style, label=key)
+            points = [(e, _number(r.get(key))) for e, r in zip(epochs, rows)]
+            points = [(e, v) for e, v in points if v is not None]
+            if points:
+                ax.plot([e for e, _ in points], [v for _, v in points], style, label=key)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
@@ -250,8 +260,10 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
         _copy_fc(base, net)
         return net, info, name
 
-    scope = strategy.scope() if strategy else _null()
-    with scope:
+    def scope():
+        return strategy.scope() if strategy else _null()
+
+    with scope():
         net, info, arch_name = build()
         spec = get_arch(arch_name)
         if train_from is None:
@@ -294,7 +306,7 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
     history = net.fit(train_data, validation_data=val_data, epochs=stage1, class_weight=cw, callbacks=callbacks,
                       verbose=verbose)
     if unfreeze_after and epochs > stage1:
-        with scope:
+        with scope():
             for layer in net.layers:
                 layer.trainable = True
             net.compile(optimizer=_optimizer(optimizer, lr / 10, weight_decay),
