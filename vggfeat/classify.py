@@ -145,22 +145,19 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, l2=T
 
 def plot_confusion(result: ClassifyResult, path):
     """Write the confusion matrix of `result` as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
     from sklearn.metrics import ConfusionMatrixDisplay
 
     labels = sorted(np.unique(result.y_true))
     names = [result.class_names[i] for i in labels]
     size = max(4.0, 0.6 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     ConfusionMatrixDisplay.from_predictions(result.y_true, result.y_pred, labels=labels, display_labels=names,
                                             ax=ax, colorbar=False, xticks_rotation=45)
     ax.set_title(f"accuracy {result.mean:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------

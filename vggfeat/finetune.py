@@ -136,17 +136,15 @@ def _number(text):
 def _learning_curves(csv_path, png_path):
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-o"), ("val_", "--o")):
             key = prefix + metric
@@ -159,7 +157,6 @@ def _learning_curves(csv_path, png_path):
         ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 
 def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, val_split=0.2,
