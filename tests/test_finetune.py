@@ -43,6 +43,13 @@ def test_from_scratch_beats_chance_and_round_trips_through_extract(train_dir, tm
     data = load_features(feats)
     assert data.features.shape == (36, 4096) and data.attrs["input_size"] == 32
     assert data.attrs["weights"] == "mine.keras" and len(data.attrs["weights_sha256"]) == 64
+    from click.testing import CliRunner
+    from vggfeat_cli.main import cli
+
+    info = CliRunner().invoke(cli, ["info", "--weights", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "vgg11 (configuration A)" in info.output and "input 32x32x3" in info.output
+    assert "class_names: circles, squares, stripes" in info.output and "predictions    fc8" in info.output
 
 
 def test_frozen_layers_keep_their_weights_bit_for_bit(train_dir, tmp_path):
