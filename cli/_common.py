@@ -35,9 +35,14 @@ def quiet_backend():
         import keras
 
         if keras.backend.backend() == "tensorflow":
+            import logging
+
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # device discovery logs here, while muted
+            # Images of several shapes (the convolutional forms) retrace the forward pass once per shape,
+            # by design; TensorFlow's advice about it is noise on a user's terminal.
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)

@@ -46,3 +46,17 @@ def test_no_tensorflow_imported_under_jax(tmp_path, image_folder):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "NO-TF"
+
+
+def test_the_extract_tests_pass_under_jax():
+    """The whole extraction test module, once more, with KERAS_BACKEND=jax (in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_extract.py",
+                          "tests/test_multiscale.py"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout.strip().splitlines()[-1]
