@@ -121,3 +121,14 @@ def test_errors(tmp_path, train_dir):
         finetune(train_dir, tmp_path / "exists.keras", **QUICK)
     with pytest.raises(LayerError, match="unknown layer 'conv9_9'"):
         finetune(train_dir, tmp_path / "y.keras", train_from="conv9_9", **QUICK)
+
+
+def test_randaugment_mixed_precision_and_tensorboard(train_dir, tmp_path):
+    out = tmp_path / "ra.keras"
+    h = finetune(train_dir, out, arch="vgg11", weights="random", input_size=32, epochs=1, batch_size=8,
+                 augment="randaugment", precision="mixed_bfloat16", tensorboard=str(tmp_path / "tb"), verbose=0)
+    assert h.epoch == [0] and np.isfinite(h.history["loss"][0])
+    assert any(os.scandir(tmp_path / "tb"))
+    feats = tmp_path / "f.h5"
+    extract([train_dir], feats, ["fc7"], weights=str(out), progress=False)
+    assert np.isfinite(load_features(feats).features).all()
