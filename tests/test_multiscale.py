@@ -86,3 +86,15 @@ def test_errors():
         build_extractor(["fc7"], arch="vgg11", weights="random", dense=True, scales=[128, 256])
     with pytest.raises(InputError, match="pooling avg or max"):
         build_extractor(**CONV, scales=[32], pooling="none")
+
+
+def test_featurizer_takes_the_multiscale_options(tmp_path):
+    from vggfeat import VGGFeaturizer
+
+    fz = VGGFeaturizer(arch="vgg11", weights="random", layer="conv5_2", form="fully_conv", scales=[32, 48],
+                       aggregate="stack", flip=True, l2=True, batch_size=4).fit()
+    img = _image(60, 44)
+    out = fz.transform([img])
+    assert out.shape == (1, 1024) and fz.get_feature_names_out()[-1] == "conv5_2_1023"
+    want = build_extractor(**CONV, scales=[32, 48], aggregate="stack", flip=True, l2=True).predict([img])["conv5_2"]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)

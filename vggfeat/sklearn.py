@@ -30,6 +30,8 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         precision: `float32`, `bfloat16` or `float16`.
         seed: seed of `random` weights.
         batch_size: images per forward pass.
+        scales, flip, aggregate, l2: the paper's multi-scale descriptor (with form `dense` or
+            `fully_conv`; see `vggfeat.multiscale`).
 
     Examples:
         >>> from sklearn.pipeline import make_pipeline
@@ -40,7 +42,8 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, arch=None, weights="imagenet", layer="fc7", pooling="avg", form="standard",
-                 input_size=None, resize=None, precision="float32", seed=0, batch_size=32):
+                 input_size=None, resize=None, precision="float32", seed=0, batch_size=32, scales=None,
+                 flip=False, aggregate="mean", l2=False):
         self.arch = arch
         self.weights = weights
         self.layer = layer
@@ -51,13 +54,24 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         self.precision = precision
         self.seed = seed
         self.batch_size = batch_size
+        self.scales = scales
+        self.flip = flip
+        self.aggregate = aggregate
+        self.l2 = l2
 
     def _build(self):
-        from .extractor import FeatureExtractor
+        from .errors import ArchitectureError
+        from .extract import build_extractor
+        from .models import FORMS
 
-        return FeatureExtractor(self.arch, self.weights, [self.layer], pooling=self.pooling, form=self.form,
-                                input_size=self.input_size, resize=self.resize, precision=self.precision,
-                                seed=self.seed, batch_size=self.batch_size)
+        if self.form not in FORMS:
+            raise ArchitectureError(f"unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
+        return build_extractor([self.layer], arch=self.arch, weights=self.weights, seed=self.seed,
+                               pooling=self.pooling, fully_convolutional=self.form == "fully_conv",
+                               dense=self.form == "dense", input_size=self.input_size, resize=self.resize,
+                               precision=self.precision, batch_size=self.batch_size,
+                               scales=list(self.scales) if self.scales else None, flip=self.flip,
+                               aggregate=self.aggregate, l2=self.l2)
 
     def fit(self, X=None, y=None):
         """Build the network (no learning happens: the weights are fixed). Returns self."""
