@@ -96,8 +96,6 @@ class FeatureExtractor:
         base, info = load_network(arch, weights, seed=seed, include_top=needs_top, input_size=native,
                                   dtype=dtype if self.form == "standard" else None)
         self.arch = infer_arch(base) if arch is None else get_arch(arch).name
-        if self.arch == "vgg11" and arch is not None and get_arch(arch).name == "vgg11-lrn":
-            self.arch = "vgg11-lrn"
         spec = get_arch(self.arch)
         base_has_top = any(layer.name == "fc2" for layer in base.layers)
         self.keras_layers = [resolve_layer(spec, n, include_top=self.form != "fully_conv" and (
@@ -109,26 +107,19 @@ class FeatureExtractor:
 
         if self.form == "standard":
             size = int(input_size or base_size)
-            if size != base_size and base_has_top:
-                if wants_fc:
-                    raise InputError(
-                        f"the FC layers of these weights take {base_size}x{base_size} input; input size {size} "
-                        "needs --dense (FC layers as convolutions) or a conv layer with --fully-convolutional"
-                    )
-                net = build_vgg(spec.name, form="standard", include_top=False, input_size=size, dtype=dtype)
-                copy_weights(base, net)
-            elif base.get_layer("block1_conv1").dtype_policy.name != dtype or size != base_size:
-                net = build_vgg(spec.name, form="standard", include_top=base_has_top, input_size=size,
-                                classes=_classes(base), dtype=dtype) if base_has_top else build_vgg(
-                    spec.name, form="standard", include_top=False, input_size=size, dtype=dtype)
+            resized = size != base_size
+            if resized and wants_fc:
+                raise InputError(
+                    f"the FC layers of these weights take {base_size}x{base_size} input; input size {size} "
+                    "needs --dense (FC layers as convolutions) or a conv layer with --fully-convolutional"
+                )
+            if resized or base.get_layer("block1_conv1").dtype_policy.name != dtype:
+                net = build_vgg(spec.name, include_top=base_has_top and not resized, input_size=size,
+                                classes=_classes(base), dtype=dtype)
                 copy_weights(base, net)
             else:
                 net = base
-        elif self.form == "fully_conv":
-            size = int(input_size or 224)
-            net = build_vgg(spec.name, form="fully_conv", dtype=dtype)
-            copy_weights(base, net)
-        elif not wants_fc:
+        elif self.form == "fully_conv" or not wants_fc:
             # The dense form only differs in its FC layers: with conv layers alone it is the trunk.
             size = int(input_size or 224)
             net = build_vgg(spec.name, form="fully_conv", dtype=dtype)
