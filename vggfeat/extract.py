@@ -59,7 +59,8 @@ class ExtractSummary:
     def line(self) -> str:
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.layers.items())
         skipped = f", {self.skipped} already done" if self.skipped else ""
-        return (f"{self.written} images written, {self.failed} failed{skipped} in {self.seconds:.1f} s "
+        failed = f"{self.failed} failed" + (" (listed under /failed)" if self.failed else "")
+        return (f"{self.written} images written, {failed}{skipped} in {self.seconds:.1f} s "
                 f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]")
 
 
