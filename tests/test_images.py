@@ -141,3 +141,19 @@ def test_scan_errors(tmp_path):
         scan_images([tmp_path / "nope"])
     with pytest.raises(InputError, match="no images found"):
         scan_images([tmp_path])
+
+
+def test_symlink_loops_do_not_hang_the_scan(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(rgb()).save(tmp_path / "a" / "x.png")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    found = scan_images([tmp_path])
+    assert "a/x.png" in found.paths and len(found.paths) < 10
+
+
+def test_file_names_that_are_not_utf8_are_kept_with_escapes(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, invalid UTF-8
+    Image.fromarray(rgb()).save(os.path.join(str(tmp_path), name))
+    found = scan_images([tmp_path])
+    assert found.paths == ["caf\\xe9.png"]
+    assert load_image(found.files[0], None).shape == (30, 40, 3)

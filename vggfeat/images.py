@@ -201,7 +201,13 @@ def is_image_name(name: str) -> bool:
 def _walk_sorted(folder):
     """Image files under `folder`, recursively, in a deterministic (sorted) order."""
     out = []
+    seen = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symbolic link back up the tree: do not loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             if is_image_name(name):
@@ -209,6 +215,16 @@ def _walk_sorted(folder):
     # os.walk yields a folder's files before its subfolders'; sort the whole list by path components
     out.sort(key=lambda p: os.path.relpath(p, folder).split(os.sep))
     return out
+
+
+def _printable(path: str) -> str:
+    """A path as valid UTF-8 for the output file: bytes that are not UTF-8 (undecodable file names,
+    which Python holds as lone surrogates) become backslash escapes such as \\xff."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def scan_images(inputs) -> ImageList:
@@ -248,11 +264,12 @@ def scan_images(inputs) -> ImageList:
         if f not in seen:
             seen.add(f)
             unique.append((f, c))
+    unique = [(f, _printable(c) if c is not None else None) for f, c in unique]
     class_names = sorted({c for _, c in unique if c is not None})
     index = {c: i for i, c in enumerate(class_names)}
     root = os.path.abspath(inputs[0]) if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
     files = [f for f, _ in unique]
-    paths = [os.path.relpath(f, root) if root else f for f in files]
+    paths = [_printable(os.path.relpath(f, root) if root else f) for f in files]
     if os.sep != "/":
         paths = [p.replace(os.sep, "/") for p in paths]
     labels = [index[c] if c is not None else -1 for _, c in unique]
