@@ -10,11 +10,9 @@ Usage: python benchmarks/multiscale_cost.py [--images 12] [--arch vgg16] [--scal
 
 import argparse
 import os
-import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
 
 def main():

@@ -43,7 +43,9 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
 
     meta = {}
     if weights:
-        meta = _describe_weights(weights)
+        from vggfeat.weights import describe_weights
+
+        meta = describe_weights(weights)
         if arch is not None and get_arch(arch).name != meta["arch"]:
             raise click.ClickException(f"{weights} holds a {meta['arch']} network, not {get_arch(arch).name}")
         arch = meta["arch"]
@@ -79,27 +81,3 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
     click.echo("-" * len(header))
     click.echo(f"{'total':<14} {'':<8} {'':<11} {'':>16} {total_params:>12,} {_fmt_count(total_macs):>10}")
     click.echo("RF: receptive field in input pixels (FC layers of the standard form see the whole input).")
-
-
-def _describe_weights(path):
-    """What a weight file holds, read with h5py/zipfile only."""
-    import os
-
-    from vggfeat.errors import WeightsError
-    from vggfeat.weights import read_keras_metadata, read_weight_file_layout, _arch_of_layout
-    from vggfeat.specs import fc_input_side
-
-    if not os.path.isfile(path):
-        raise WeightsError(f"weight file not found: {path}")
-    if path.endswith(".keras"):
-        meta = read_keras_metadata(path)
-        if not meta:
-            raise WeightsError(f"{path} was not saved by vggfeat (no {os.path.basename(path)}/vggfeat.json); "
-                               "vggfeat info reads the metadata of models saved by `vggfeat finetune`")
-        return {"weights": os.path.basename(path), "arch": meta["arch"], "classes": len(meta.get("class_names", [])) or None,
-                "class_names": meta.get("class_names", []), "input_size": meta.get("input_size"),
-                "preprocessing": meta.get("preprocessing"), "has_top": True}
-    layout = read_weight_file_layout(path)
-    arch = _arch_of_layout(layout, path)[0]
-    return {"weights": os.path.basename(path), "arch": arch, "classes": layout.classes, "has_top": layout.has_top,
-            "input_size": fc_input_side(layout.fc1_inputs) if layout.has_top else None}

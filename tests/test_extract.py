@@ -1,6 +1,5 @@
 """The main job: folders to HDF5, row order, labels, failures, refusal, resume, layouts, precision."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-import vggfeat
 from vggfeat import extract, finetune, load_features
 from vggfeat.errors import InputError, LayerError, OutputError
 from vggfeat.models import build_vgg

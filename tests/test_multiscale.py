@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import vggfeat
 from vggfeat import FeatureExtractor, extract, load_features

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import os
 import pickle
 
 import numpy as np

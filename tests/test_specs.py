@@ -3,7 +3,7 @@
 import pytest
 
 from vggfeat.errors import ArchitectureError, LayerError
-from vggfeat.specs import ARCHS, count_params, get_arch, layer_names, layer_table, paper_name, resolve_layer
+from vggfeat.specs import count_params, get_arch, layer_names, layer_table, paper_name, resolve_layer
 
 PAPER_COUNTS = {
     "vgg11": 132_863_336,

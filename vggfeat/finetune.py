@@ -13,7 +13,6 @@ loss, a CSV log, a PNG of the learning curves, and TensorBoard logs on request.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -194,7 +193,7 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
     """
     import keras
 
-    from .models import build_vgg, copy_weights
+    from .models import build_vgg
     from .weights import load_network, write_keras_metadata
 
     output = os.fspath(output)

@@ -20,7 +20,6 @@ back to len(/paths) when the file is resumed.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 
@@ -273,13 +272,3 @@ def load_features(path, layer=None, *, return_X_y=False):
         return features, labels
     return Bunch(features=features, labels=labels, paths=paths, class_names=class_names, failed=failed,
                  layer=layer, attrs=attrs)
-
-
-def layers_in(path) -> list:
-    """Names of the feature layers stored in a vggfeat file."""
-    with _open_checked(os.fspath(path)) as f:
-        return list(f["features"].keys())
-
-
-def settings_json(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True)

@@ -187,6 +187,28 @@ def _arch_of_layout(layout: WeightFileLayout, path) -> list[str]:
     return names
 
 
+def describe_weights(path) -> dict:
+    """What a weight file or a vggfeat `.keras` model holds, read with h5py/zipfile only (no Keras):
+    `weights` (file name), `arch`, `classes`, `has_top`, `input_size`, and for `.keras` files saved by
+    `vggfeat finetune` also `class_names` and `preprocessing`."""
+    from .specs import fc_input_side
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weight file not found: {path}")
+    base = os.path.basename(path)
+    if path.endswith(".keras"):
+        meta = read_keras_metadata(path)
+        if not meta:
+            raise WeightsError(f"{base} was not saved by `vggfeat finetune` (it has no {KERAS_METADATA_ENTRY})")
+        names = list(meta.get("class_names", []))
+        return {"weights": base, "arch": meta["arch"], "classes": len(names) or None, "class_names": names,
+                "input_size": meta.get("input_size"), "preprocessing": meta.get("preprocessing"), "has_top": True}
+    layout = read_weight_file_layout(path)
+    return {"weights": base, "arch": _arch_of_layout(layout, path)[0], "classes": layout.classes,
+            "has_top": layout.has_top, "input_size": fc_input_side(layout.fc1_inputs) if layout.has_top else None}
+
+
 def read_keras_metadata(path) -> dict:
     """The metadata vggfeat stores inside the `.keras` files it writes (empty for other files)."""
     try:
