@@ -254,6 +254,7 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
     images = scan_images(inputs)
     layer = settings["layer"]
     has_proba = hasattr(pipeline, "predict_proba")
+    position = {p: i for i, p in enumerate(images.paths)}
     proba_columns = [f"p_{class_names[int(c)]}" for c in pipeline.classes_] if has_proba else []
     for batch in iter_features(images, fx, workers=workers, progress=progress):
         failed = dict(batch.failed)
@@ -273,7 +274,6 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
                     row[column] = float(proba[i, j])
                 rows[p] = row
         # keep input order: failures sit where their image was
-        order = [p for p in images.paths if p in rows or p in failed]
-        for p in order:
+        for p in sorted([*rows, *failed], key=position.__getitem__):
             yield rows.get(p) or {"path": p, "label": "", "score": "", **dict.fromkeys(proba_columns, ""),
                                   "error": failed[p]}
