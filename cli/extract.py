@@ -38,15 +38,28 @@ from ._common import model_options, quiet_backend, reports_errors
               help="Storage type of the features.")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), default=None, help="HDF5 compression.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPUs).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: a Ray cluster (pip install \"vggfeat[ray]\"): a pool of extractor "
+                   "workers writes shards next to OUTPUT, merged into OUTPUT at the end.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local engine: decoding threads (default: CPUs). Ray engine: extractor workers (default: one "
+                   "per GPU with --gpus-per-worker, else one per node).")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --engine ray: the cluster to join (auto, ray://HOST:10001...). Default: $RAY_ADDRESS, "
+                   "else a new local Ray.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="With --engine ray: GPUs each worker reserves (0: CPU workers; 0.5: two workers per GPU).")
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help="With --engine ray: images per Ray Data block, the unit of work and of retry "
+                   "(default: 8 batches).")
 @click.option("--resume", is_flag=True, help="Continue an existing output (same settings): skip images done.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @reports_errors
 def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
-                    input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, workers, resume,
-                    overwrite, strict, quiet):
+                    input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
+                    workers, address, gpus_per_worker, block_size, resume, overwrite, strict, quiet):
     """Extract features of images in INPUTS (folders, scanned recursively, and/or files) into OUTPUT.
 
     Images in first-level subfolders get the subfolder's name as class label. Images that cannot be
@@ -55,21 +68,29 @@ def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_
 
     \b
     Example: vggfeat extract --layer fc7 images/ -o features.h5
+
+    \b
+    On a Ray cluster (images and OUTPUT's folder on storage every node sees):
+      vggfeat extract --engine ray --address auto --gpus-per-worker 1 /data/images -o /data/features.h5
     """
+    if engine == "local" and (address is not None or gpus_per_worker or block_size is not None):
+        raise click.UsageError("--address, --gpus-per-worker and --block-size need --engine ray")
     scale_list = None
     if scales:
         try:
             scale_list = [int(q) for q in scales.replace(" ", "").split(",") if q]
         except ValueError:
             raise click.BadParameter(f"expected integers separated by commas, got {scales!r}", param_hint="--scales")
+    decode_threads, ray_workers = (None, workers) if engine == "ray" else (workers, None)
     quiet_backend()
     from vggfeat import extract
 
     summary = extract(list(inputs), output, list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
                       fully_convolutional=fully_convolutional, dense=dense, input_size=input_size, resize=resize,
                       precision=precision, dtype=dtype, compression=compression, batch_size=batch_size,
-                      workers=workers, resume=resume, overwrite=overwrite, strict=strict,
+                      resume=resume, overwrite=overwrite, strict=strict,
                       progress=None if not quiet else False, scales=scale_list, flip=flip, aggregate=aggregate,
-                      l2=l2)
+                      l2=l2, engine=engine, address=address, gpus_per_worker=gpus_per_worker, block_size=block_size,
+                      workers=decode_threads, ray_workers=ray_workers)
     if not quiet:
         click.echo(summary.line(), err=True)

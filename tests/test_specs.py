@@ -90,3 +90,15 @@ def test_dense_form_table_shapes():
     assert sum(r.params for r in layer_table("vgg16", 448, dense=True)) == PAPER_COUNTS["vgg16"]
     with pytest.raises(ArchitectureError, match="at least 224"):
         layer_table("vgg16", 200, dense=True)
+
+
+def test_public_functions_stay_functions_when_their_module_is_imported():
+    """`from vggfeat.extract import ...` must not turn `vggfeat.extract` into a module."""
+    import subprocess
+    import sys
+
+    code = ("from vggfeat.extract import ExtractFailed\nimport vggfeat.classify, vggfeat.finetune\nimport vggfeat\n"
+            "assert callable(vggfeat.extract) and callable(vggfeat.classify) and callable(vggfeat.finetune)\n"
+            "assert vggfeat.ExtractFailed is ExtractFailed\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

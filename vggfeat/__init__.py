@@ -9,6 +9,9 @@ Examples:
     >>> data = vggfeat.load_features("features.h5", layer="fc7")       # doctest: +SKIP
 """
 
+import sys as _sys
+import types as _types
+
 from ._version import __version__
 
 # public name -> module that defines it
@@ -37,6 +40,7 @@ _API = {
     "extract": "extract",
     "iter_features": "extract",
     "ExtractSummary": "extract",
+    "ExtractFailed": "extract",
     "load_features": "store",
     "read_attrs": "store",
     "FeatureWriter": "store",
@@ -51,6 +55,20 @@ _API = {
 }
 
 __all__ = sorted(_API) + ["__version__"]
+
+
+class _Package(_types.ModuleType):
+    """Keeps `vggfeat.extract` (and `classify`, `finetune`) the function when the module of the same
+    name is imported (`from vggfeat.extract import ...`), which would otherwise rebind it."""
+
+    def __setattr__(self, name, value):
+        if (isinstance(value, _types.ModuleType) and _API.get(name) == name
+                and value.__name__ == f"{__name__}.{name}"):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

@@ -51,6 +51,9 @@ class ExtractSummary:
     total_rows: int
     seconds: float
     layers: dict
+    engine: str = "local"
+    workers: int = 0  # Ray actors (engine "ray")
+    shards: int = 0  # shard files merged (engine "ray"; more than `workers` when actors were restarted)
 
     @property
     def images_per_second(self) -> float:
@@ -60,8 +63,10 @@ class ExtractSummary:
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.layers.items())
         skipped = f", {self.skipped} already done" if self.skipped else ""
         failed = f"{self.failed} failed" + (" (listed under /failed)" if self.failed else "")
+        ray = (f"; Ray: {self.workers} workers, {self.shards} shards merged"
+               if self.engine == "ray" and self.shards else "")
         return (f"{self.written} images written, {failed}{skipped} in {self.seconds:.1f} s "
-                f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]")
+                f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]{ray}")
 
 
 def _default_workers():
@@ -206,7 +211,8 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
             fully_convolutional=False, dense=False, input_size=None, resize=None, precision="float32",
             dtype="float32", compression=None, batch_size=32, workers=None, resume=False, overwrite=False,
             strict=False, progress=None, max_pixels=MAX_PIXELS, scales=None, flip=False, aggregate="mean",
-            l2=False, extractor=None, on_batch=None):
+            l2=False, extractor=None, on_batch=None, engine="local", address=None, ray_workers=None,
+            gpus_per_worker=0, block_size=None):
     """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
 
     Args:
@@ -228,8 +234,19 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         scales, flip, aggregate, l2: the paper's multi-scale descriptor (Appendix B; needs `dense` or
             `fully_convolutional`): shorter side to each scale, no crop, pooled maps, averaged with the
             flipped image, aggregated over scales by `mean`, `stack` or `max`, L2-normalised.
-        extractor: a ready `FeatureExtractor` (then the model options above are not used).
-        on_batch: called with each `FeatureBatch` after it is written (for tests and callers' logs).
+        extractor: a ready `FeatureExtractor` (then the model options above are not used; local
+            engine only).
+        on_batch: called with each `FeatureBatch` after it is written (for tests and callers' logs;
+            with the Ray engine, after each block, with `features` empty: they are in the shards).
+        engine: `local` (this process) or `ray` (a Ray cluster; needs `pip install "vggfeat[ray]"`):
+            Ray Data feeds blocks of images to a pool of extractor actors, each writing its own HDF5
+            shard in `<output>.shards/`, merged at the end into `output` with the same rows, in the
+            same order, as the local engine. See `vggfeat.ray_engine`.
+        address: the Ray cluster to join (`auto`, `ray://host:10001`...; default: Ray's own rule,
+            `RAY_ADDRESS` or else a new local instance).
+        ray_workers: extractor actors (default: one per GPU with `gpus_per_worker`, else one per node).
+        gpus_per_worker: GPUs reserved by each actor (0: CPU workers; fractions share a GPU).
+        block_size: images per Ray Data block, the unit of work and of retry (default 8 batches).
 
     Returns:
         `ExtractSummary`.
@@ -238,10 +255,21 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         InputError, LayerError, WeightsError, OutputError: before anything is written.
         ExtractFailed: no image could be read, or a failure under `strict`.
     """
-    from .store import FeatureWriter
-
     if isinstance(layers, str):
         layers = [layers]
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}; choose local or ray")
+    if engine == "local" and (address is not None or ray_workers is not None or gpus_per_worker or block_size):
+        raise InputError("--address, --gpus-per-worker and the Ray worker count belong to --engine ray")
+    if engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # a missing extra is a one-line error before anything is written
+        if extractor is not None:
+            raise InputError("the Ray engine builds the extractor on each worker from its options; "
+                             "pass the options, not an extractor")
+        if gpus_per_worker < 0 or (ray_workers is not None and ray_workers < 1):
+            raise InputError("--workers must be at least 1 and --gpus-per-worker at least 0")
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     if fully_convolutional and dense:
@@ -259,12 +287,40 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise OutputError(f"the output folder does not exist: {parent}")
+    if engine == "ray":
+        from .ray_engine import work_dir
+
+        work = work_dir(output)
+        if os.path.exists(work) and not (resume or overwrite):
+            raise OutputError(f"{work} holds an unfinished sharded run; pass --resume to finish it or "
+                              "--overwrite to start again")
     images = scan_images(inputs)
+    options = dict(layers=list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
+                   fully_convolutional=fully_convolutional, dense=dense, input_size=input_size, resize=resize,
+                   precision=precision, batch_size=batch_size, scales=scales, flip=flip, aggregate=aggregate, l2=l2)
+    if engine == "ray" and str(weights) not in ("imagenet", "random"):
+        options["weights"] = os.path.abspath(os.fspath(weights))  # the workers' folder may differ
     if extractor is None:
-        extractor = build_extractor(layers, arch=arch, weights=weights, seed=seed, pooling=pooling,
-                                    fully_convolutional=fully_convolutional, dense=dense, input_size=input_size,
-                                    resize=resize, precision=precision, batch_size=batch_size, scales=scales,
-                                    flip=flip, aggregate=aggregate, l2=l2)
+        extractor = build_extractor(**options)
+    cluster = None
+    if engine == "ray":
+        from .ray_engine import Cluster
+
+        cluster = Cluster.join(address, ray_workers, gpus_per_worker)  # checked before anything is written
+    try:
+        return _extract(images, output, extractor, inputs=inputs, exists=exists, resume=resume, overwrite=overwrite,
+                        dtype=dtype, compression=compression, workers=workers, strict=strict, progress=progress,
+                        max_pixels=max_pixels, on_batch=on_batch, engine=engine, cluster=cluster, options=options,
+                        block_size=block_size)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _extract(images, output, extractor, *, inputs, exists, resume, overwrite, dtype, compression, workers, strict,
+             progress, max_pixels, on_batch, engine, cluster, options, block_size):
+    from .store import FeatureWriter
+
     settings = extractor.settings()
     settings["inputs"] = json.dumps([os.path.abspath(os.fspath(p)) for p in (
         [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
@@ -285,22 +341,40 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
     done = set(writer.written_paths())
     skipped = sum(1 for p in images.paths if p in done)
     written = failed = 0
+    report = {}
     complete = False
     try:
-        for batch in iter_features(images, extractor, workers=workers, skip=done, progress=progress,
-                                   strict=strict, max_pixels=max_pixels):
-            writer.append(batch.paths, batch.labels, batch.features, batch.failed)
-            written += len(batch.paths)
-            failed += len(batch.failed)
-            if on_batch is not None:
-                on_batch(batch)
+        if engine == "ray":
+            from . import ray_engine
+
+            work = ray_engine.work_dir(output)
+            if overwrite and os.path.exists(work):
+                import shutil
+
+                shutil.rmtree(work)
+            output_shapes = extractor.output_shapes
+            del extractor  # the workers build their own; the driver only merges
+            report = ray_engine.run(images, writer, cluster, output=output, options=options, settings=settings,
+                                    dtype=dtype, decode_workers=workers, block_size=block_size, resume=resume,
+                                    strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+            written, failed = report["written"], report["failed"]
+        else:
+            output_shapes = extractor.output_shapes
+            for batch in iter_features(images, extractor, workers=workers, skip=done, progress=progress,
+                                       strict=strict, max_pixels=max_pixels):
+                writer.append(batch.paths, batch.labels, batch.features, batch.failed)
+                written += len(batch.paths)
+                failed += len(batch.failed)
+                if on_batch is not None:
+                    on_batch(batch)
         complete = True
     finally:
         total_rows = writer.rows
         writer.close(complete=complete)
     seconds = time.perf_counter() - start
     summary = ExtractSummary(output, written, failed, skipped, total_rows, seconds,
-                             {k: (None,) + tuple(v) for k, v in extractor.output_shapes.items()})
+                             {k: (None,) + tuple(v) for k, v in output_shapes.items()}, engine=engine,
+                             workers=report.get("workers", 0), shards=report.get("shards", 0))
     if total_rows == 0 and failed:
         raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
     return summary

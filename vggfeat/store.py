@@ -13,6 +13,10 @@ Layout (format "vggfeat", format_version 1; documented in the README):
     /failed/paths       (M,)  UTF-8
     /failed/reasons     (M,)  UTF-8
 
+The shards of a distributed run (`--engine ray`, see `vggfeat.ray_engine`) have the same layout plus
+`/index` and `/failed/index` (int64): each row's position in the run's list of images, which the merge
+orders and deduplicates by.
+
 Row i of every dataset belongs to /paths[i]. Each batch is written features first and /paths last,
 then flushed, so /paths holds exactly the committed rows: after a crash, longer datasets are cut
 back to len(/paths) when the file is resumed.
@@ -91,8 +95,9 @@ class FeatureWriter:
     # -----------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path, *, settings: dict, feature_shapes: dict, class_names, dtype="float32",
-               compression=None, overwrite=False):
-        """Create `path`; refuses an existing file unless `overwrite`."""
+               compression=None, overwrite=False, index=False):
+        """Create `path`; refuses an existing file unless `overwrite`. With `index`, rows and failures
+        also carry their position in the run's image list (the shards of a distributed run)."""
         path = os.fspath(path)
         if os.path.exists(path):
             if not overwrite:
@@ -130,6 +135,9 @@ class FeatureWriter:
             fg = f.create_group("failed")
             fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
             fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+            if index:
+                f.create_dataset("index", shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,))
+                fg.create_dataset("index", shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,))
             f.flush()
         except BaseException:
             f.close()
@@ -184,12 +192,23 @@ class FeatureWriter:
     def class_names(self) -> list:
         return list(self._f["class_names"].asstr()[()])
 
-    def append(self, paths, labels, features: dict, failed=()):
-        """Write one batch: rows for `paths` (features and labels), plus failures `(path, reason)`."""
+    def append(self, paths, labels, features: dict, failed=(), *, index=None, failed_index=None):
+        """Write one batch: rows for `paths` (features and labels), plus failures `(path, reason)`;
+        `index` and `failed_index` are their positions in the run (files created with `index=True`)."""
         f = self._f
         n = len(paths)
         start = self.rows
+        indexed = "index" in f
+        if indexed:
+            failed_index = () if failed_index is None else failed_index
+            if index is None or len(index) != n or len(failed_index) != len(failed):
+                raise ValueError("a file created with index=True needs one index per row and per failure")
+        elif index is not None or failed_index is not None:
+            raise ValueError("index and failed_index need a file created with index=True")
         if n:
+            if indexed:
+                f["index"].resize(start + n, axis=0)
+                f["index"][start:start + n] = np.asarray(index, dtype=np.int64)
             for name, ds in f["features"].items():
                 values = features[name]
                 if len(values) != n:
@@ -201,6 +220,9 @@ class FeatureWriter:
         if failed:
             m = f["failed/paths"].shape[0]
             k = len(failed)
+            if indexed:
+                f["failed/index"].resize(m + k, axis=0)
+                f["failed/index"][m:m + k] = np.asarray(failed_index, dtype=np.int64)
             for ds, values in ((f["failed/reasons"], [r for _, r in failed]), (f["failed/paths"], [p for p, _ in failed])):
                 ds.resize(m + k, axis=0)
                 ds[m:m + k] = np.array(values, dtype=object)

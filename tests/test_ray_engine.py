@@ -1,0 +1,289 @@
+"""`--engine ray`: the shard merge (no Ray needed), then whole runs on a local Ray (`ray.init(num_cpus=2)`)
+compared with the local engine, with an actor killed mid-run, and an interrupted run resumed."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, make_folder, run_cli
+from vggfeat.errors import InputError, OutputError
+from vggfeat import ExtractFailed
+from vggfeat.images import ImageList
+from vggfeat.store import FeatureWriter, load_features
+
+SETTINGS = {"arch": "vgg16", "weights": "random", "seed": 0, "layers": '["fc7"]'}
+OPTIONS = dict(weights="random", input_size=32, batch_size=4, layers=["fc7", "pool5"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The merge, on shards written by hand.
+
+
+def _images(n):
+    files = [f"/data/img_{i:03d}.png" for i in range(n)]
+    return ImageList(files, [f"img_{i:03d}.png" for i in range(n)], [i % 3 for i in range(n)], ["a", "b", "c"], "/data")
+
+
+def _feature(i):
+    return np.full((5,), i, np.float32) + np.arange(5, dtype=np.float32) / 10
+
+
+def _write_shard(folder, name, rows, failed=(), uncommitted=0):
+    """A shard holding positions `rows` (in that order) and failures `failed`; `uncommitted` extra
+    feature rows as a worker killed mid-batch leaves them (features written, paths not)."""
+    w = FeatureWriter.create(os.path.join(folder, name), settings=SETTINGS, feature_shapes={"fc7": (5,)},
+                             class_names=["a", "b", "c"], index=True)
+    if rows or failed:
+        w.append([f"img_{i:03d}.png" for i in rows], [i % 3 for i in rows], {"fc7": np.stack([_feature(i) for i in rows])
+                 if rows else np.empty((0, 5), np.float32)},
+                 [(f"img_{i:03d}.png", f"broken {i}") for i in failed], index=list(rows), failed_index=list(failed))
+    if uncommitted:
+        ds = w._f["features/fc7"]
+        ds.resize(ds.shape[0] + uncommitted, axis=0)
+        ds[-uncommitted:] = -1
+    w.close()
+
+
+def test_merge_orders_rows_and_takes_each_image_once(tmp_path):
+    from vggfeat.ray_engine import Manifest, merge
+
+    images = _images(20)
+    folder = str(tmp_path / "out.h5.shards")
+    manifest = Manifest.create(folder, images, list(range(20)), SETTINGS, "float32")
+    # Blocks out of order across shards; block 8-11 ran twice (its first worker died after committing);
+    # a third worker died mid-batch; image 13 failed, and failed twice in the retried block.
+    _write_shard(folder, "shard-a.h5", [8, 9, 10, 11, 0, 1, 2, 3, 16, 17, 18, 19])
+    _write_shard(folder, "shard-b.h5", [4, 5, 6, 7, 12, 14, 15], failed=[13], uncommitted=2)
+    _write_shard(folder, "shard-c.h5", [8, 9, 10, 11], failed=[13], uncommitted=3)
+    with open(os.path.join(folder, "shard-d.h5"), "wb") as f:  # a worker killed while creating its shard
+        f.write(b"\x89HDF\r\n")
+    out = tmp_path / "out.h5"
+    writer = FeatureWriter.create(out, settings=SETTINGS, feature_shapes={"fc7": (5,)}, class_names=["a", "b", "c"])
+    rows, failures = merge(manifest, writer, np.arange(20))
+    writer.close(complete=True)
+    assert (rows, failures) == (19, 1)
+    data = load_features(out)
+    want = [i for i in range(20) if i != 13]
+    assert list(data.paths) == [f"img_{i:03d}.png" for i in want]
+    np.testing.assert_array_equal(data.features, np.stack([_feature(i) for i in want]))
+    np.testing.assert_array_equal(data.labels, [i % 3 for i in want])
+    assert data.failed == [("img_013.png", "broken 13")]
+
+
+def test_merge_of_a_part_and_small_steps(tmp_path, monkeypatch):
+    """Only the positions asked for are merged, in order, however few rows a step holds."""
+    from vggfeat import ray_engine
+
+    monkeypatch.setattr(ray_engine, "_MERGE_BYTES", 3 * 5 * 4)  # three rows per step
+    images = _images(10)
+    folder = str(tmp_path / "out.h5.shards")
+    manifest = ray_engine.Manifest.create(folder, images, list(range(10)), SETTINGS, "float32")
+    _write_shard(folder, "shard-a.h5", [5, 6, 7, 8, 9])
+    _write_shard(folder, "shard-b.h5", [0, 1, 2, 3, 4])
+    writer = FeatureWriter.create(tmp_path / "out.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)},
+                                  class_names=["a", "b", "c"])
+    assert ray_engine.merge(manifest, writer, np.array([1, 2, 4, 5, 9])) == (5, 0)
+    writer.close(complete=True)
+    data = load_features(tmp_path / "out.h5")
+    assert list(data.paths) == ["img_001.png", "img_002.png", "img_004.png", "img_005.png", "img_009.png"]
+    np.testing.assert_array_equal(data.features, np.stack([_feature(i) for i in (1, 2, 4, 5, 9)]))
+
+
+def test_merge_refuses_an_image_without_result_and_writes_nothing(tmp_path):
+    from vggfeat.ray_engine import Manifest, merge
+
+    images = _images(8)
+    folder = str(tmp_path / "out.h5.shards")
+    manifest = Manifest.create(folder, images, list(range(8)), SETTINGS, "float32")
+    _write_shard(folder, "shard-a.h5", [0, 1, 2, 3, 5, 6, 7])  # 4 lost
+    writer = FeatureWriter.create(tmp_path / "out.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)},
+                                  class_names=["a", "b", "c"])
+    with pytest.raises(OutputError, match=r"1 images of the run have no result .*first: img_004.png"):
+        merge(manifest, writer, np.arange(8))
+    assert writer.rows == 0
+    writer.close()
+
+
+def test_manifest_keeps_file_names_that_are_not_utf8(tmp_path):
+    from vggfeat.ray_engine import Manifest
+
+    name = os.fsdecode(b"/data/caf\xe9.png")
+    images = ImageList([name], ["caf\\xe9.png"], [-1], [], "/data")
+    Manifest.create(str(tmp_path / "m"), images, [0], SETTINGS, "float32")
+    back = Manifest.open(str(tmp_path / "m"), SETTINGS, "float32")
+    assert back.files == [name] and back.paths == ["caf\\xe9.png"]
+    with pytest.raises(OutputError, match="settings differ.*seed=0 in the run, 1 now"):
+        Manifest.open(str(tmp_path / "m"), dict(SETTINGS, seed=1), "float32")
+
+
+def test_indexed_append_is_checked(tmp_path):
+    w = FeatureWriter.create(tmp_path / "s.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)}, class_names=[],
+                             index=True)
+    with pytest.raises(ValueError, match="one index per row"):
+        w.append(["a"], [0], {"fc7": np.zeros((1, 5))})
+    w.close()
+    w = FeatureWriter.create(tmp_path / "p.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)}, class_names=[])
+    with pytest.raises(ValueError, match="index=True"):
+        w.append(["a"], [0], {"fc7": np.zeros((1, 5))}, index=[0])
+    w.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the engine.
+
+
+def test_local_engine_does_not_import_ray(tmp_path):
+    make_folder(str(tmp_path / "images"), per_class=1)
+    code = ("import sys, vggfeat; vggfeat.extract([sys.argv[1]], sys.argv[2], ['pool5'], weights='random', "
+            "input_size=32); assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "images"), str(tmp_path / "f.h5")],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_ray_options_need_the_ray_engine(tmp_path, image_folder):
+    r = run_cli("extract", str(image_folder), "-o", str(tmp_path / "f.h5"), "--address", "auto")
+    assert r.returncode == 2 and "need --engine ray" in r.stderr
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_missing_ray_says_how_to_install(tmp_path, image_folder, monkeypatch):
+    import vggfeat
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(InputError, match=r'pip install "vggfeat\[ray\]"'):
+        vggfeat.extract([str(image_folder)], tmp_path / "f.h5", engine="ray", **OPTIONS)
+    assert not (tmp_path / "f.h5").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs on a local Ray.
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[dev,ray]')")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray") / "images"
+    make_folder(str(root), per_class=6)
+    with open(root / "squares" / "broken.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff this is not a JPEG")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tmp_path_factory):
+    """The local engine's output for the same inputs and settings."""
+    import vggfeat
+
+    out = tmp_path_factory.mktemp("local") / "local.h5"
+    vggfeat.extract([str(folder)], out, **OPTIONS)
+    return out
+
+
+def _same_as(reference, out):
+    a, b = load_features(reference, "fc7"), load_features(out, "fc7")
+    assert list(b.paths) == list(a.paths)
+    assert len(set(b.paths)) == len(b.paths)
+    np.testing.assert_array_equal(b.labels, a.labels)
+    assert b.class_names == a.class_names
+    assert b.failed == a.failed
+    np.testing.assert_allclose(b.features, a.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(load_features(out, "pool5").features, load_features(reference, "pool5").features,
+                               rtol=1e-5, atol=1e-5)
+    skip = {"created"}
+    assert {k: v for k, v in b.attrs.items() if k not in skip} == {k: v for k, v in a.attrs.items() if k not in skip}
+    assert b.attrs["complete"] is True or b.attrs["complete"] == 1
+
+
+@pytest.mark.ray
+def test_ray_engine_gives_the_local_engines_file(local_ray, folder, reference, tmp_path):
+    import vggfeat
+
+    out = tmp_path / "ray.h5"
+    summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
+    _same_as(reference, out)
+    assert not os.path.exists(str(out) + ".shards")  # the work folder is gone
+    assert (summary.written, summary.failed, summary.workers, summary.shards) == (18, 1, 2, 2)
+    assert "Ray: 2 workers, 2 shards merged" in summary.line()
+    # an existing output is refused, as with the local engine
+    with pytest.raises(OutputError, match="exists"):
+        vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
+
+
+@pytest.mark.ray
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(local_ray, folder, reference, tmp_path):
+    import vggfeat
+
+    out = tmp_path / "ray.h5"
+    killed = []
+
+    def kill_one_worker(batch):
+        # After the first block comes back, SIGKILL the process of a worker (its pid is in its shard's
+        # name) while the pool still has blocks to run.
+        if not killed:
+            shard = sorted(glob.glob(str(out) + ".shards/shard-*.h5"))[0]
+            pid = int(os.path.basename(shard).split("-")[-2])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=2,
+                              on_batch=kill_one_worker, **OPTIONS)
+    assert killed
+    assert summary.shards > summary.workers  # Ray restarted the killed actor, which wrote a new shard
+    _same_as(reference, out)
+
+
+@pytest.mark.ray
+def test_an_interrupted_sharded_run_resumes(local_ray, folder, reference, tmp_path):
+    import vggfeat
+    from vggfeat.ray_engine import committed, work_dir
+
+    out = tmp_path / "ray.h5"
+    # --strict stops the run at the broken image, with part of the blocks in shards.
+    with pytest.raises(ExtractFailed, match="broken.jpg.*--resume"):
+        vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=2, strict=True, **OPTIONS)
+    before = len(committed(work_dir(out)))
+    assert before > 0  # the shards hold rows
+    with pytest.raises(OutputError, match="exists; pass --resume"):
+        vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
+    with pytest.raises(OutputError, match="settings differ"):
+        vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, resume=True, **dict(OPTIONS, seed=1))
+    seen = []
+    summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, resume=True,
+                              on_batch=lambda b: seen.extend(b.paths + [p for p, _ in b.failed]), **OPTIONS)
+    assert len(seen) <= 19 - before  # only what the shards did not hold was extracted again
+    assert summary.written == 18 and summary.failed == 1
+    _same_as(reference, out)
+    assert not os.path.exists(work_dir(out))
+
+
+@pytest.mark.ray
+def test_cli_joins_a_cluster_by_address(local_ray, folder, reference, tmp_path):
+    address = local_ray.get_runtime_context().gcs_address
+    out = tmp_path / "cli.h5"
+    r = run_cli("extract", "--engine", "ray", "--address", address, "--workers", "2", "--weights", "random",
+                "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", str(folder),
+                "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "18 images written, 1 failed" in r.stderr and "Ray: 2 workers" in r.stderr
+    _same_as(reference, out)
+    r = run_cli("extract", "--engine", "ray", "--address", address, "--gpus-per-worker", "1", "--weights",
+                "random", "--input-size", "32", str(folder), "-o", str(tmp_path / "gpu.h5"))
+    assert r.returncode == 2 and "the Ray cluster has 0 GPUs" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "gpu.h5").exists() and not (tmp_path / "gpu.h5.shards").exists()

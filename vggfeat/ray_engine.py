@@ -1,0 +1,520 @@
+"""`engine="ray"`: extraction on a Ray cluster into HDF5 shards, merged into one exact output file.
+
+How a run goes:
+
+1. The driver scans the inputs and writes the run's list of images (the *manifest*: file, stored path
+   and label per image) into a work folder next to the output, `<output>.shards/`.
+2. Ray Data reads that list in blocks; a fixed pool of extractor actors, each building the network
+   once, decodes the images of a block, runs them and appends the rows to the actor's own shard
+   (`shard-<host>-<pid>-<id>.h5`: the output's layout plus `/index`, each row's position in the list).
+   Ray restarts an actor that dies and runs its block again on it; the restarted actor starts a new
+   shard, so nothing committed is ever rewritten.
+3. The driver merges the shards into the output by streaming them in the manifest's order: one row
+   per image (a block that was run twice gives duplicate rows, taken once), failures under /failed,
+   then checks that every image has a row or a failure and removes the work folder.
+
+An interrupted run leaves the work folder; `resume=True` reads which images the shards already hold,
+runs the rest and merges everything. Nothing here imports Keras: the actors do, on their machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+
+import numpy as np
+
+from .errors import InputError, OutputError, VggfeatError
+
+MANIFEST = "manifest.h5"
+#: Environment given to the actors (with KERAS_BACKEND and KERAS_HOME as the driver has them).
+ACTOR_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    # Several actors may share a GPU (--gpus-per-worker 0.5): no framework may take all its memory.
+    "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+}
+_MERGE_BYTES = 64 << 20  # feature bytes held at once while merging
+_LOCK_RETRIES = 60  # half-seconds to wait for a shard that a stopping worker still holds
+
+
+class RayRunError(VggfeatError):
+    """The Ray run failed for a reason other than the images (a worker could not start, the cluster
+    went away); what the shards hold is kept for `--resume`."""
+
+    exit_code = 1
+
+
+def work_dir(output) -> str:
+    """The folder next to `output` that holds the manifest and shards of a run in progress."""
+    return os.fspath(output) + ".shards"
+
+
+def import_ray():
+    """Ray, or a one-line error that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise InputError(f"--engine ray needs Ray Data ({exc}); install it with: pip install \"vggfeat[ray]\"") from None
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest: the run's list of images, fixed when the run starts.
+
+
+class Manifest:
+    """The images of one sharded run, in output order, and the settings it was started with."""
+
+    def __init__(self, folder, files, paths, labels, class_names):
+        self.folder = folder
+        self.files = files
+        self.paths = paths
+        self.labels = labels
+        self.class_names = class_names
+
+    def __len__(self):
+        return len(self.paths)
+
+    @classmethod
+    def create(cls, folder, images, indices, settings, dtype):
+        import h5py
+
+        from .store import _STR
+
+        os.makedirs(folder, exist_ok=True)
+        files = [images.files[i] for i in indices]
+        paths = [images.paths[i] for i in indices]
+        labels = np.asarray([images.labels[i] for i in indices], dtype=np.int64)
+        tmp = os.path.join(folder, MANIFEST + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            for k, v in settings.items():
+                if v is not None:
+                    f.attrs[k] = v
+            f.attrs["dtype"] = dtype
+            f.attrs["class_names"] = json.dumps(list(images.class_names))
+            # File names as bytes: a name that is not UTF-8 is still a name the workers must open.
+            f.create_dataset("files", data=np.array([os.fsencode(p) for p in files], dtype=object),
+                             dtype=h5py.string_dtype(encoding="ascii"))
+            f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=_STR)
+            f.create_dataset("labels", data=labels)
+        os.replace(tmp, os.path.join(folder, MANIFEST))  # a manifest is whole or absent
+        return cls(folder, files, paths, labels, list(images.class_names))
+
+    @classmethod
+    def open(cls, folder, settings, dtype):
+        """The manifest of an interrupted run, checking that it was started with the same settings."""
+        import h5py
+
+        from .store import RESUME_KEYS, _attr
+
+        path = os.path.join(folder, MANIFEST)
+        if not os.path.exists(path):
+            return None
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise OutputError(f"cannot read {path}: {str(exc).splitlines()[0]}; remove {folder} to start over") from None
+        with f:
+            wanted = dict(settings, dtype=dtype)
+            diffs = [f"{k}={_attr(f.attrs.get(k))!r} in the run, {wanted.get(k)!r} now" for k in RESUME_KEYS
+                     if _attr(f.attrs.get(k)) != wanted.get(k) and not (f.attrs.get(k) is None and wanted.get(k) is None)]
+            if diffs:
+                raise OutputError(f"cannot resume the sharded run in {folder}: its settings differ from this run's: "
+                                  + "; ".join(diffs))
+            files = [os.fsdecode(b) for b in f["files"][()]]
+            paths = list(f["paths"].asstr()[()])
+            labels = f["labels"][()]
+            class_names = json.loads(_attr(f.attrs["class_names"]))
+        return cls(folder, files, paths, labels, class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# The actors.
+
+
+class ShardWorker:
+    """A Ray Data actor: builds the extractor once, then extracts blocks of the manifest into its shard.
+
+    Ray Data makes one per pool slot (and a new one when an actor dies); each instance writes a shard
+    of its own, so two processes never write one file.
+    """
+
+    def __init__(self, folder, options, settings, class_names, dtype, decode_workers, max_pixels, env):
+        os.environ.update(env)
+        from .extract import build_extractor
+        from .store import RESUME_KEYS, FeatureWriter
+
+        self.extractor = build_extractor(**options)
+        mine = self.extractor.settings()
+        host = socket.gethostname()
+        diffs = [k for k in RESUME_KEYS if k in mine and mine[k] != settings.get(k)]
+        if diffs:
+            # A node with another weight file or vggfeat version would mix features silently.
+            raise OutputError(f"the worker on {host} computes other settings than the driver ({', '.join(diffs)}): "
+                              "install the same vggfeat and weights on every node")
+        self.decode_workers = decode_workers
+        self.max_pixels = max_pixels
+        self.shard = os.path.join(folder, f"shard-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5")
+        writer = FeatureWriter.create(self.shard, settings=settings, feature_shapes=self.extractor.output_shapes,
+                                      class_names=class_names, dtype=dtype, index=True)
+        writer.set_attrs(shard_host=host, shard_pid=os.getpid())
+        writer.close()
+
+    def __call__(self, batch):
+        from .extract import iter_features
+        from .images import ImageList
+        from .store import FeatureWriter
+
+        index = np.asarray(batch["index"], dtype=np.int64)
+        files = [os.fsdecode(bytes(b)) for b in batch["file"]]
+        paths = [str(p) for p in batch["path"]]
+        labels = [int(x) for x in batch["label"]]
+        position = {}
+        for i, p in zip(index.tolist(), paths):
+            position.setdefault(p, []).append(i)
+        reasons = {}
+        images = ImageList(files, paths, labels, [], None)
+        # The shard is open only while a block is written, so that it is closed (and readable by the
+        # merge) whenever the actor is idle, and a killed actor leaves at most one block uncommitted.
+        with h5py_file(self.shard) as f:
+            writer = FeatureWriter(f, self.shard)
+            for fb in iter_features(images, self.extractor, workers=self.decode_workers, progress=False,
+                                    max_pixels=self.max_pixels):
+                rows = [position[p].pop(0) for p in fb.paths]
+                failed_rows = [position[p].pop(0) for p, _ in fb.failed]
+                writer.append(fb.paths, fb.labels, fb.features, fb.failed, index=rows, failed_index=failed_rows)
+                reasons.update(zip(failed_rows, (r for _, r in fb.failed)))
+        return {"index": index, "path": np.asarray(paths, dtype=object),
+                "failed": np.asarray([reasons.get(i, "") for i in index.tolist()], dtype=object)}
+
+
+def h5py_file(path, mode="r+"):
+    import h5py
+
+    return h5py.File(path, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver.
+
+
+def shard_files(folder) -> list:
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("shard-") and n.endswith(".h5"))
+
+
+def _open_shards(folder):
+    """The shards of `folder` that can be read (one that a worker died creating holds no rows)."""
+    import h5py
+
+    out = []
+    for path in shard_files(folder):
+        f = None
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                f = h5py.File(path, "r")
+                break
+            except OSError as exc:
+                if "lock" not in str(exc).lower():
+                    break  # not an HDF5 file any more: nothing committed in it
+                time.sleep(0.5)  # a worker that was just stopped may still be closing it
+        else:
+            raise OutputError(f"{path} stays locked by another process: is another run writing into {folder}?")
+        if f is None:
+            continue
+        if "index" not in f:
+            f.close()
+            continue
+        out.append(f)
+    return out
+
+
+def committed(folder) -> np.ndarray:
+    """Sorted positions that some shard of `folder` holds a committed row for."""
+    parts = []
+    for f in _open_shards(folder):
+        with f:
+            n = f["paths"].shape[0]
+            parts.append(f["index"][:n])
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def _index_of(folder, shards, which):
+    """(sorted unique positions, shard number, row) of the rows (`which="rows"`) or failures."""
+    pos, sid, row = [], [], []
+    for s, f in enumerate(shards):
+        if which == "rows":
+            n = f["paths"].shape[0]
+            ix = f["index"][:n]
+        else:
+            n = f["failed/paths"].shape[0]
+            ix = f["failed/index"][:n]
+        pos.append(ix)
+        sid.append(np.full(n, s, np.int64))
+        row.append(np.arange(n, dtype=np.int64))
+    if not pos:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    pos, sid, row = np.concatenate(pos), np.concatenate(sid), np.concatenate(row)
+    order = np.argsort(pos, kind="stable")
+    pos, sid, row = pos[order], sid[order], row[order]
+    first = np.ones(len(pos), bool)
+    first[1:] = pos[1:] != pos[:-1]  # a block run twice: the first copy
+    return pos[first], sid[first], row[first]
+
+
+def _lookup(sorted_pos, wanted):
+    at = np.searchsorted(sorted_pos, wanted)
+    at_clipped = np.minimum(at, max(len(sorted_pos) - 1, 0))
+    found = (at < len(sorted_pos)) & (sorted_pos[at_clipped] == wanted) if len(sorted_pos) else np.zeros(len(wanted), bool)
+    return found, at_clipped
+
+
+def _read_rows(ds, rows):
+    """ds[rows] for any row numbers, reading each run of consecutive rows as one slice."""
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    parts = [ds[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)]
+    data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    out = np.empty_like(data)
+    out[order] = data
+    return out
+
+
+def merge(manifest, writer, pending):
+    """Append the rows and failures of positions `pending` (ascending) from the shards of
+    `manifest.folder` to `writer`, in that order. Returns (rows written, failures written).
+
+    Raises OutputError, before writing anything, if a position has neither a row nor a failure.
+    """
+    shards = _open_shards(manifest.folder)
+    try:
+        rpos, rsid, rrow = _index_of(manifest.folder, shards, "rows")
+        fpos, fsid, frow = _index_of(manifest.folder, shards, "failed")
+        has_row, rat = _lookup(rpos, pending)
+        has_fail, fat = _lookup(fpos, pending)
+        missing = pending[~has_row & ~has_fail]
+        if missing.size:
+            raise OutputError(f"{missing.size} images of the run have no result in {manifest.folder} (first: "
+                              f"{manifest.paths[missing[0]]}); `--resume` extracts them")
+        layers = list(writer._f["features"].keys())
+        row_bytes = sum(int(np.prod(writer._f["features"][k].shape[1:])) * writer._f["features"][k].dtype.itemsize
+                        for k in layers)
+        step = int(max(1, min(8192, _MERGE_BYTES // max(1, row_bytes))))
+        rows = failures = 0
+        for start in range(0, len(pending), step):
+            sl = slice(start, start + step)
+            chunk, ok, at = pending[sl], has_row[sl], rat[sl]
+            take = chunk[ok]
+            sid, row = rsid[at[ok]], rrow[at[ok]]
+            feats = {k: np.empty((len(take),) + writer._f["features"][k].shape[1:], writer._f["features"][k].dtype)
+                     for k in layers}
+            for s in np.unique(sid):
+                mine = sid == s
+                f = shards[s]
+                stored = _read_rows(f["paths"], row[mine])
+                expect = [manifest.paths[i] for i in take[mine]]
+                if [p.decode("utf-8") if isinstance(p, bytes) else p for p in stored] != expect:
+                    raise OutputError(f"shard {f.filename} does not match the run's list of images; remove "
+                                      f"{manifest.folder} and run again")
+                for k in layers:
+                    feats[k][mine] = _read_rows(f["features"][k], row[mine])
+            failed, failed_index = [], chunk[~ok]
+            for i, a in zip(failed_index, fat[sl][~ok]):
+                f = shards[fsid[a]]
+                reason = f["failed/reasons"][int(frow[a])]
+                failed.append((manifest.paths[i], reason.decode("utf-8") if isinstance(reason, bytes) else reason))
+            writer.append([manifest.paths[i] for i in take], manifest.labels[take], feats, failed)
+            rows += len(take)
+            failures += len(failed)
+        return rows, failures
+    finally:
+        for f in shards:
+            f.close()
+
+
+class Cluster:
+    """This process's connection to Ray, with the size of the actor pool it will use.
+
+    `Cluster.join` connects to `address` (default: Ray's own rule, `RAY_ADDRESS` or else a new local
+    instance) unless Ray is already initialised (a notebook, a Ray job), and checks what the run asks
+    for against what the cluster has, before any file is written.
+    """
+
+    def __init__(self, ray, workers, gpus_per_worker, owned):
+        self.ray = ray
+        self.workers = workers
+        self.gpus_per_worker = gpus_per_worker
+        self.owned = owned
+
+    @classmethod
+    def join(cls, address=None, workers=None, gpus_per_worker=0):
+        import logging
+
+        ray = import_ray()
+        owned = False
+        if not ray.is_initialized():
+            # The workers' output (TensorFlow's start-up notices among it) goes to Ray's log files, not
+            # to the terminal; errors come back as exceptions. Ray's start-up notices are cut to errors.
+            logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+            try:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                         log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                text = str(exc).strip().splitlines()
+                raise InputError(f"cannot connect to Ray at {address or 'the default address'}: "
+                                 f"{text[0] if text else type(exc).__name__}") from None
+            owned = True
+        try:
+            size = cls._pool_size(ray, workers, gpus_per_worker)
+        except BaseException:
+            if owned:
+                ray.shutdown()
+            raise
+        return cls(ray, size, gpus_per_worker, owned)
+
+    @staticmethod
+    def _pool_size(ray, workers, gpus_per_worker):
+        resources = ray.cluster_resources()
+        if gpus_per_worker:
+            gpus = float(resources.get("GPU", 0))
+            if gpus < gpus_per_worker:
+                raise InputError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {gpus:g} GPUs")
+            return int(workers or max(1, int(gpus // gpus_per_worker)))
+        if workers:
+            return int(workers)
+        return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+
+    def close(self):
+        if self.owned:
+            self.ray.shutdown()
+            self.owned = False
+
+
+def run(images, writer, cluster, *, output, options, settings, dtype, decode_workers=None, block_size=None,
+        resume=False, strict=False, progress=None, max_pixels=None, on_batch=None):
+    """Extract `images` not yet in `writer` on `cluster` (a `Cluster`), through shards in
+    `work_dir(output)`.
+
+    Returns a dict: written, failed (rows and failures merged into the output), workers, shards
+    (shard files merged: more than the workers when actors were restarted).
+    """
+    folder = work_dir(output)
+    done = set(writer.written_paths())
+    report = {"written": 0, "failed": 0, "workers": cluster.workers, "shards": 0}
+    tried = set()  # paths that failed in this call: not tried twice
+
+    def one_round(manifest):
+        pending = np.asarray([i for i, p in enumerate(manifest.paths) if p not in done], dtype=np.int64)
+        todo = np.setdiff1d(pending, committed(manifest.folder))
+        if todo.size:
+            _extract_blocks(cluster, manifest, todo, options=options, settings=settings, dtype=dtype,
+                            decode_workers=decode_workers,
+                            block_size=block_size or 8 * int(options.get("batch_size", 32)),
+                            strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+        report["shards"] += len(shard_files(manifest.folder))
+        rows, failures = merge(manifest, writer, pending)
+        report["written"] += rows
+        report["failed"] += failures
+        done.update(manifest.paths[i] for i in pending)
+        tried.update(manifest.paths[i] for i in pending)
+        shutil.rmtree(manifest.folder)
+
+    if resume and os.path.isdir(folder):
+        manifest = Manifest.open(folder, settings, dtype)
+        if manifest is not None:
+            if manifest.class_names != list(images.class_names):
+                raise OutputError(f"cannot resume the sharded run in {folder}: its classes {manifest.class_names} "
+                                  f"differ from the folder's {list(images.class_names)}")
+            one_round(manifest)
+        else:
+            shutil.rmtree(folder)  # stopped before its list was written: nothing in it
+    rest = [i for i, p in enumerate(images.paths) if p not in done and p not in tried]
+    if rest:
+        one_round(Manifest.create(folder, images, rest, settings, dtype))
+    return report
+
+
+class _DropNotice:
+    """A logging filter that drops Ray Data's notices about what vggfeat chose on purpose."""
+
+    NOTICES = ("Progress bars disabled",)
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+def _quiet_ray_data():
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    progress = logging.getLogger("ray.data._internal.progress")
+    if not any(isinstance(f, _DropNotice) for f in progress.filters):
+        progress.addFilter(_DropNotice())
+
+
+def _extract_blocks(cluster, manifest, todo, *, options, settings, dtype, decode_workers, block_size, strict,
+                    progress, max_pixels, on_batch):
+    import pyarrow as pa
+    from ray.exceptions import RayError
+
+    from .extract import ExtractFailed, FeatureBatch, _progress_bar
+
+    ray, size = cluster.ray, cluster.workers
+    env = dict(ACTOR_ENV)
+    for key in ("KERAS_BACKEND", "KERAS_HOME"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    table = pa.table({
+        "index": pa.array(todo, pa.int64()),
+        "file": pa.array([os.fsencode(manifest.files[i]) for i in todo], pa.binary()),
+        "path": pa.array([manifest.paths[i] for i in todo], pa.string()),
+        "label": pa.array(manifest.labels[todo], pa.int64()),
+    })
+    # Blocks of at most `block_size` images, and at least one per worker so that none is left idle.
+    block_size = max(1, min(block_size, -(-len(todo) // size)))
+    blocks = [table.slice(s, block_size) for s in range(0, len(todo), block_size)]
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # vggfeat's own bar counts images
+    _quiet_ray_data()
+    ds = ray.data.from_arrow(blocks).map_batches(
+        ShardWorker,
+        fn_constructor_kwargs=dict(folder=os.path.abspath(manifest.folder), options=options, settings=settings,
+                                   class_names=manifest.class_names, dtype=dtype, decode_workers=decode_workers,
+                                   max_pixels=max_pixels, env=env),
+        batch_size=block_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+        num_gpus=cluster.gpus_per_worker or None, num_cpus=1,
+    )
+    bar = _progress_bar(len(todo), progress)
+    results = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for out in results:
+            reasons = [str(r) for r in out["failed"]]
+            paths = [str(p) for p in out["path"]]
+            bar.update(len(paths))
+            if strict and any(reasons):
+                p, r = next((p, r) for p, r in zip(paths, reasons) if r)
+                raise ExtractFailed(f"cannot read {p}: {r} (--strict); `--resume` continues the sharded run")
+            if on_batch is not None:
+                on_batch(FeatureBatch([p for p, r in zip(paths, reasons) if not r], [], {},
+                                      [(p, r) for p, r in zip(paths, reasons) if r]))
+    except RayError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, VggfeatError):
+            raise cause from None
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise RayRunError(f"the Ray run failed: {first}; what the shards in {manifest.folder} hold is kept, "
+                          "`--resume` continues") from None
+    finally:
+        # Leaving early (--strict, an error, Ctrl-C) stops the execution and its actors now, so that
+        # no worker still writes a shard when the run is resumed.
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+        bar.close()
