@@ -11,7 +11,7 @@ from vggfeat_cli.main import cli
 
 from conftest import REPO, run_cli
 
-HEAVY = ("tensorflow", "keras", "jax", "h5py", "sklearn")
+HEAVY = ("tensorflow", "keras", "jax", "h5py", "sklearn", "ray")
 
 
 def _imports_after(code):
@@ -26,7 +26,7 @@ def test_help_version_and_info_do_not_import_tensorflow(argv):
     code = ("import sys\nfrom vggfeat_cli.main import cli\n"
             f"try:\n    cli({argv!r}, standalone_mode=False)\nexcept SystemExit:\n    pass")
     loaded = _imports_after(code)
-    for heavy in ("tensorflow", "keras", "jax"):
+    for heavy in ("tensorflow", "keras", "jax", "ray"):
         assert heavy not in loaded, f"{argv} imported {heavy}"
 
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
@@ -287,3 +286,25 @@ def test_cli_joins_a_cluster_by_address(local_ray, folder, reference, tmp_path):
     assert r.returncode == 2 and "the Ray cluster has 0 GPUs" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "gpu.h5").exists() and not (tmp_path / "gpu.h5.shards").exists()
+
+
+@pytest.mark.ray
+def test_a_worker_that_computes_other_settings_refuses_to_start(local_ray, folder, tmp_path):
+    """A node with another weight file or vggfeat version must not mix its features in: the worker
+    compares its settings with the driver's and the run stops with that reason in one line."""
+    from vggfeat.extract import build_extractor
+    from vggfeat.images import scan_images
+    from vggfeat.ray_engine import Cluster, run
+
+    options = dict(layers=["fc7"], weights="random", input_size=32, batch_size=4)
+    fx = build_extractor(**options)
+    settings = dict(fx.settings(), preprocessing="torch")  # what another version would compute
+    out = tmp_path / "f.h5"
+    images = scan_images(str(folder))
+    writer = FeatureWriter.create(out, settings=settings, feature_shapes=fx.output_shapes,
+                                  class_names=images.class_names)
+    cluster = Cluster.join(None, 1, 0)
+    with pytest.raises(OutputError, match=r"computes other settings than the driver \(preprocessing\)"):
+        run(images, writer, cluster, output=str(out), options=options, settings=settings, dtype="float32")
+    assert writer.rows == 0
+    writer.close()

@@ -63,10 +63,14 @@ class ExtractSummary:
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.layers.items())
         skipped = f", {self.skipped} already done" if self.skipped else ""
         failed = f"{self.failed} failed" + (" (listed under /failed)" if self.failed else "")
-        ray = (f"; Ray: {self.workers} workers, {self.shards} shards merged"
+        ray = (f"; Ray: {_count(self.workers, 'worker')}, {_count(self.shards, 'shard')} merged"
                if self.engine == "ray" and self.shards else "")
         return (f"{self.written} images written, {failed}{skipped} in {self.seconds:.1f} s "
                 f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]{ray}")
+
+
+def _count(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _default_workers():

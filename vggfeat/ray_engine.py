@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -182,8 +183,7 @@ class ShardWorker:
         images = ImageList(files, paths, labels, [], None)
         # The shard is open only while a block is written, so that it is closed (and readable by the
         # merge) whenever the actor is idle, and a killed actor leaves at most one block uncommitted.
-        with h5py_file(self.shard) as f:
-            writer = FeatureWriter(f, self.shard)
+        with FeatureWriter.reopen(self.shard) as writer:
             for fb in iter_features(images, self.extractor, workers=self.decode_workers, progress=False,
                                     max_pixels=self.max_pixels):
                 rows = [position[p].pop(0) for p in fb.paths]
@@ -192,12 +192,6 @@ class ShardWorker:
                 reasons.update(zip(failed_rows, (r for _, r in fb.failed)))
         return {"index": index, "path": np.asarray(paths, dtype=object),
                 "failed": np.asarray([reasons.get(i, "") for i in index.tolist()], dtype=object)}
-
-
-def h5py_file(path, mode="r+"):
-    import h5py
-
-    return h5py.File(path, mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +238,7 @@ def committed(folder) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
 
-def _index_of(folder, shards, which):
+def _index_of(shards, which):
     """(sorted unique positions, shard number, row) of the rows (`which="rows"`) or failures."""
     pos, sid, row = [], [], []
     for s, f in enumerate(shards):
@@ -295,8 +289,8 @@ def merge(manifest, writer, pending):
     """
     shards = _open_shards(manifest.folder)
     try:
-        rpos, rsid, rrow = _index_of(manifest.folder, shards, "rows")
-        fpos, fsid, frow = _index_of(manifest.folder, shards, "failed")
+        rpos, rsid, rrow = _index_of(shards, "rows")
+        fpos, fsid, frow = _index_of(shards, "failed")
         has_row, rat = _lookup(rpos, pending)
         has_fail, fat = _lookup(fpos, pending)
         missing = pending[~has_row & ~has_fail]
@@ -402,22 +396,24 @@ def run(images, writer, cluster, *, output, options, settings, dtype, decode_wor
     """Extract `images` not yet in `writer` on `cluster` (a `Cluster`), through shards in
     `work_dir(output)`.
 
-    Returns a dict: written, failed (rows and failures merged into the output), workers, shards
-    (shard files merged: more than the workers when actors were restarted).
+    Returns a dict: written, failed (rows and failures merged into the output), workers (the largest
+    pool started; 0 when the shards already held everything), shards (shard files merged: more than
+    the workers when actors were restarted).
     """
     folder = work_dir(output)
     done = set(writer.written_paths())
-    report = {"written": 0, "failed": 0, "workers": cluster.workers, "shards": 0}
+    report = {"written": 0, "failed": 0, "workers": 0, "shards": 0}
     tried = set()  # paths that failed in this call: not tried twice
 
     def one_round(manifest):
         pending = np.asarray([i for i, p in enumerate(manifest.paths) if p not in done], dtype=np.int64)
         todo = np.setdiff1d(pending, committed(manifest.folder))
         if todo.size:
-            _extract_blocks(cluster, manifest, todo, options=options, settings=settings, dtype=dtype,
+            used = _extract_blocks(cluster, manifest, todo, options=options, settings=settings, dtype=dtype,
                             decode_workers=decode_workers,
                             block_size=block_size or 8 * int(options.get("batch_size", 32)),
                             strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+            report["workers"] = max(report["workers"], used)
         report["shards"] += len(shard_files(manifest.folder))
         rows, failures = merge(manifest, writer, pending)
         report["written"] += rows
@@ -439,6 +435,36 @@ def run(images, writer, cluster, *, output, options, settings, dtype, decode_wor
     if rest:
         one_round(Manifest.create(folder, images, rest, settings, dtype))
     return report
+
+
+_ERROR_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.M)
+
+
+def _root_cause(exc, folder):
+    """The error a Ray failure stands for, in one line: a vggfeat error raised on a worker as itself
+    (Ray passes some as objects and some only as text: a worker's constructor), anything else as
+    `RayRunError` naming the worker's exception rather than Ray's wrapper."""
+    from . import errors
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, VggfeatError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    kept = f"what the shards in {folder} hold is kept, `--resume` continues"
+    found = _ERROR_LINE.findall(str(exc))
+    if found:
+        name, message = found[-1]
+        cls = getattr(errors, name.rsplit(".", 1)[-1], None) if name.startswith("vggfeat.") else None
+        if isinstance(cls, type) and issubclass(cls, VggfeatError):
+            return cls(message.strip())
+        return RayRunError(f"a Ray worker failed: {name.rsplit('.', 1)[-1]}: {message.strip()}; {kept}")
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return RayRunError(f"the Ray run failed: {first}; {kept}")
 
 
 class _DropNotice:
@@ -480,6 +506,7 @@ def _extract_blocks(cluster, manifest, todo, *, options, settings, dtype, decode
     # Blocks of at most `block_size` images, and at least one per worker so that none is left idle.
     block_size = max(1, min(block_size, -(-len(todo) // size)))
     blocks = [table.slice(s, block_size) for s in range(0, len(todo), block_size)]
+    size = min(size, len(blocks))  # no worker started for nothing (a resumed run with little left)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # vggfeat's own bar counts images
     _quiet_ray_data()
@@ -505,12 +532,7 @@ def _extract_blocks(cluster, manifest, todo, *, options, settings, dtype, decode
                 on_batch(FeatureBatch([p for p, r in zip(paths, reasons) if not r], [], {},
                                       [(p, r) for p, r in zip(paths, reasons) if r]))
     except RayError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, VggfeatError):
-            raise cause from None
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise RayRunError(f"the Ray run failed: {first}; what the shards in {manifest.folder} hold is kept, "
-                          "`--resume` continues") from None
+        raise _root_cause(exc, manifest.folder) from None
     finally:
         # Leaving early (--strict, an error, Ctrl-C) stops the execution and its actors now, so that
         # no worker still writes a shard when the run is resumed.
@@ -518,3 +540,4 @@ def _extract_blocks(cluster, manifest, todo, *, options, settings, dtype, decode
         if close is not None:
             close()
         bar.close()
+    return size

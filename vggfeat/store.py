@@ -177,6 +177,12 @@ class FeatureWriter:
             raise
         return cls(f, path)
 
+    @classmethod
+    def reopen(cls, path):
+        """Open a file to append more rows as they come, without `resume`'s checks (a shard that
+        only its own worker writes)."""
+        return cls(_open_checked(os.fspath(path), "r+"), os.fspath(path))
+
     # -----------------------------------------------------------------------------------------
     @property
     def rows(self) -> int:
