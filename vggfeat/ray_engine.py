@@ -209,7 +209,7 @@ def _open_shards(folder):
     out = []
     for path in shard_files(folder):
         f = None
-        for attempt in range(_LOCK_RETRIES):
+        for _ in range(_LOCK_RETRIES):
             try:
                 f = h5py.File(path, "r")
                 break
@@ -263,10 +263,11 @@ def _index_of(shards, which):
 
 
 def _lookup(sorted_pos, wanted):
-    at = np.searchsorted(sorted_pos, wanted)
-    at_clipped = np.minimum(at, max(len(sorted_pos) - 1, 0))
-    found = (at < len(sorted_pos)) & (sorted_pos[at_clipped] == wanted) if len(sorted_pos) else np.zeros(len(wanted), bool)
-    return found, at_clipped
+    """(whether each of `wanted` is in `sorted_pos`, and where)."""
+    if not len(sorted_pos):
+        return np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64)
+    at = np.minimum(np.searchsorted(sorted_pos, wanted), len(sorted_pos) - 1)
+    return sorted_pos[at] == wanted, at
 
 
 def _read_rows(ds, rows):
@@ -297,9 +298,8 @@ def merge(manifest, writer, pending):
         if missing.size:
             raise OutputError(f"{missing.size} images of the run have no result in {manifest.folder} (first: "
                               f"{manifest.paths[missing[0]]}); `--resume` extracts them")
-        layers = list(writer._f["features"].keys())
-        row_bytes = sum(int(np.prod(writer._f["features"][k].shape[1:])) * writer._f["features"][k].dtype.itemsize
-                        for k in layers)
+        layout = writer.feature_layout()
+        row_bytes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in layout.values())
         step = int(max(1, min(8192, _MERGE_BYTES // max(1, row_bytes))))
         rows = failures = 0
         for start in range(0, len(pending), step):
@@ -307,8 +307,7 @@ def merge(manifest, writer, pending):
             chunk, ok, at = pending[sl], has_row[sl], rat[sl]
             take = chunk[ok]
             sid, row = rsid[at[ok]], rrow[at[ok]]
-            feats = {k: np.empty((len(take),) + writer._f["features"][k].shape[1:], writer._f["features"][k].dtype)
-                     for k in layers}
+            feats = {k: np.empty((len(take),) + shape, dtype) for k, (shape, dtype) in layout.items()}
             for s in np.unique(sid):
                 mine = sid == s
                 f = shards[s]
@@ -317,7 +316,7 @@ def merge(manifest, writer, pending):
                 if [p.decode("utf-8") if isinstance(p, bytes) else p for p in stored] != expect:
                     raise OutputError(f"shard {f.filename} does not match the run's list of images; remove "
                                       f"{manifest.folder} and run again")
-                for k in layers:
+                for k in layout:
                     feats[k][mine] = _read_rows(f["features"][k], row[mine])
             failed, failed_index = [], chunk[~ok]
             for i, a in zip(failed_index, fat[sl][~ok]):

@@ -191,6 +191,10 @@ class FeatureWriter:
     def written_paths(self) -> list:
         return list(self._f["paths"].asstr()[()]) if self.rows else []
 
+    def feature_layout(self) -> dict:
+        """{layer: (shape of one row, numpy dtype)} as stored."""
+        return {k: (tuple(ds.shape[1:]), ds.dtype) for k, ds in self._f["features"].items()}
+
     def failed_count(self) -> int:
         return int(self._f["failed/paths"].shape[0])
 
