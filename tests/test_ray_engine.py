@@ -217,8 +217,10 @@ def test_ray_engine_gives_the_local_engines_file(local_ray, folder, reference, t
     summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
     _same_as(reference, out)
     assert not os.path.exists(str(out) + ".shards")  # the work folder is gone
-    assert (summary.written, summary.failed, summary.workers, summary.shards) == (18, 1, 2, 2)
-    assert "Ray: 2 workers, 2 shards merged" in summary.line()
+    assert (summary.written, summary.failed, summary.workers) == (18, 1, 2)
+    # one shard per worker (more only if Ray had to restart one, e.g. on a machine short of memory)
+    assert summary.shards >= 2
+    assert f"Ray: 2 workers, {summary.shards} shards merged" in summary.line()
     # an existing output is refused, as with the local engine
     with pytest.raises(OutputError, match="exists"):
         vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
@@ -308,3 +310,28 @@ def test_a_worker_that_computes_other_settings_refuses_to_start(local_ray, folde
         run(images, writer, cluster, output=str(out), options=options, settings=settings, dtype="float32")
     assert writer.rows == 0
     writer.close()
+
+
+@pytest.mark.ray
+def test_driver_killed_mid_run_then_cli_resume(local_ray, folder, reference, tmp_path):
+    """The driver itself dies (kill -9, as a preempted head node would) after its first block: its
+    workers go with it, the shards keep what they committed, and `vggfeat extract --resume` finishes."""
+    from vggfeat.ray_engine import committed, work_dir
+
+    address = local_ray.get_runtime_context().gcs_address
+    out = tmp_path / "ray.h5"
+    code = ("import os, signal, sys, vggfeat\n"
+            "vggfeat.extract([sys.argv[1]], sys.argv[2], ['fc7', 'pool5'], weights='random', input_size=32,\n"
+            "                batch_size=4, engine='ray', address=sys.argv[3], ray_workers=2, block_size=2,\n"
+            "                on_batch=lambda batch: os.kill(os.getpid(), signal.SIGKILL))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder), str(out), address], capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert os.path.isdir(work_dir(out))
+    assert 0 < len(committed(work_dir(out))) < 19
+    r = run_cli("extract", "--engine", "ray", "--address", address, "--workers", "2", "--weights", "random",
+                "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", str(folder),
+                "-o", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    _same_as(reference, out)
+    assert not os.path.exists(work_dir(out))
