@@ -164,11 +164,9 @@ def test_missing_ray_says_how_to_install(tmp_path, image_folder, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Whole runs on a local Ray.
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[dev,ray]')")
-
-
 @pytest.fixture(scope="module")
 def local_ray():
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[dev,ray]')")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
