@@ -50,19 +50,52 @@ def quiet_backend():
         os.close(devnull)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, Kubernetes), delivered as an interrupt so that it stops a run cleanly."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def reports_errors(func):
-    """Run a command, reporting vggfeat's user-facing errors as `Error: ...` without a traceback."""
+    """Run a command, reporting vggfeat's user-facing errors as `Error: ...` without a traceback.
+
+    Ctrl-C and SIGTERM stop the command the same way: what was written is committed and kept, and the
+    message says what (exit 130 for Ctrl-C, 143 for SIGTERM). vggfeat's warnings (a file rolled back
+    or rebuilt by --resume) are printed as one line each.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        import logging
+        import signal
+        import threading
+
         from vggfeat.errors import VggfeatError
 
+        logger = logging.getLogger("vggfeat")
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("vggfeat: %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return func(*args, **kwargs)
         except VggfeatError as exc:
             raise UserError(str(exc), getattr(exc, "exit_code", 2)) from None
-        except KeyboardInterrupt:
-            raise UserError("interrupted; what was written is kept (--resume continues)", 130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated) or isinstance(exc.__context__, Terminated) \
+                or getattr(exc, "signal", None) == "SIGTERM"
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
+            detail = str(exc) or "stopped"
+            raise UserError(f"{what}; {detail}", 143 if terminated else 130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

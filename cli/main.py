@@ -12,6 +12,7 @@ from .extract import extract_command
 from .finetune import finetune_command
 from .info import info_command
 from .predict import predict_command
+from .verify import verify_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,6 +26,7 @@ def cli():
     Predict:   vggfeat predict --classifier clf.skops new_images/
     Fine-tune: vggfeat finetune photos/ -o mine.keras, then extract --weights mine.keras
     Layers:    vggfeat info --arch vgg16
+    Check:     vggfeat verify features.h5
     """
 
 
@@ -33,6 +35,7 @@ cli.add_command(classify_command)
 cli.add_command(predict_command)
 cli.add_command(finetune_command)
 cli.add_command(info_command)
+cli.add_command(verify_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,5 +29,12 @@ class OutputError(VggfeatError):
     """An existing output that would be overwritten, or a file that cannot be resumed."""
 
 
+class WriteFailed(OutputError):
+    """Writing the output failed (a full disk, an I/O error): the run stops; what was committed is kept
+    and `--resume` continues once the cause is fixed. Exit code 1: a fault, not a user mistake."""
+
+    exit_code = 1
+
+
 class ImageError(Exception):
     """One image could not be read; the run records it and goes on (not a user-facing error)."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import ImageError, InputError, OutputError, VggfeatError
@@ -23,6 +24,18 @@ class ExtractFailed(VggfeatError):
     """The run could not produce features (no image readable, or a failure under `strict`)."""
 
     exit_code = 1
+
+
+class ExtractInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, in the CLI) stopped `extract`; the message says what was kept."""
+
+
+def _interrupted_account(output, rows, replacing):
+    if replacing:
+        return f"{output} was left as it was before this --overwrite run (run it again to replace it)"
+    if rows == 0:
+        return f"no row was written yet; {output} holds none (--resume starts it, --overwrite starts afresh)"
+    return f"{rows} rows written to {output} are kept; `--resume` continues"
 
 
 @dataclass
@@ -54,6 +67,7 @@ class ExtractSummary:
     engine: str = "local"
     workers: int = 0  # Ray actors (engine "ray")
     shards: int = 0  # shard files merged (engine "ray"; more than `workers` when actors were restarted)
+    recovered: str | None = None  # what --resume rolled back or rebuilt, if anything
 
     @property
     def images_per_second(self) -> float:
@@ -77,29 +91,96 @@ def _default_workers():
     return max(2, min(16, (os.cpu_count() or 2)))
 
 
-def _decode_in_order(files, geometry, workers, depth, max_pixels):
-    """Yield (index, array or ImageError) in input order, decoding up to `depth` images ahead."""
+#: A decode that takes longer than this (seconds) is that image's failure (default of `decode_timeout`).
+DECODE_TIMEOUT = 120.0
 
-    def job(path):
-        try:
-            return load_image(path, geometry, max_pixels=max_pixels)
-        except ImageError as exc:
-            return exc
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vggfeat-decode") as pool:
+class _Job:
+    """One image to decode on a `_DecodePool` thread; `result` is the array or an `ImageError`."""
+
+    __slots__ = ("file", "started", "done", "result")
+
+    def __init__(self, file):
+        self.file = file
+        self.started = None
+        self.done = threading.Event()
+        self.result = None
+
+
+class _DecodePool:
+    """Daemon threads that decode images (Pillow releases the GIL while it decodes).
+
+    Not `ThreadPoolExecutor`: its threads are joined when the interpreter exits, so one decode that
+    never returns (a stalled network file system) would hang the process even after Ctrl-C. A job
+    that runs past its time limit is abandoned: it fails, and its thread is replaced.
+    """
+
+    def __init__(self, workers, geometry, max_pixels):
+        self.geometry = geometry
+        self.max_pixels = max_pixels
+        self.queue = queue.SimpleQueue()
+        self.size = 0
+        self.closed = False
+        for _ in range(workers):
+            self.add_thread()
+
+    def add_thread(self):
+        self.size += 1
+        threading.Thread(target=self._work, name=f"vggfeat-decode-{self.size}", daemon=True).start()
+
+    def _work(self):
+        while True:
+            job = self.queue.get()
+            if job is None or self.closed:
+                return
+            job.started = time.monotonic()
+            try:
+                job.result = load_image(job.file, self.geometry, max_pixels=self.max_pixels)
+            except ImageError as exc:
+                job.result = exc
+            except Exception as exc:  # load_image turns every image problem into ImageError; this is a bug
+                job.result = ImageError(f"cannot decode: {type(exc).__name__}: {exc}")
+            job.done.set()
+
+    def submit(self, file):
+        job = _Job(file)
+        self.queue.put(job)
+        return job
+
+    def close(self):
+        self.closed = True
+        for _ in range(self.size):
+            self.queue.put(None)
+
+
+def _decode_in_order(files, geometry, workers, depth, max_pixels, timeout=DECODE_TIMEOUT):
+    """Yield (index, array or ImageError) in input order, decoding up to `depth` images ahead.
+
+    A decode running longer than `timeout` seconds yields an ImageError for its image. The wait
+    wakes up often, so Ctrl-C (and SIGTERM, which the CLI turns into the same) stops it promptly.
+    """
+    pool = _DecodePool(workers, geometry, max_pixels)
+    try:
         pending = deque()
         it = iter(enumerate(files))
         for i, f in it:
-            pending.append((i, pool.submit(job, f)))
+            pending.append((i, pool.submit(f)))
             if len(pending) >= depth:
                 break
         while pending:
-            i, fut = pending.popleft()
-            result = fut.result()
+            i, job = pending.popleft()
+            while not job.done.wait(0.25):
+                if job.started is not None and time.monotonic() - job.started > timeout:
+                    job.result = ImageError(f"decoding took longer than {timeout:g} s (abandoned)")
+                    pool.add_thread()  # the stuck thread keeps its slot until its decode returns
+                    break
+            result = job.result
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt[0], pool.submit(job, nxt[1])))
+                pending.append((nxt[0], pool.submit(nxt[1])))
             yield i, result
+    finally:
+        pool.close()
 
 
 def _to_list(images: ImageList | list | str):
@@ -109,7 +190,7 @@ def _to_list(images: ImageList | list | str):
 
 
 def iter_features(inputs, extractor=None, *, workers=None, skip=(), progress=None, strict=False,
-                  max_pixels=MAX_PIXELS, **extractor_options):
+                  max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, **extractor_options):
     """Yield `FeatureBatch`es of the images in `inputs`, in input order, holding only a few batches.
 
     Args:
@@ -120,6 +201,7 @@ def iter_features(inputs, extractor=None, *, workers=None, skip=(), progress=Non
         skip: stored paths to leave out (already done).
         progress: show a progress bar on stderr (None: when stderr is a terminal).
         strict: raise `ExtractFailed` at the first image that cannot be read.
+        decode_timeout: seconds after which one image's decode is abandoned and recorded as failed.
 
     Examples:
         >>> for batch in iter_features(["images/"], weights="random", layers=["fc7"]):  # doctest: +SKIP
@@ -141,7 +223,7 @@ def iter_features(inputs, extractor=None, *, workers=None, skip=(), progress=Non
     try:
         pending_paths, pending_labels, pending_images, failed = [], [], [], []
         for j, result in _decode_in_order(files, extractor.geometry, workers, depth=2 * bs + workers,
-                                          max_pixels=max_pixels):
+                                          max_pixels=max_pixels, timeout=decode_timeout):
             i = todo[j]
             if isinstance(result, ImageError):
                 failed.append((images.paths[i], str(result)))
@@ -282,15 +364,11 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         raise InputError(f"unknown storage dtype {dtype!r}; choose float32 or float16")
     if compression not in (None, "gzip", "lzf"):
         raise InputError(f"unknown compression {compression!r}; choose gzip or lzf")
+    from .store import FeatureWriter
+
     output = os.fspath(output)
-    if os.path.isdir(output):
-        raise OutputError(f"the output is a folder: {output}")
+    FeatureWriter.check_output(output, resume=resume, overwrite=overwrite)
     exists = os.path.exists(output)
-    if exists and not (resume or overwrite):
-        raise OutputError(f"{output} exists; pass --resume to continue it or --overwrite to replace it")
-    parent = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(parent):
-        raise OutputError(f"the output folder does not exist: {parent}")
     if engine == "ray":
         from .ray_engine import work_dir
 
@@ -298,6 +376,25 @@ def extract(inputs, output, layers=("fc7",), *, arch=None, weights="imagenet", s
         if os.path.exists(work) and not (resume or overwrite):
             raise OutputError(f"{work} holds an unfinished sharded run; pass --resume to finish it or "
                               "--overwrite to start again")
+    try:
+        return _prepare_and_run(inputs, output, layers, exists=exists, arch=arch, weights=weights, seed=seed,
+                                pooling=pooling, fully_convolutional=fully_convolutional, dense=dense,
+                                input_size=input_size, resize=resize, precision=precision, dtype=dtype,
+                                compression=compression, batch_size=batch_size, workers=workers, resume=resume,
+                                overwrite=overwrite, strict=strict, progress=progress, max_pixels=max_pixels,
+                                scales=scales, flip=flip, aggregate=aggregate, l2=l2, extractor=extractor,
+                                on_batch=on_batch, engine=engine, address=address, ray_workers=ray_workers,
+                                gpus_per_worker=gpus_per_worker, block_size=block_size)
+    except ExtractInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise ExtractInterrupted(f"stopped before any row was written; {output} was not changed") from None
+
+
+def _prepare_and_run(inputs, output, layers, *, exists, arch, weights, seed, pooling, fully_convolutional, dense,
+                     input_size, resize, precision, dtype, compression, batch_size, workers, resume, overwrite,
+                     strict, progress, max_pixels, scales, flip, aggregate, l2, extractor, on_batch, engine,
+                     address, ray_workers, gpus_per_worker, block_size):
     images = scan_images(inputs)
     options = dict(layers=list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
                    fully_convolutional=fully_convolutional, dense=dense, input_size=input_size, resize=resize,
@@ -372,13 +469,20 @@ def _extract(images, output, extractor, *, inputs, exists, resume, overwrite, dt
                 if on_batch is not None:
                     on_batch(batch)
         complete = True
+    except KeyboardInterrupt:
+        total_rows = writer.rows
+        replacing = writer.path != writer.final_path
+        writer.close(complete=False)
+        raise ExtractInterrupted(_interrupted_account(output, total_rows, replacing)) from None
     finally:
         total_rows = writer.rows
-        writer.close(complete=complete)
+        # an output with no row is not complete (and an --overwrite leaves the old file in place)
+        writer.close(complete=complete and total_rows > 0)
     seconds = time.perf_counter() - start
     summary = ExtractSummary(output, written, failed, skipped, total_rows, seconds,
                              {k: (None,) + tuple(v) for k, v in output_shapes.items()}, engine=engine,
-                             workers=report.get("workers", 0), shards=report.get("shards", 0))
+                             workers=report.get("workers", 0), shards=report.get("shards", 0),
+                             recovered=writer.recovered)
     if total_rows == 0 and failed:
         raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
     return summary

@@ -230,23 +230,28 @@ def _open_shards(folder):
 
 def committed(folder) -> np.ndarray:
     """Sorted positions that some shard of `folder` holds a committed row for."""
+    from .store import committed_counts
+
     parts = []
     for f in _open_shards(folder):
         with f:
-            n = f["paths"].shape[0]
+            n, _ = committed_counts(f)
             parts.append(f["index"][:n])
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
 
 def _index_of(shards, which):
     """(sorted unique positions, shard number, row) of the rows (`which="rows"`) or failures."""
+    from .store import committed_counts
+
     pos, sid, row = [], [], []
     for s, f in enumerate(shards):
+        rows, failures = committed_counts(f)
         if which == "rows":
-            n = f["paths"].shape[0]
+            n = rows
             ix = f["index"][:n]
         else:
-            n = f["failed/paths"].shape[0]
+            n = failures
             ix = f["failed/index"][:n]
         pos.append(ix)
         sid.append(np.full(n, s, np.int64))
