@@ -398,3 +398,55 @@ def test_read_only_folder_is_one_line_before_the_model(tmp_path, folder):
             subprocess.run(["umount", str(ro)], capture_output=True)
         else:
             ro.chmod(stat.S_IRWXU)
+
+
+# ---------------------------------------------------------------------------------------------
+# Format 1 files (before commit records) still read, and resume upgrades them
+
+
+def test_format_1_files_are_read_verified_as_unverifiable_and_upgraded_by_resume(tmp_path, clean, folder):
+    old = tmp_path / "old.h5"
+    shutil.copyfile(clean, old)
+    with h5py.File(old, "r+") as f:  # the layout vggfeat wrote before format 2
+        del f["commits"]
+        for key in ("chunk_rows", "clean_rows"):
+            del f.attrs[key]
+        f.attrs["format_version"] = 1
+    assert_same_rows(clean, old)
+    result = run("verify", old)
+    assert result.returncode == 0 and "format 1" in result.stdout and "cannot be verified" in result.stdout
+    done = run("extract", folder, *ARGS, "-o", old, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt because it was written in format 1" in done.stderr
+    assert vggfeat.read_attrs(old)["format_version"] == 2 and verify(old).ok
+    assert_same_rows(clean, old)
+
+
+# ---------------------------------------------------------------------------------------------
+# One image that never finishes decoding
+
+
+def test_a_decode_that_hangs_is_that_images_failure(tmp_path, folder, monkeypatch):
+    import threading
+
+    import importlib
+
+    extract_module = importlib.import_module("vggfeat.extract")
+
+    real = extract_module.load_image
+    never = threading.Event()
+
+    def load(path, *args, **kwargs):
+        if path.endswith("img_003.png"):
+            never.wait()  # a stalled network file system
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "load_image", load)
+    start = time.monotonic()
+    batches = list(vggfeat.iter_features([folder / "circles"], arch="vgg11", weights="random", input_size=32,
+                                         layers=["fc7"], batch_size=4, decode_timeout=1.0, progress=False))
+    assert time.monotonic() - start < 120
+    failed = [f for b in batches for f in b.failed]
+    assert failed == [("img_003.png", "decoding took longer than 1 s (abandoned)")]
+    assert sum(len(b.paths) for b in batches) == 39
+    never.set()
