@@ -7,7 +7,10 @@ that it saw in training.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +18,39 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, InputError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no fcntl, and no O_NONBLOCK to clear
+    fcntl = None
+
 #: File name extensions (lower case) that are taken for images; any letter case matches.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-#: Images with more pixels than this are refused as decompression bombs (Pillow's own limit).
+#: Images with more pixels than this are refused as decompression bombs (Pillow's own limit, read at
+#: import). A JPEG is judged at the size it is decoded at (see `load_image`), any other image at its own
+#: size; the network input of `short` geometry is held to the same limit. Independently of it, Pillow's
+#: `Image.open` refuses any image over twice `PIL.Image.MAX_IMAGE_PIXELS` (179 million pixels by default).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+#: Images (and `short`-geometry network inputs) with a side longer than this are refused: a very thin
+#: image has few pixels but can need a huge resize. 65,535 is also the largest side a JPEG can have.
+MAX_SIDE = 65_535
+
+
+def _quiet_bomb_warnings():
+    """Pillow warns (DecompressionBombWarning) on every image between 1x and 2x its pixel limit, once
+    per distinct size; load_image applies its own limits, so for a folder of photos that is noise.
+    An `ignore` filter for that category only, appended (a filter the user sets still wins), and
+    Pillow's own settings untouched. Ensured again by each load_image (cheaply: only when missing),
+    because a filter added at import is lost when the import happens inside `warnings.catch_warnings`
+    (as pytest's collection does)."""
+    for f in warnings.filters:
+        if f[0] == "ignore" and f[1] is None and f[2] is Image.DecompressionBombWarning and f[3] is None:
+            return
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, append=True)
+
+
+_quiet_bomb_warnings()
 
 RESIZE_MODES = ("crop", "squash", "short")
 
@@ -90,18 +121,41 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _short_side_size(w, h, side):
+    """(width, height) of a w x h image whose shorter side is resized to `side`."""
+    if w <= h:
+        return side, max(side, int(round(h * side / w)))
+    return max(side, int(round(w * side / h))), side
+
+
+#: `crop` resizes the whole image then crops when the resized image has at most this many times the
+#: pixels of the resized shorter side squared (an aspect ratio up to 16:1: every ordinary photo and
+#: panorama); beyond it, only the region the crop keeps is resized (see `_resize`).
+_WHOLE_RESIZE_ASPECT = 16
+
+
 def _resize(im: Image.Image, geometry: Geometry) -> Image.Image:
+    """Resize (and crop) an RGB image to the geometry: bilinear, antialiased.
+
+    `crop` of an image more elongated than 16:1 resizes only the region the centre crop keeps (Pillow's
+    `resize(box=...)`) instead of the whole image, which would be huge (a 20,000 x 1 image would become
+    5,120,000 x 256). The result differs from resize-then-crop by at most a grey level or two on a few
+    pixels (Pillow passes the box in single precision), so images within 16:1 keep the exact
+    resize-then-crop.
+    """
     if geometry.resize == "squash":
         return im.resize((geometry.size, geometry.size), Image.Resampling.BILINEAR)
     w, h = im.size
     side = geometry.resize_side
-    nw, nh = (side, max(side, int(round(h * side / w)))) if w <= h else (max(side, int(round(w * side / h))), side)
-    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    if geometry.resize == "crop":
-        s = geometry.size
-        left, top = (nw - s) // 2, (nh - s) // 2
-        im = im.crop((left, top, left + s, top + s))
-    return im
+    nw, nh = _short_side_size(w, h, side)
+    s = geometry.size
+    left, top = (nw - s) // 2, (nh - s) // 2
+    if geometry.resize == "short" or nw * nh <= _WHOLE_RESIZE_ASPECT * side * side:
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        return im if geometry.resize == "short" else im.crop((left, top, left + s, top + s))
+    sx, sy = w / nw, h / nh  # source pixels per resized pixel, as in the whole resize
+    box = (left * sx, top * sy, min(w, (left + s) * sx), min(h, (top + s) * sy))
+    return im.resize((s, s), Image.Resampling.BILINEAR, box=box)
 
 
 def _target_size(w, h, geometry: Geometry):
@@ -111,7 +165,51 @@ def _target_size(w, h, geometry: Geometry):
     return int(w * scale), int(h * scale)
 
 
-def load_image(path, geometry: Geometry | None = Geometry(), max_pixels: int = MAX_PIXELS) -> np.ndarray:
+_FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _refuse_unless_regular(mode):
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "unknown kind")
+        raise ImageError(f"not a regular file ({kind})")
+
+
+def _open_regular(path):
+    """An ordinary binary file object for `path` and its size; ImageError unless it is a regular file.
+
+    Opened with O_NONBLOCK, so that opening a FIFO does not wait for a writer, and judged by `fstat`
+    on the opened descriptor (no race between the check and the read); then blocking mode is restored.
+    A stat before opening refuses sockets (which cannot be opened) and devices without opening them.
+    """
+    try:
+        _refuse_unless_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"cannot open: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        _refuse_unless_regular(st.st_mode)
+        if getattr(os, "O_NONBLOCK", 0) and fcntl is not None:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def load_image(path, geometry: Geometry | None = Geometry(), max_pixels: int = MAX_PIXELS,
+               max_side: int = MAX_SIDE) -> np.ndarray:
     """Read one image file as an RGB uint8 array of shape (H, W, 3) in the given geometry.
 
     EXIF orientation is applied; any mode (L, LA, P, RGBA, CMYK, I;16, F...) becomes RGB; GIFs give
@@ -119,48 +217,70 @@ def load_image(path, geometry: Geometry | None = Geometry(), max_pixels: int = M
     `draft`, never below twice the target size) before the bilinear, antialiased resize.
     With `geometry=None` the image is returned at its own size.
 
+    Limits, each refused as that image's failure before anything large is decoded: a side longer than
+    `max_side`; more than `max_pixels` pixels, counted at the size the image is decoded at (a JPEG with
+    a geometry is judged at its reduced `draft` size, so a 108-megapixel photo that decodes at 1/8 scale
+    passes; any other image at its own size); with `short` geometry, a network input of more than
+    `max_pixels` pixels or a side longer than `max_side` (a very thin image). Pillow itself refuses
+    any image above twice `PIL.Image.MAX_IMAGE_PIXELS` when it opens it.
+
+    Only regular files are read: a FIFO, device, socket or directory is refused without blocking.
+
     Raises:
-        ImageError: the file cannot be read as an image (the message says why).
+        ImageError: the file cannot be read as an image (the message says why, in one line). Any
+            `Exception` while reading, decoding or resizing (Pillow, NumPy, MemoryError...) becomes
+            `cannot decode: <type>: <first line of its message>`; KeyboardInterrupt and SystemExit
+            are not caught.
     """
+    _quiet_bomb_warnings()
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"decompression bomb: {w}x{h} pixels is more than the limit of {max_pixels}")
-            if w < 1 or h < 1:
-                raise ImageError(f"empty image ({w}x{h})")
-            if geometry is not None and im.format == "JPEG":
-                tw, th = _target_size(w, h, geometry)
-                im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, (2 * tw, 2 * th))
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
-            if geometry is not None:
-                im = _resize(im, geometry)
-            arr = np.asarray(im, dtype=np.uint8)
+        if hasattr(path, "read"):
+            fp, nbytes = path, -1
+        else:
+            fp, nbytes = _open_regular(path)
+        with fp if fp is not path else contextlib.nullcontext():
+            arr = _decode(fp, geometry, max_pixels, max_side)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"decompression bomb: {exc}") from None
+        raise ImageError(f"decompression bomb: {str(exc).strip().splitlines()[0]}") from None
     except UnidentifiedImageError:
-        size = _size(path)
-        raise ImageError("empty file (0 bytes)" if size == 0 else "not an image Pillow can identify") from None
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise ImageError(f"cannot decode: {exc}") from None
+        raise ImageError("empty file (0 bytes)" if nbytes == 0 else "not an image Pillow can identify") from None
+    except Exception as exc:  # MemoryError included; KeyboardInterrupt is not an Exception
+        raise ImageError(f"cannot decode: {_one_line(exc)}") from None
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageError(f"unexpected decoded shape {arr.shape}")
     return arr
 
 
-def _size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1
+def _decode(fp, geometry, max_pixels, max_side):
+    with Image.open(fp) as im:
+        w, h = im.size
+        if w < 1 or h < 1:
+            raise ImageError(f"empty image ({w}x{h})")
+        if w > max_side or h > max_side:
+            raise ImageError(f"image too large: {w}x{h} has a side longer than the limit of {max_side} pixels")
+        if geometry is not None and im.format == "JPEG":
+            tw, th = _target_size(w, h, geometry)
+            im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, (2 * tw, 2 * th))
+        dw, dh = im.size
+        if dw * dh > max_pixels:
+            at = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
+            raise ImageError(f"decompression bomb: {w}x{h}{at} is {dw * dh} pixels, more than the limit of "
+                             f"{max_pixels}")
+        if geometry is not None and geometry.resize == "short":
+            ow, oh = _short_side_size(dw, dh, geometry.resize_side)
+            if ow * oh > max_pixels or max(ow, oh) > max_side:
+                limit = (f"{ow * oh} pixels, more than the limit of {max_pixels}" if ow * oh > max_pixels
+                         else f"a side longer than the limit of {max_side}")
+                raise ImageError(f"image too elongated: {w}x{h} with the shorter side resized to "
+                                 f"{geometry.resize_side} gives {ow}x{oh}, {limit}")
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        if geometry is not None:
+            im = _resize(im, geometry)
+        return np.asarray(im, dtype=np.uint8)
 
 
 # Never let Pillow pad a truncated file with grey: a truncated image is a failure.
@@ -198,33 +318,120 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _within(path: str, folder: str) -> bool:
+    """True when real path `path` is `folder` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _walk_sorted(folder):
-    """Image files under `folder`, recursively, in a deterministic (sorted) order."""
-    out = []
+    """Image files under `folder`, recursively, in a deterministic (sorted) order.
+
+    Symbolic links to folders: a link to a folder inside `folder` is skipped (its images are already
+    found under their own path; this also covers links back up the tree); a link to a folder outside
+    it is followed, each such folder at most once (the first link in sorted order names it), and a link
+    to a folder that holds `folder` or the link itself (a loop) is skipped. Links to files are kept.
+    Folders that cannot be read are skipped.
+    """
+    top = os.path.abspath(folder)
+    real_top = os.path.realpath(top)
+    followed = [real_top]  # real folders whose whole content is walked: links into them are skipped
     seen = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symbolic link back up the tree: do not loop
-            dirnames[:] = []
+    out = []
+    stack = [(top, real_top)]
+    while stack:
+        path, real = stack.pop()
+        if real in seen:
             continue
         seen.add(real)
-        dirnames.sort()
-        for name in sorted(filenames):
-            if is_image_name(name):
-                out.append(os.path.join(dirpath, name))
-    # os.walk yields a folder's files before its subfolders'; sort the whole list by path components
-    out.sort(key=lambda p: os.path.relpath(p, folder).split(os.sep))
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if is_image_name(entry.name):
+                    out.append(entry.path)
+                continue
+            if not entry.is_symlink():
+                subfolders.append((entry.path, os.path.join(real, entry.name)))
+                continue
+            target = os.path.realpath(entry.path)
+            if (any(_within(target, f) for f in followed)  # inside the tree, or a folder already followed
+                    or _within(real, target) or _within(real_top, target)):  # a loop back up
+                continue
+            followed.append(target)
+            subfolders.append((entry.path, target))
+        stack.extend(reversed(subfolders))
+    # sort the whole list by path components (a folder's files and subfolders interleave by name)
+    out.sort(key=lambda p: os.path.relpath(p, top).split(os.sep))
     return out
 
 
-def _printable(path: str) -> str:
-    """A path as valid UTF-8 for the output file: bytes that are not UTF-8 (undecodable file names,
-    which Python holds as lone surrogates) become backslash escapes such as \\xff."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
+def escape_path(path: str) -> str:
+    r"""How a path (a file name, a relative path or a class name) is stored in the output: valid UTF-8,
+    unique and reversible (`unescape_path`).
+
+    A path that is valid UTF-8 and holds no backslash is stored as it is (every ordinary name). Any
+    other is stored with every backslash doubled and every byte that is not UTF-8 (Python holds such
+    file-name bytes as lone surrogates) as `\xHH`: so the raw byte 0xff and a file literally named
+    `\xff` are stored as `\xff` and `\\xff`.
+    """
+    if "\\" not in path:
+        try:
+            path.encode("utf-8")
+            return path
+        except UnicodeEncodeError:
+            pass
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def unescape_path(stored: str) -> str:
+    """The inverse of `escape_path`: the path as the operating system functions take it (bytes that are
+    not UTF-8 come back as the same surrogate escapes `os.fsdecode` gives, so
+    `os.fsencode(unescape_path(p))` is the file name's exact bytes).
+
+    Raises:
+        ValueError: `stored` is not something `escape_path` produces.
+    """
+    if "\\" not in stored:
+        return stored
+    out = bytearray()
+    i, n = 0, len(stored)
+    while i < n:
+        c = stored[i]
+        if c != "\\":
+            j = stored.find("\\", i)
+            j = n if j < 0 else j
+            out += stored[i:j].encode("utf-8")
+            i = j
+        elif stored.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif stored.startswith("\\x", i) and len(stored[i + 2:i + 4]) == 2 and all(
+                ch in "0123456789abcdefABCDEF" for ch in stored[i + 2:i + 4]):
+            out.append(int(stored[i + 2:i + 4], 16))
+            i += 4
+        else:
+            raise ValueError(f"not a stored path (a backslash starts neither \\\\ nor \\xHH): {stored!r}")
+    return os.fsdecode(bytes(out))
+
+
+def stored_path_to_file(stored: str, root=None) -> str:
+    """The file a stored `/paths` entry names: `unescape_path`, joined to `root` (the file's `root`
+    attribute, for paths stored relative to one folder; None for absolute paths)."""
+    path = unescape_path(stored)
+    if os.sep != "/":
+        path = path.replace("/", os.sep)
+    return os.path.join(os.fspath(root), path) if root is not None else path
+
+
+_printable = escape_path  # the former name
 
 
 def scan_images(inputs) -> ImageList:
@@ -233,7 +440,14 @@ def scan_images(inputs) -> ImageList:
     Folders are scanned recursively, in sorted order, for files whose name ends in one of
     `IMAGE_EXTENSIONS` (any letter case). Images inside a first-level subfolder of a given folder are
     labelled with that subfolder's name. Paths are stored relative to the folder when a single folder
-    is given, absolute otherwise.
+    is given, absolute otherwise; stored paths and class names go through `escape_path` (unique,
+    reversible with `unescape_path` / `stored_path_to_file`).
+
+    Symbolic links to folders: a link to a folder inside the given folder is skipped (its images are
+    found there under their own names and class, e.g. `a/also_b -> ../b` adds nothing to class `a`);
+    a link to a folder outside it is followed, each such folder at most once, and a first-level link
+    to an outside folder is a class named after the link. Links that loop back up are skipped. Links to
+    files are kept as they are.
 
     Raises:
         InputError: an input does not exist, or no image was found.
@@ -264,13 +478,14 @@ def scan_images(inputs) -> ImageList:
         if f not in seen:
             seen.add(f)
             unique.append((f, c))
-    unique = [(f, _printable(c) if c is not None else None) for f, c in unique]
+    unique = [(f, escape_path(c) if c is not None else None) for f, c in unique]
     class_names = sorted({c for _, c in unique if c is not None})
     index = {c: i for i, c in enumerate(class_names)}
     root = os.path.abspath(inputs[0]) if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
     files = [f for f, _ in unique]
-    paths = [_printable(os.path.relpath(f, root) if root else f) for f in files]
+    paths = [os.path.relpath(f, root) if root else f for f in files]
     if os.sep != "/":
         paths = [p.replace(os.sep, "/") for p in paths]
+    paths = [escape_path(p) for p in paths]
     labels = [index[c] if c is not None else -1 for _, c in unique]
     return ImageList(files, paths, labels, class_names, root)
