@@ -795,6 +795,7 @@ class FeatureWriter:
             f["paths"][start:stop] = np.array(data["paths"], dtype=object)
         else:
             labels = np.empty(0, np.int64)
+            crcs.update({f"features/{name}": 0 for name in f["features"]})
         crcs["labels"] = _crc(labels)
         crcs["paths"] = _crc_strings(data["paths"])
         if self._indexed:
