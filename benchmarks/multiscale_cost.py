@@ -22,7 +22,10 @@ def main():
     ap.add_argument("--scales", default="256,384,512")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from vggfeat.extract import build_extractor
+    from vggfeat import ExtractorConfig
+
+    def build_extractor(layers, batch_size=32, dense=False, **kw):
+        return ExtractorConfig(layers=layers, form="dense" if dense else "standard", **kw).build(batch_size=batch_size)
 
     rng = np.random.default_rng(0)
     same = [rng.integers(0, 256, (480, 640, 3)).astype(np.uint8) for _ in range(args.images)]

@@ -76,7 +76,7 @@ def bench_runs(images, runs, workers):
             "--layer", "fc7", "--resize", "squash", "-q", "--overwrite"]
     configs = {"local": []}
     for w in workers:
-        configs[f"ray, {w} worker{'s' if w > 1 else ''}"] = ["--engine", "ray", "--workers", str(w)]
+        configs[f"ray, {w} worker{'s' if w > 1 else ''}"] = ["--engine", "ray", "--ray-workers", str(w)]
     times = {k: [] for k in configs}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     try:

@@ -42,8 +42,10 @@ from ._common import model_options, quiet_backend, reports_errors
               help="local: this process. ray: a Ray cluster (pip install \"vggfeat[ray]\"): a pool of extractor "
                    "workers writes shards next to OUTPUT, merged into OUTPUT at the end.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local engine: decoding threads (default: CPUs). Ray engine: extractor workers (default: one "
-                   "per GPU with --gpus-per-worker, else one per node).")
+              help="Decoding threads (default: CPUs, 2 to 16), in this process or in each Ray worker.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="With --engine ray: extractor workers (default: one per GPU with --gpus-per-worker, else one "
+                   "per node).")
 @click.option("--address", default=None, metavar="ADDR",
               help="With --engine ray: the cluster to join (auto, ray://HOST:10001...). Default: $RAY_ADDRESS, "
                    "else a new local Ray.")
@@ -59,7 +61,7 @@ from ._common import model_options, quiet_backend, reports_errors
 @reports_errors
 def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
                     input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
-                    workers, address, gpus_per_worker, block_size, resume, overwrite, strict, quiet):
+                    workers, ray_workers, address, gpus_per_worker, block_size, resume, overwrite, strict, quiet):
     """Extract features of images in INPUTS (folders, scanned recursively, and/or files) into OUTPUT.
 
     Images in first-level subfolders get the subfolder's name as class label. Images that cannot be
@@ -73,24 +75,31 @@ def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_
     On a Ray cluster (images and OUTPUT's folder on storage every node sees):
       vggfeat extract --engine ray --address auto --gpus-per-worker 1 /data/images -o /data/features.h5
     """
-    if engine == "local" and (address is not None or gpus_per_worker or block_size is not None):
-        raise click.UsageError("--address, --gpus-per-worker and --block-size need --engine ray")
+    if engine == "local" and (address is not None or gpus_per_worker or block_size is not None
+                              or ray_workers is not None):
+        raise click.UsageError("--address, --ray-workers, --gpus-per-worker and --block-size need --engine ray")
+    if fully_convolutional and dense:
+        raise click.UsageError("--fully-convolutional and --dense exclude each other")
     scale_list = None
     if scales:
         try:
             scale_list = [int(q) for q in scales.replace(" ", "").split(",") if q]
         except ValueError:
             raise click.BadParameter(f"expected integers separated by commas, got {scales!r}", param_hint="--scales")
-    decode_threads, ray_workers = (None, workers) if engine == "ray" else (workers, None)
+    from vggfeat.config import ExtractorConfig
+
+    # every rule of the settings is checked here, before TensorFlow is imported
+    config = ExtractorConfig(layers=list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
+                             form="dense" if dense else ("fully_conv" if fully_convolutional else "standard"),
+                             input_size=input_size, resize=resize, precision=precision, scales=scale_list,
+                             flip=flip, aggregate=aggregate, l2=l2)
     quiet_backend()
     from vggfeat import extract
 
-    summary = extract(list(inputs), output, list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
-                      fully_convolutional=fully_convolutional, dense=dense, input_size=input_size, resize=resize,
-                      precision=precision, dtype=dtype, compression=compression, batch_size=batch_size,
-                      resume=resume, overwrite=overwrite, strict=strict,
-                      progress=None if not quiet else False, scales=scale_list, flip=flip, aggregate=aggregate,
-                      l2=l2, engine=engine, address=address, gpus_per_worker=gpus_per_worker, block_size=block_size,
-                      workers=decode_threads, ray_workers=ray_workers)
+    summary = extract(list(inputs), output, config=config, dtype=dtype, compression=compression,
+                      batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict,
+                      progress=None if not quiet else False, engine=engine, address=address,
+                      gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
+                      ray_workers=ray_workers)
     if not quiet:
         click.echo(summary.line(), err=True)

@@ -64,3 +64,11 @@ def run_cli(*args, env=None, timeout=600):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "vggfeat_cli", *map(str, args)], capture_output=True,
                           text=True, env=e, timeout=timeout, cwd=REPO)
+
+
+def build(layers=("fc7",), *, batch_size=32, dense=False, fully_convolutional=False, **settings):
+    """An extractor from settings, as every entry point builds one: `ExtractorConfig(...).build()`."""
+    from vggfeat import ExtractorConfig
+
+    form = "dense" if dense else ("fully_conv" if fully_convolutional else settings.pop("form", "standard"))
+    return ExtractorConfig(layers=layers, form=form, **settings).build(batch_size=batch_size)

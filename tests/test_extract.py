@@ -13,7 +13,7 @@ from PIL import Image
 import vggfeat
 from vggfeat import FeatureExtractor, extract, load_features
 from vggfeat.errors import LayerError, OutputError
-from vggfeat.extract import ExtractFailed
+from vggfeat.errors import ExtractFailed
 from vggfeat.images import load_image
 
 from conftest import REPO, make_folder
@@ -150,7 +150,7 @@ def test_dense_form_extraction(tmp_path):
     root = tmp_path / "in"
     make_folder(str(root), per_class=1, size=(80, 64))
     out = tmp_path / "f.h5"
-    extract([root], out, ["fc7"], arch="vgg11", weights="random", dense=True, input_size=224, progress=False)
+    extract([root], out, ["fc7"], arch="vgg11", weights="random", form="dense", input_size=224, progress=False)
     assert vggfeat.read_attrs(out)["form"] == "dense"
     assert load_features(out).features.shape == (3, 4096)
 

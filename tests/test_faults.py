@@ -431,7 +431,7 @@ def test_a_decode_that_hangs_is_that_images_failure(tmp_path, folder, monkeypatc
 
     import importlib
 
-    extract_module = importlib.import_module("vggfeat.extract")
+    extract_module = importlib.import_module("vggfeat.stream")
 
     real = extract_module.load_image
     never = threading.Event()

@@ -8,8 +8,7 @@ import pytest
 import vggfeat
 from vggfeat import FeatureExtractor, extract, load_features
 from vggfeat.errors import InputError, OutputError
-from vggfeat.extract import build_extractor
-
+from conftest import build as build_extractor
 from conftest import make_folder
 
 CONV = dict(arch="vgg11", weights="random", layers=["conv5_2"], fully_convolutional=True, batch_size=4)
@@ -66,7 +65,8 @@ def test_attributes_are_written_and_checked_on_resume(tmp_path):
     root = tmp_path / "in"
     make_folder(str(root), per_class=2, size=(56, 40))
     out = tmp_path / "f.h5"
-    opts = dict(CONV, scales=[32, 48], flip=True, aggregate="stack", l2=True, progress=False)
+    opts = dict(CONV, scales=[32, 48], flip=True, aggregate="stack", l2=True, progress=False, form="fully_conv")
+    del opts["fully_convolutional"]
     extract([root], out, **opts)
     attrs = vggfeat.read_attrs(out)
     assert json.loads(attrs["scales"]) == [32, 48] and attrs["flip"] and attrs["aggregate"] == "stack" and attrs["l2"]
@@ -77,13 +77,13 @@ def test_attributes_are_written_and_checked_on_resume(tmp_path):
 
 
 def test_errors():
-    with pytest.raises(InputError, match="needs --dense .* or --fully-convolutional"):
+    with pytest.raises(InputError, match="scales need form dense"):
         build_extractor(["fc7"], arch="vgg11", weights="random", scales=[256])
-    with pytest.raises(InputError, match="give --scales"):
+    with pytest.raises(InputError, match="give scales"):
         build_extractor(["fc7"], arch="vgg11", weights="random", flip=True)
-    with pytest.raises(InputError, match="at least 224"):
+    with pytest.raises(InputError, match="between 224 and"):
         build_extractor(["fc7"], arch="vgg11", weights="random", dense=True, scales=[128, 256])
-    with pytest.raises(InputError, match="pooling avg or max"):
+    with pytest.raises(InputError, match="need pooling avg or max"):
         build_extractor(**CONV, scales=[32], pooling="none")
 
 
@@ -95,5 +95,13 @@ def test_featurizer_takes_the_multiscale_options(tmp_path):
     img = _image(60, 44)
     out = fz.transform([img])
     assert out.shape == (1, 1024) and fz.get_feature_names_out()[-1] == "conv5_2_1023"
-    want = build_extractor(**CONV, scales=[32, 48], aggregate="stack", flip=True, l2=True).predict([img])["conv5_2"]
+    # an array is an image like a file: decoded to the largest scale first, then to each scale
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "img.png")
+    np.testing.assert_allclose(out, fz.transform([str(tmp_path / "img.png")]), rtol=1e-5, atol=1e-6)
+    ms = build_extractor(**CONV, scales=[32, 48], aggregate="stack", flip=True, l2=True)
+    from vggfeat.images import prepare_array
+
+    want = ms.predict([prepare_array(img, ms.geometry)])["conv5_2"]
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)

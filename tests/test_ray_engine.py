@@ -277,7 +277,7 @@ def test_an_interrupted_sharded_run_resumes(local_ray, folder, reference, tmp_pa
 def test_cli_joins_a_cluster_by_address(local_ray, folder, reference, tmp_path):
     address = local_ray.get_runtime_context().gcs_address
     out = tmp_path / "cli.h5"
-    r = run_cli("extract", "--engine", "ray", "--address", address, "--workers", "2", "--weights", "random",
+    r = run_cli("extract", "--engine", "ray", "--address", address, "--ray-workers", "2", "--weights", "random",
                 "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", str(folder),
                 "-o", str(out))
     assert r.returncode == 0, r.stderr
@@ -292,22 +292,28 @@ def test_cli_joins_a_cluster_by_address(local_ray, folder, reference, tmp_path):
 
 @pytest.mark.ray
 def test_a_worker_that_computes_other_settings_refuses_to_start(local_ray, folder, tmp_path):
-    """A node with another weight file or vggfeat version must not mix its features in: the worker
-    compares its settings with the driver's and the run stops with that reason in one line."""
-    from vggfeat.extract import build_extractor
+    """A node with another weight file must not mix its features in: the worker builds the driver's
+    ExtractorConfig, whose weights_sha256 its file does not match, and the run stops with that reason
+    in one line."""
     from vggfeat.images import scan_images
+    from vggfeat.models import build_vgg
     from vggfeat.ray_engine import Cluster, run
 
-    options = dict(layers=["fc7"], weights="random", input_size=32, batch_size=4)
-    fx = build_extractor(**options)
-    settings = dict(fx.settings(), preprocessing="torch")  # what another version would compute
+    from conftest import build
+
+    weights = tmp_path / "w.weights.h5"
+    build_vgg("vgg11", input_size=32, seed=1).save_weights(weights)
+    fx = build(["pool5"], weights=str(weights), arch="vgg11", form="fully_conv", input_size=32, batch_size=4)
+    config = fx.config.replace(weights_sha256="0" * 64)  # what the driver's own file was
+    settings = fx.settings()
     out = tmp_path / "f.h5"
     images = scan_images(str(folder))
     writer = FeatureWriter.create(out, settings=settings, feature_shapes=fx.output_shapes,
                                   class_names=images.class_names)
     cluster = Cluster.join(None, 1, 0)
-    with pytest.raises(OutputError, match=r"computes other settings than the driver \(preprocessing\)"):
-        run(images, writer, cluster, output=str(out), options=options, settings=settings, dtype="float32")
+    with pytest.raises(OutputError, match=r"cannot build the run's extractor: .*w.weights.h5 is not the weight file"):
+        run(images, writer, cluster, output=str(out), config=config, batch_size=4, settings=settings,
+            dtype="float32")
     assert writer.rows == 0
     writer.close()
 
@@ -329,7 +335,7 @@ def test_driver_killed_mid_run_then_cli_resume(local_ray, folder, reference, tmp
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert os.path.isdir(work_dir(out))
     assert 0 < len(committed(work_dir(out))) < 19
-    r = run_cli("extract", "--engine", "ray", "--address", address, "--workers", "2", "--weights", "random",
+    r = run_cli("extract", "--engine", "ray", "--address", address, "--ray-workers", "2", "--weights", "random",
                 "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", str(folder),
                 "-o", str(out), "--resume")
     assert r.returncode == 0, r.stderr

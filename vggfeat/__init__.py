@@ -9,71 +9,41 @@ Examples:
     >>> data = vggfeat.load_features("features.h5", layer="fc7")       # doctest: +SKIP
 """
 
-import sys as _sys
-import types as _types
-
 from ._version import __version__
 
-# public name -> module that defines it
+# public name -> module that defines it. What a user calls; everything else stays in its module
+# (vggfeat.errors, vggfeat.images, vggfeat.models, vggfeat.store...).
 _API = {
-    "ARCHS": "specs",
-    "get_arch": "specs",
-    "layer_table": "specs",
-    "count_params": "specs",
-    "resolve_layer": "specs",
-    "VggfeatError": "errors",
-    "ArchitectureError": "errors",
-    "LayerError": "errors",
-    "WeightsError": "errors",
-    "InputError": "errors",
-    "OutputError": "errors",
-    "WriteFailed": "errors",
-    "preprocess": "preprocessing",
-    "build_vgg": "models",
-    "copy_weights": "models",
-    "feature_model": "models",
-    "load_network": "weights",
-    "LocalResponseNormalization": "layers",
-    "Geometry": "images",
-    "load_image": "images",
-    "scan_images": "images",
+    # the settings that decide a feature, and what computes features
+    "ExtractorConfig": "config",
     "FeatureExtractor": "extractor",
-    "extract": "extract",
-    "iter_features": "extract",
-    "ExtractSummary": "extract",
-    "ExtractFailed": "extract",
-    "ExtractInterrupted": "extract",
+    "MultiScaleExtractor": "multiscale",
+    # the main job, and reading what it wrote
+    "extract": "pipeline",
+    "iter_features": "stream",
+    "ExtractSummary": "pipeline",
     "load_features": "store",
     "read_attrs": "store",
-    "FeatureWriter": "store",
     "verify": "store",
     "repair": "store",
-    "VerifyReport": "store",
+    # images
+    "scan_images": "images",
+    "load_image": "images",
+    # scikit-learn
     "VGGFeaturizer": "sklearn",
     "classify": "classify",
-    "make_classifier": "classify",
     "load_classifier": "classify",
     "predict_images": "classify",
+    # networks
     "finetune": "finetune",
-    "build_extractor": "extract",
-    "MultiScaleExtractor": "multiscale",
+    "build_vgg": "models",
+    "load_network": "weights",
+    "layer_table": "specs",
+    # the base class of every one-line error (the others are in vggfeat.errors)
+    "VggfeatError": "errors",
 }
 
 __all__ = sorted(_API) + ["__version__"]
-
-
-class _Package(_types.ModuleType):
-    """Keeps `vggfeat.extract` (and `classify`, `finetune`) the function when the module of the same
-    name is imported (`from vggfeat.extract import ...`), which would otherwise rebind it."""
-
-    def __setattr__(self, name, value):
-        if (isinstance(value, _types.ModuleType) and _API.get(name) == name
-                and value.__name__ == f"{__name__}.{name}"):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

@@ -36,5 +36,15 @@ class WriteFailed(OutputError):
     exit_code = 1
 
 
+class ExtractFailed(VggfeatError):
+    """The run could not produce features (no image readable, or a failure under `strict`)."""
+
+    exit_code = 1
+
+
+class ExtractInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, in the CLI) stopped `extract`; the message says what was kept."""
+
+
 class ImageError(Exception):
     """One image could not be read; the run records it and goes on (not a user-facing error)."""

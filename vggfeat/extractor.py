@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 
-from .errors import ArchitectureError, InputError, LayerError
+from .errors import InputError, LayerError
 from .images import Geometry
 from .specs import get_arch, is_conv_layer, resolve_layer
 
+#: Compute precision -> Keras dtype policy.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-POOLINGS = ("avg", "max", "none")
 
 
 class FeatureExtractor:
@@ -46,45 +46,38 @@ class FeatureExtractor:
 
     def __init__(self, arch=None, weights="imagenet", layers=("fc7",), *, pooling="avg", form="standard",
                  input_size=None, resize=None, precision="float32", seed=0, batch_size=32):
-        from .models import FORMS
+        from .config import ExtractorConfig
 
-        if isinstance(layers, str):
-            layers = [layers]
-        layers = list(layers)
-        if not layers:
-            raise LayerError("no layer given: name at least one, e.g. fc7")
-        if len(set(layers)) != len(layers):
-            raise LayerError(f"a layer is named twice: {', '.join(layers)}")
-        if form not in FORMS:
-            raise ArchitectureError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
-        if pooling is None:
-            pooling = "none"
-        if pooling not in POOLINGS:
-            raise InputError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if int(batch_size) < 1:
+        config = ExtractorConfig(layers=layers, arch=arch, weights=weights, seed=seed, form=form, pooling=pooling,
+                                 input_size=input_size, resize=resize, precision=precision)
+        self._init(config, batch_size)
+
+    @classmethod
+    def from_config(cls, config, *, batch_size=32) -> "FeatureExtractor":
+        """The extractor of an `ExtractorConfig` (without scales: see `ExtractorConfig.build`)."""
+        if config.multiscale:
+            raise InputError("a config with scales builds a MultiScaleExtractor: use config.build()")
+        self = cls.__new__(cls)
+        self._init(config, batch_size)
+        return self
+
+    def _init(self, config, batch_size):
+        batch_size = int(batch_size)
+        if batch_size < 1:
             raise InputError(f"batch size must be at least 1. Received: {batch_size}")
-        resize = resize or ("crop" if form == "standard" else "short")
-        if form == "standard" and resize == "short":
-            raise InputError("--resize short gives images of different shapes, which the FC layers of the "
-                             "standard form cannot take; use --fully-convolutional or --dense, or crop/squash")
-        self.layers = layers
-        self.pooling = pooling
-        self.form = form
-        self.precision = precision
-        self.batch_size = int(batch_size)
-
-        # Fail fast on names before any weights are read, when the architecture is already known.
-        weights_is_file = str(weights) not in ("imagenet", "random")
-        if arch is not None or not weights_is_file:
-            spec = get_arch(arch or "vgg16")
-            for name in layers:
-                resolve_layer(spec, name, include_top=form != "fully_conv")
-        self._build(arch, weights, seed, input_size, resize)
+        self.layers = list(config.layers)
+        self.pooling = config.pooling
+        self.form = config.form
+        self.precision = config.precision
+        self.batch_size = batch_size
+        self._build(config.arch, config.weights, config.seed, config.input_size, config.resize,
+                    expected_sha256=config.weights_sha256)
+        self.config = config.replace(arch=self.arch, input_size=self.input_size, resize=self.geometry.resize,
+                                     weights_sha256=self.weights_info.sha256 if config.weights_is_file else None)
 
     # -----------------------------------------------------------------------------------------
-    def _build(self, arch, weights, seed, input_size, resize):
+    def _build(self, arch, weights, seed, input_size, resize, expected_sha256=None):
+        from .errors import WeightsError
         from .models import build_vgg, copy_weights, feature_model, infer_arch
         from .weights import load_network
 
@@ -95,6 +88,9 @@ class FeatureExtractor:
         # of the weights in memory); the other forms are converted from a float32 network.
         base, info = load_network(arch, weights, seed=seed, include_top=needs_top, input_size=native,
                                   dtype=dtype if self.form == "standard" else None)
+        if expected_sha256 and info.sha256 and info.sha256 != expected_sha256:
+            raise WeightsError(f"{weights} is not the weight file these settings were made with (its SHA-256 "
+                               f"is {info.sha256[:12]}..., the settings say {expected_sha256[:12]}...)")
         self.arch = infer_arch(base) if arch is None else get_arch(arch).name
         spec = get_arch(self.arch)
         base_has_top = any(layer.name == "fc2" for layer in base.layers)
@@ -140,6 +136,10 @@ class FeatureExtractor:
         self.model = feature_model(net, self.keras_layers, pooling=self.pooling, output_names=self.layers,
                                    preprocessing=self.preprocessing)
         self.output_shapes = {k: tuple(v.shape[1:]) for k, v in self.model.output.items()}
+        if self.geometry.fixed and any(None in s for s in self.output_shapes.values()):
+            # the convolutional forms take any size; with a fixed geometry every map has one shape
+            known = self.model.compute_output_shape((None, size, size, 3))
+            self.output_shapes = {k: tuple(int(d) for d in known[k][1:]) for k in self.output_shapes}
         for name, shape in self.output_shapes.items():
             if None in shape:
                 raise InputError(
@@ -155,20 +155,12 @@ class FeatureExtractor:
         return {k: int(np.prod(s)) for k, s in self.output_shapes.items()}
 
     def settings(self) -> dict:
-        """The settings that decide the features: written to every output file and checked on resume."""
-        out = {
-            "arch": self.arch,
-            "preprocessing": self.preprocessing,
-            "form": self.form,
-            "resize": self.geometry.resize,
-            "input_size": int(self.input_size),
-            "geometry": self.geometry.describe(),
-            "layers": json.dumps(self.layers),
-            "keras_layers": json.dumps(self.keras_layers),
-            "pooling": self.pooling,
-            "precision": self.precision,
-        }
-        out.update(self.weights_info.attrs())
+        """The attributes written to every output file: the config (`ExtractorConfig.to_attrs`, what
+        decides the features) plus what follows from it, in words (preprocessing, geometry, the Keras
+        layer names)."""
+        out = self.config.to_attrs()
+        out.update(preprocessing=self.preprocessing, geometry=self.geometry.describe(),
+                   keras_layers=json.dumps(self.keras_layers), input_size=int(self.input_size))
         return out
 
     def predict(self, images) -> dict:

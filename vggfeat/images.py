@@ -283,6 +283,29 @@ def _decode(fp, geometry, max_pixels, max_side):
         return np.asarray(im, dtype=np.uint8)
 
 
+def prepare_array(image, geometry: Geometry | None = Geometry(), max_pixels: int = MAX_PIXELS,
+                  max_side: int = MAX_SIDE) -> np.ndarray:
+    """The array counterpart of `load_image`: a decoded image (H, W, 3), any numeric dtype on the
+    0-255 scale, put through the same geometry and limits as a file, so that an image gives the same
+    network input whether it comes as a path or as its decoded pixels.
+
+    Raises:
+        InputError: not an (H, W, 3) image, or over the size limits.
+    """
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise InputError(f"an image must be an array of shape (H, W, 3). Received shape: {a.shape}")
+    h, w = a.shape[:2]
+    if h < 1 or w < 1 or max(h, w) > max_side or h * w > max_pixels:
+        raise InputError(f"image of shape {a.shape} is outside the size limits ({max_side} pixels a side, "
+                         f"{max_pixels} pixels)")
+    if a.dtype != np.uint8:
+        a = np.clip(np.nan_to_num(np.rint(a.astype(np.float64))), 0, 255).astype(np.uint8)
+    if geometry is None:
+        return a
+    return np.asarray(_resize(Image.fromarray(a, "RGB"), geometry), dtype=np.uint8)
+
+
 # Never let Pillow pad a truncated file with grey: a truncated image is a failure.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 

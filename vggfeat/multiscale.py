@@ -80,16 +80,25 @@ class MultiScaleExtractor:
     def feature_dims(self):
         return {k: s[0] for k, s in self.output_shapes.items()}
 
+    @property
+    def config(self):
+        """The `ExtractorConfig` of this descriptor (its base's, with the scales)."""
+        return self.extractor.config.replace(input_size=None, scales=tuple(self.scales), flip=self.flip,
+                                             aggregate=self.aggregate, l2=self.l2)
+
     def settings(self):
         out = self.extractor.settings()
-        out.update({"scales": json.dumps(self.scales), "flip": self.flip, "aggregate": self.aggregate,
-                    "l2": self.l2, "geometry": "shorter side to each of " + ", ".join(map(str, self.scales))
-                    + ", no crop" + (", averaged with the flipped image" if self.flip else "")})
+        out.update(self.config.to_attrs())
+        out["input_size"] = max(self.scales)  # as format 1 recorded it; from_attrs reads it back as None
+        out["geometry"] = ("shorter side to each of " + ", ".join(map(str, self.scales)) + ", no crop"
+                           + (", averaged with the flipped image" if self.flip else ""))
         return out
 
     def predict(self, images):
         """Descriptors of RGB uint8 images (decoded with `self.geometry`, i.e. at the largest scale)."""
-        images = [np.asarray(im) for im in images]
+        images = [self.extractor._as_pixels(im) for im in images]
+        if not images:  # the last images of a folder all unreadable, --strict, a Ray block of failures
+            return {k: np.empty((0,) + s, dtype=np.float32) for k, s in self.output_shapes.items()}
         per_scale = []
         for q in self.scales:
             resized = [_short_side(im, q) for im in images]

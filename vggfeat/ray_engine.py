@@ -112,7 +112,7 @@ class Manifest:
         """The manifest of an interrupted run, checking that it was started with the same settings."""
         import h5py
 
-        from .store import RESUME_KEYS, _attr
+        from .store import _attr
 
         path = os.path.join(folder, MANIFEST)
         if not os.path.exists(path):
@@ -122,9 +122,9 @@ class Manifest:
         except OSError as exc:
             raise OutputError(f"cannot read {path}: {str(exc).splitlines()[0]}; remove {folder} to start over") from None
         with f:
-            wanted = dict(settings, dtype=dtype)
-            diffs = [f"{k}={_attr(f.attrs.get(k))!r} in the run, {wanted.get(k)!r} now" for k in RESUME_KEYS
-                     if _attr(f.attrs.get(k)) != wanted.get(k) and not (f.attrs.get(k) is None and wanted.get(k) is None)]
+            from .store import settings_differences
+
+            diffs = settings_differences({k: _attr(v) for k, v in f.attrs.items()}, settings, dtype, path)
             if diffs:
                 raise OutputError(f"cannot resume the sharded run in {folder}: its settings differ from this run's: "
                                   + "; ".join(diffs))
@@ -146,18 +146,19 @@ class ShardWorker:
     of its own, so two processes never write one file.
     """
 
-    def __init__(self, folder, options, settings, class_names, dtype, decode_workers, max_pixels, env):
+    def __init__(self, folder, config, batch_size, settings, class_names, dtype, decode_workers, max_pixels, env):
         os.environ.update(env)
-        from .extract import build_extractor
-        from .store import RESUME_KEYS, FeatureWriter
+        from .store import FeatureWriter
 
-        self.extractor = build_extractor(**options)
-        mine = self.extractor.settings()
         host = socket.gethostname()
-        diffs = [k for k in RESUME_KEYS if k in mine and mine[k] != settings.get(k)]
+        try:
+            self.extractor = config.build(batch_size=batch_size)
+        except VggfeatError as exc:  # e.g. a node whose weight file differs from the driver's
+            raise OutputError(f"the worker on {host} cannot build the run's extractor: {exc}") from None
+        diffs = self.extractor.config.differences(config)
         if diffs:
             # A node with another weight file or vggfeat version would mix features silently.
-            raise OutputError(f"the worker on {host} computes other settings than the driver ({', '.join(diffs)}): "
+            raise OutputError(f"the worker on {host} computes other settings than the driver ({'; '.join(diffs)}): "
                               "install the same vggfeat and weights on every node")
         self.decode_workers = decode_workers
         self.max_pixels = max_pixels
@@ -168,8 +169,8 @@ class ShardWorker:
         writer.close()
 
     def __call__(self, batch):
-        from .extract import iter_features
         from .images import ImageList
+        from .stream import iter_features
         from .store import FeatureWriter
 
         index = np.asarray(batch["index"], dtype=np.int64)
@@ -395,8 +396,49 @@ class Cluster:
             self.owned = False
 
 
-def run(images, writer, cluster, *, output, options, settings, dtype, decode_workers=None, block_size=None,
-        resume=False, strict=False, progress=None, max_pixels=None, on_batch=None):
+class RayEngine:
+    """`extract`'s engine for a Ray cluster (see the module's docstring); the same interface as
+    `vggfeat.pipeline.LocalEngine`."""
+
+    name = "ray"
+
+    def __init__(self, *, address=None, workers=None, gpus_per_worker=0, block_size=None, decode_workers=None):
+        import_ray()  # a missing extra is a one-line error before anything is written
+        if gpus_per_worker < 0 or (workers is not None and workers < 1):
+            raise InputError("--ray-workers must be at least 1 and --gpus-per-worker at least 0")
+        if block_size is not None and block_size < 1:
+            raise InputError(f"block size must be at least 1. Received: {block_size}")
+        self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
+        self.block_size, self.decode_workers = block_size, decode_workers
+        self.cluster = None
+
+    def check(self, output, *, resume, overwrite):
+        work = work_dir(output)
+        if os.path.exists(work) and not (resume or overwrite):
+            raise OutputError(f"{work} holds an unfinished sharded run; pass --resume to finish it or "
+                              "--overwrite to start again")
+
+    def start(self):
+        self.cluster = Cluster.join(self.address, self.workers, self.gpus_per_worker)
+
+    def run(self, images, writer, extractor, *, output, config, batch_size, settings, dtype, done, resume,
+            overwrite, strict, progress, max_pixels, on_batch) -> dict:
+        work = work_dir(output)
+        if overwrite and os.path.exists(work):
+            shutil.rmtree(work)
+        del extractor  # the workers build their own from the config; the driver only merges
+        return run(images, writer, self.cluster, output=output, config=config, batch_size=batch_size,
+                   settings=settings, dtype=dtype, decode_workers=self.decode_workers, block_size=self.block_size,
+                   resume=resume, strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+
+    def close(self):
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+
+def run(images, writer, cluster, *, output, config, batch_size, settings, dtype, decode_workers=None,
+        block_size=None, resume=False, strict=False, progress=None, max_pixels=None, on_batch=None):
     """Extract `images` not yet in `writer` on `cluster` (a `Cluster`), through shards in
     `work_dir(output)`.
 
@@ -413,9 +455,8 @@ def run(images, writer, cluster, *, output, options, settings, dtype, decode_wor
         pending = np.asarray([i for i, p in enumerate(manifest.paths) if p not in done], dtype=np.int64)
         todo = np.setdiff1d(pending, committed(manifest.folder))
         if todo.size:
-            used = _extract_blocks(cluster, manifest, todo, options=options, settings=settings, dtype=dtype,
-                            decode_workers=decode_workers,
-                            block_size=block_size or 8 * int(options.get("batch_size", 32)),
+            used = _extract_blocks(cluster, manifest, todo, config=config, batch_size=batch_size, settings=settings,
+                            dtype=dtype, decode_workers=decode_workers, block_size=block_size or 8 * int(batch_size),
                             strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
             report["workers"] = max(report["workers"], used)
         report["shards"] += len(shard_files(manifest.folder))
@@ -489,12 +530,13 @@ def _quiet_ray_data():
         progress.addFilter(_DropNotice())
 
 
-def _extract_blocks(cluster, manifest, todo, *, options, settings, dtype, decode_workers, block_size, strict,
-                    progress, max_pixels, on_batch):
+def _extract_blocks(cluster, manifest, todo, *, config, batch_size, settings, dtype, decode_workers, block_size,
+                    strict, progress, max_pixels, on_batch):
     import pyarrow as pa
     from ray.exceptions import RayError
 
-    from .extract import ExtractFailed, FeatureBatch, _progress_bar
+    from .errors import ExtractFailed
+    from .stream import FeatureBatch, progress_bar
 
     ray, size = cluster.ray, cluster.workers
     env = dict(ACTOR_ENV)
@@ -516,13 +558,14 @@ def _extract_blocks(cluster, manifest, todo, *, options, settings, dtype, decode
     _quiet_ray_data()
     ds = ray.data.from_arrow(blocks).map_batches(
         ShardWorker,
-        fn_constructor_kwargs=dict(folder=os.path.abspath(manifest.folder), options=options, settings=settings,
+        fn_constructor_kwargs=dict(folder=os.path.abspath(manifest.folder), config=config, batch_size=batch_size,
+                                   settings=settings,
                                    class_names=manifest.class_names, dtype=dtype, decode_workers=decode_workers,
                                    max_pixels=max_pixels, env=env),
         batch_size=block_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=cluster.gpus_per_worker or None, num_cpus=1,
     )
-    bar = _progress_bar(len(todo), progress)
+    bar = progress_bar(len(todo), progress)
     results = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
     try:
         for out in results:

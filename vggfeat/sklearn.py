@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import ImageError, InputError
-from .images import load_image
+from .images import load_image, prepare_array
 
 
 class VGGFeaturizer(TransformerMixin, BaseEstimator):
@@ -59,19 +59,18 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         self.aggregate = aggregate
         self.l2 = l2
 
-    def _build(self):
-        from .errors import ArchitectureError
-        from .extract import build_extractor
-        from .models import FORMS
+    def config(self):
+        """The `ExtractorConfig` of these parameters (validated)."""
+        from .config import ExtractorConfig
 
-        if self.form not in FORMS:
-            raise ArchitectureError(f"unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
-        return build_extractor([self.layer], arch=self.arch, weights=self.weights, seed=self.seed,
-                               pooling=self.pooling, fully_convolutional=self.form == "fully_conv",
-                               dense=self.form == "dense", input_size=self.input_size, resize=self.resize,
-                               precision=self.precision, batch_size=self.batch_size,
+        return ExtractorConfig(layers=[self.layer], arch=self.arch, weights=self.weights, seed=self.seed,
+                               form=self.form, pooling=self.pooling, input_size=self.input_size,
+                               resize=self.resize, precision=self.precision,
                                scales=list(self.scales) if self.scales else None, flip=self.flip,
                                aggregate=self.aggregate, l2=self.l2)
+
+    def _build(self):
+        return self.config().build(batch_size=self.batch_size)
 
     def fit(self, X=None, y=None):
         """Build the network (no learning happens: the weights are fixed). Returns self."""
@@ -106,6 +105,8 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _image(x, geometry):
+        """One item of X as network input: a path through `load_image`, an array through
+        `prepare_array` (the same geometry: an image gives the same features either way)."""
         if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
             try:
                 return load_image(x, geometry)
@@ -115,14 +116,7 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         if a.ndim != 3 or a.shape[-1] != 3:
             raise InputError("VGGFeaturizer takes image file paths or RGB images of shape (H, W, 3); "
                              f"received an item of shape {a.shape}")
-        if geometry.fixed and a.shape[:2] != (geometry.size, geometry.size):
-            from PIL import Image
-
-            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-            from .images import _resize
-
-            a = np.asarray(_resize(im, geometry))
-        return a
+        return prepare_array(a, geometry)
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "settings_")

@@ -64,10 +64,6 @@ FORMAT = "vggfeat"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
-#: Settings that must be equal for `--resume` to append to a file.
-RESUME_KEYS = ("arch", "weights", "weights_sha256", "seed", "preprocessing", "form", "resize", "input_size",
-               "layers", "pooling", "precision", "dtype", "inputs", "scales", "flip", "aggregate", "l2")
-
 #: Suffix of the new file that `--overwrite` writes beside the old one until it is complete.
 OVERWRITE_SUFFIX = ".vggfeat-tmp"
 
@@ -893,17 +889,26 @@ def _remove_stale(path):
     os.remove(path)
 
 
+def settings_differences(have: dict, settings: dict, dtype, source) -> list:
+    """What differs between the settings recorded in `have` and this run's `settings` and `dtype`: the
+    `ExtractorConfig` of each (every setting that decides a feature), the inputs and the storage dtype."""
+    from .config import ExtractorConfig
+
+    try:
+        stored = ExtractorConfig.from_attrs(have, source=source)
+        wanted = ExtractorConfig.from_attrs(settings, source="this run")
+    except ValueError as exc:
+        raise OutputError(f"cannot resume {source}: {exc}") from None
+    diffs = wanted.differences(stored)
+    for key, want in (("inputs", settings.get("inputs")), ("dtype", dtype)):
+        if have.get(key) != want and not (have.get(key) is None and want is None):
+            diffs.append(f"{key}={have.get(key)!r} in the file, {want!r} now")
+    return diffs
+
+
 def _check_settings(f, path, settings, dtype):
-    wanted = dict(settings)
-    wanted["dtype"] = dtype
-    diffs = []
-    for key in RESUME_KEYS:
-        have = _attr(f.attrs.get(key))
-        want = wanted.get(key)
-        if have is None and want is None:
-            continue
-        if have != want:
-            diffs.append(f"{key}={have!r} in the file, {want!r} now")
+    """Refuse to resume `f` with other settings: one message naming every setting that differs."""
+    diffs = settings_differences({k: _attr(v) for k, v in f.attrs.items()}, settings, dtype, path)
     if diffs:
         raise OutputError(f"cannot resume {path}: its settings differ from this run's: " + "; ".join(diffs))
 

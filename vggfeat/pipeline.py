@@ -1,0 +1,258 @@
+"""`extract`: image folders -> features -> an HDF5 file, with nothing lost, on a chosen engine.
+
+`extract` checks everything it can before any model is built (options, the output, the inputs), builds
+the `ExtractorConfig`, opens the output (`FeatureWriter`: create, resume or overwrite), and hands the
+work to an engine through one interface (`Engine`): the local engine runs `vggfeat.stream`'s loop in
+this process, the Ray engine (`vggfeat.ray_engine`) runs the same loop on a pool of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from .config import ExtractorConfig
+from .errors import ExtractFailed, ExtractInterrupted, InputError, OutputError
+from .images import MAX_PIXELS, scan_images
+from .stream import iter_features
+
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class ExtractSummary:
+    output: str
+    written: int
+    failed: int
+    skipped: int
+    total_rows: int
+    seconds: float
+    layers: dict
+    engine: str = "local"
+    workers: int = 0  # Ray actors (engine "ray")
+    shards: int = 0  # shard files merged (engine "ray"; more than `workers` when actors were restarted)
+    recovered: str | None = None  # what --resume rolled back or rebuilt, if anything
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.written + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.layers.items())
+        skipped = f", {self.skipped} already done" if self.skipped else ""
+        failed = f"{self.failed} failed" + (" (listed under /failed)" if self.failed else "")
+        ray = (f"; Ray: {_count(self.workers, 'worker')}, {_count(self.shards, 'shard')} merged"
+               if self.engine == "ray" and self.shards else "")
+        return (f"{self.written} images written, {failed}{skipped} in {self.seconds:.1f} s "
+                f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]{ray}")
+
+
+def _count(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class LocalEngine:
+    """Runs the extraction in this process: decoding threads feed the model; batches go to the writer."""
+
+    name = "local"
+
+    def __init__(self, *, workers=None):
+        if workers is not None and int(workers) < 1:
+            raise InputError(f"workers must be at least 1. Received: workers={workers}")
+        self.workers = workers
+
+    def check(self, output, *, resume, overwrite):
+        """Checks of this engine's own state before anything is built (none for the local engine)."""
+
+    def start(self):
+        """Acquire what the run needs before anything is written (nothing, locally)."""
+
+    def run(self, images, writer, extractor, *, output, config, batch_size, settings, dtype, done, resume,
+            overwrite, strict, progress, max_pixels, on_batch) -> dict:
+        report = {"written": 0, "failed": 0}
+        for batch in iter_features(images, extractor, workers=self.workers, skip=done, progress=progress,
+                                   strict=strict, max_pixels=max_pixels):
+            writer.append(batch.paths, batch.labels, batch.features, batch.failed)
+            report["written"] += len(batch.paths)
+            report["failed"] += len(batch.failed)
+            if on_batch is not None:
+                on_batch(batch)
+        return report
+
+    def close(self):
+        pass
+
+
+def make_engine(engine="local", *, workers=None, address=None, ray_workers=None, gpus_per_worker=0,
+                block_size=None):
+    """The engine named `engine`, with its own options validated (before anything is built)."""
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "local":
+        if address is not None or ray_workers is not None or gpus_per_worker or block_size:
+            raise InputError("address, ray_workers, gpus_per_worker and block_size belong to engine ray")
+        return LocalEngine(workers=workers)
+    from .ray_engine import RayEngine
+
+    return RayEngine(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker, block_size=block_size,
+                     decode_workers=workers)
+
+
+def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights="imagenet", seed=0,
+            pooling="avg", form="standard", input_size=None, resize=None, precision="float32", scales=None,
+            flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
+            workers=None, resume=False, overwrite=False, strict=False, progress=None, max_pixels=MAX_PIXELS,
+            extractor=None, on_batch=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
+            block_size=None):
+    """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
+
+    Args:
+        inputs: one or more folders (scanned recursively, sorted; first-level subfolders are classes)
+            and/or image files.
+        output: the `.h5` file to write.
+        layers, arch, weights, seed, pooling, form, input_size, resize, precision, scales, flip,
+            aggregate, l2: the settings that decide the features (see `ExtractorConfig`); or pass
+            `config`, an `ExtractorConfig`, instead of them.
+        dtype: storage type of the features, `float32` or `float16`.
+        compression: `gzip`, `lzf` or None.
+        batch_size: images per forward pass.
+        workers: decoding threads (default: the number of CPUs, 2 to 16).
+        resume: continue an existing file (its settings must match); images already written are
+            skipped and failed ones tried again. Without an existing file, start a new one.
+        overwrite: replace an existing file (the new one is written beside it, and replaces it when done).
+        strict: stop with an error at the first image that cannot be read.
+        progress: progress bar on stderr (None: when stderr is a terminal).
+        max_pixels: larger images are recorded as failed.
+        extractor: a ready `FeatureExtractor` or `MultiScaleExtractor` (local engine only); its config
+            is the run's.
+        on_batch: called with each `FeatureBatch` after it is written (with the Ray engine, after each
+            block, with `features` empty: they are in the shards).
+        engine: `local` (this process) or `ray` (a Ray cluster; needs `pip install "vggfeat[ray]"`):
+            see `vggfeat.ray_engine`.
+        address: with engine ray, the cluster to join (`auto`, `ray://host:10001`...; default: Ray's
+            own rule, `RAY_ADDRESS` or else a new local instance).
+        ray_workers: extractor actors (default: one per GPU with `gpus_per_worker`, else one per node).
+        gpus_per_worker: GPUs reserved by each actor (0: CPU workers; fractions share a GPU).
+        block_size: images per Ray Data block, the unit of work and of retry (default 8 batches).
+
+    Returns:
+        `ExtractSummary`.
+
+    Raises:
+        InputError, LayerError, WeightsError, OutputError: before anything is written.
+        WriteFailed: the output could not be written (a full disk...); committed rows are kept.
+        ExtractFailed: no image could be read, or a failure under `strict`.
+        ExtractInterrupted: Ctrl-C (a KeyboardInterrupt); the message says what was kept.
+    """
+    options = dict(layers=layers, arch=arch, weights=weights, seed=seed, pooling=pooling, form=form,
+                   input_size=input_size, resize=resize, precision=precision, scales=scales, flip=flip,
+                   aggregate=aggregate, l2=l2)
+    if config is not None and extractor is not None:
+        raise InputError("pass config or extractor, not both")
+    if extractor is not None:
+        config = extractor.config
+    elif config is None:
+        config = ExtractorConfig(**options)
+    elif not isinstance(config, ExtractorConfig):
+        raise InputError(f"config must be an ExtractorConfig. Received: {type(config).__name__}")
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if dtype not in ("float32", "float16"):
+        raise InputError(f"unknown storage dtype {dtype!r}; choose float32 or float16")
+    if compression not in (None, "gzip", "lzf"):
+        raise InputError(f"unknown compression {compression!r}; choose gzip or lzf")
+    if int(batch_size) < 1:
+        raise InputError(f"batch size must be at least 1. Received: {batch_size}")
+    runner = make_engine(engine, workers=workers, address=address, ray_workers=ray_workers,
+                         gpus_per_worker=gpus_per_worker, block_size=block_size)
+    if extractor is not None and runner.name != "local":
+        raise InputError("the Ray engine builds the extractor on each worker from its config; pass the config, "
+                         "not an extractor")
+    from .store import FeatureWriter
+
+    output = os.fspath(output)
+    FeatureWriter.check_output(output, resume=resume, overwrite=overwrite)
+    runner.check(output, resume=resume, overwrite=overwrite)
+    try:
+        images = scan_images(inputs)
+        if extractor is None:
+            if runner.name == "ray" and config.weights_is_file:
+                config = config.replace(weights=os.path.abspath(config.weights))  # the workers' folder may differ
+            extractor = config.build(batch_size=batch_size)
+        runner.start()  # joins a cluster and checks it before anything is written
+        try:
+            return _run(images, output, extractor, runner, inputs=inputs, resume=resume, overwrite=overwrite,
+                        dtype=dtype, compression=compression, batch_size=batch_size, strict=strict,
+                        progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+        finally:
+            runner.close()
+    except ExtractInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise ExtractInterrupted(f"stopped before any row was written; {output} was not changed") from None
+
+
+def _open_output(output, extractor, images, settings, *, resume, overwrite, dtype, compression):
+    from .store import FeatureWriter
+
+    if resume and os.path.exists(output):
+        writer = FeatureWriter.resume(output, settings=settings, dtype=dtype)
+        if writer.class_names != images.class_names:
+            writer.close()
+            raise OutputError(f"cannot resume {output}: its classes {writer.class_names} differ from the "
+                              f"folder's {images.class_names}")
+        return writer
+    return FeatureWriter.create(output, settings=settings, feature_shapes=extractor.output_shapes,
+                                class_names=images.class_names, dtype=dtype, compression=compression,
+                                overwrite=overwrite)
+
+
+def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype, compression, batch_size, strict,
+         progress, max_pixels, on_batch):
+    settings = extractor.settings()
+    settings["inputs"] = json.dumps([os.path.abspath(os.fspath(p)) for p in (
+        [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
+    if images.root:
+        settings["root"] = images.root
+    writer = _open_output(output, extractor, images, settings, resume=resume, overwrite=overwrite, dtype=dtype,
+                          compression=compression)
+    output_shapes = extractor.output_shapes
+    start = time.perf_counter()
+    done = set(writer.written_paths())
+    skipped = sum(1 for p in images.paths if p in done)
+    report = {}
+    complete = False
+    try:
+        report = runner.run(images, writer, extractor, output=output, config=extractor.config,
+                            batch_size=batch_size, settings=settings, dtype=dtype, done=done, resume=resume,
+                            overwrite=overwrite, strict=strict, progress=progress, max_pixels=max_pixels,
+                            on_batch=on_batch)
+        complete = True
+    except KeyboardInterrupt:
+        total_rows = writer.rows
+        replacing = writer.path != writer.final_path
+        writer.close(complete=False)
+        raise ExtractInterrupted(_interrupted_account(output, total_rows, replacing)) from None
+    finally:
+        total_rows = writer.rows
+        # an output with no row is not complete (and an --overwrite leaves the old file in place)
+        writer.close(complete=complete and total_rows > 0)
+    seconds = time.perf_counter() - start
+    written, failed = report["written"], report["failed"]
+    summary = ExtractSummary(output, written, failed, skipped, total_rows, seconds,
+                             {k: (None,) + tuple(v) for k, v in output_shapes.items()}, engine=runner.name,
+                             workers=report.get("workers", 0), shards=report.get("shards", 0),
+                             recovered=writer.recovered)
+    if total_rows == 0 and failed:
+        raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
+    return summary
+
+
+def _interrupted_account(output, rows, replacing):
+    if replacing:
+        return f"{output} was left as it was before this --overwrite run (run it again to replace it)"
+    if rows == 0:
+        return f"no row was written yet; {output} holds none (--resume starts it, --overwrite starts afresh)"
+    return f"{rows} rows written to {output} are kept; `--resume` continues"

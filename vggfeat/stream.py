@@ -1,0 +1,217 @@
+"""The streaming loop under every engine: image files -> decoded pixels -> batches of features.
+
+Pillow decodes on a pool of threads (it releases the GIL) a bounded number of images ahead of the
+model, which runs a compiled Keras forward pass on the calling thread; only the batches in flight are
+held in memory, and batches come out in input order. `extract`'s local engine writes them to HDF5;
+the Ray engine's workers run the same loop over their blocks. Nothing here imports TensorFlow, so the
+same loop runs with `KERAS_BACKEND=jax`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .errors import ExtractFailed, ImageError
+from .images import MAX_PIXELS, ImageList, load_image, scan_images
+
+
+@dataclass
+class FeatureBatch:
+    """One batch of results, in input order.
+
+    Attributes:
+        paths: stored paths of the images that gave features (row order of `features`).
+        labels: their class indices (-1 where unlabelled).
+        features: {layer: float32 array (len(paths), ...)}.
+        failed: (stored path, reason) for the images of this batch that could not be read.
+    """
+
+    paths: list
+    labels: list
+    features: dict
+    failed: list = field(default_factory=list)
+
+
+def default_workers():
+    return max(2, min(16, (os.cpu_count() or 2)))
+
+
+#: A decode that takes longer than this (seconds) is that image's failure (default of `decode_timeout`).
+DECODE_TIMEOUT = 120.0
+
+
+class _Job:
+    """One image to decode on a `_DecodePool` thread; `result` is the array or an `ImageError`."""
+
+    __slots__ = ("file", "started", "done", "result")
+
+    def __init__(self, file):
+        self.file = file
+        self.started = None
+        self.done = threading.Event()
+        self.result = None
+
+
+class _DecodePool:
+    """Daemon threads that decode images (Pillow releases the GIL while it decodes).
+
+    Not `ThreadPoolExecutor`: its threads are joined when the interpreter exits, so one decode that
+    never returns (a stalled network file system) would hang the process even after Ctrl-C. A job
+    that runs past its time limit is abandoned: it fails, and its thread is replaced.
+    """
+
+    def __init__(self, workers, geometry, max_pixels):
+        self.geometry = geometry
+        self.max_pixels = max_pixels
+        self.queue = queue.SimpleQueue()
+        self.size = 0
+        self.closed = False
+        for _ in range(workers):
+            self.add_thread()
+
+    def add_thread(self):
+        self.size += 1
+        threading.Thread(target=self._work, name=f"vggfeat-decode-{self.size}", daemon=True).start()
+
+    def _work(self):
+        while True:
+            job = self.queue.get()
+            if job is None or self.closed:
+                return
+            job.started = time.monotonic()
+            try:
+                job.result = load_image(job.file, self.geometry, max_pixels=self.max_pixels)
+            except ImageError as exc:
+                job.result = exc
+            except Exception as exc:  # load_image turns every image problem into ImageError; this is a bug
+                job.result = ImageError(f"cannot decode: {type(exc).__name__}: {exc}")
+            job.done.set()
+
+    def submit(self, file):
+        job = _Job(file)
+        self.queue.put(job)
+        return job
+
+    def close(self):
+        self.closed = True
+        for _ in range(self.size):
+            self.queue.put(None)
+
+
+def _decode_in_order(files, geometry, workers, depth, max_pixels, timeout=DECODE_TIMEOUT):
+    """Yield (index, array or ImageError) in input order, decoding up to `depth` images ahead.
+
+    A decode running longer than `timeout` seconds yields an ImageError for its image. The wait
+    wakes up often, so Ctrl-C (and SIGTERM, which the CLI turns into the same) stops it promptly.
+    """
+    pool = _DecodePool(workers, geometry, max_pixels)
+    try:
+        pending = deque()
+        it = iter(enumerate(files))
+        for i, f in it:
+            pending.append((i, pool.submit(f)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            i, job = pending.popleft()
+            while not job.done.wait(0.25):
+                if job.started is not None and time.monotonic() - job.started > timeout:
+                    job.result = ImageError(f"decoding took longer than {timeout:g} s (abandoned)")
+                    pool.add_thread()  # the stuck thread keeps its slot until its decode returns
+                    break
+            result = job.result
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(nxt[1])))
+            yield i, result
+    finally:
+        pool.close()
+
+
+def _to_list(images: ImageList | list | str):
+    if isinstance(images, ImageList):
+        return images
+    return scan_images(images)
+
+
+def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(), progress=None, strict=False,
+                  max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, **config):
+    """Yield `FeatureBatch`es of the images in `inputs`, in input order, holding only a few batches.
+
+    Args:
+        inputs: folders and/or image files (or an `ImageList` from `scan_images`).
+        extractor: a `FeatureExtractor` or `MultiScaleExtractor`, or an `ExtractorConfig` to build one;
+            None: built from `config`, the fields of `ExtractorConfig` (layers, arch, weights, seed,
+            form, pooling, input_size, resize, precision, scales, flip, aggregate, l2).
+        batch_size: images per forward pass, when the extractor is built here.
+        workers: decoding threads (default: number of CPUs, 2 to 16).
+        skip: stored paths to leave out (already done).
+        progress: show a progress bar on stderr (None: when stderr is a terminal).
+        strict: raise `ExtractFailed` at the first image that cannot be read.
+        decode_timeout: seconds after which one image's decode is abandoned and recorded as failed.
+
+    Examples:
+        >>> for batch in iter_features(["images/"], weights="random", layers=["fc7"]):  # doctest: +SKIP
+        ...     print(batch.paths, batch.features["fc7"].shape)
+    """
+    from .config import ExtractorConfig
+
+    images = _to_list(inputs)
+    if extractor is not None and config:
+        raise TypeError(f"pass either an extractor or its settings, not both: {sorted(config)}")
+    if extractor is None:
+        extractor = ExtractorConfig(**config)
+    if isinstance(extractor, ExtractorConfig):
+        extractor = extractor.build(batch_size=batch_size)
+    skip = set(skip)
+    todo = [i for i, p in enumerate(images.paths) if p not in skip]
+    bs = extractor.batch_size
+    workers = workers or default_workers()
+    files = [images.files[i] for i in todo]
+    bar = progress_bar(len(todo), progress)
+    try:
+        pending_paths, pending_labels, pending_images, failed = [], [], [], []
+        for j, result in _decode_in_order(files, extractor.geometry, workers, depth=2 * bs + workers,
+                                          max_pixels=max_pixels, timeout=decode_timeout):
+            i = todo[j]
+            if isinstance(result, ImageError):
+                failed.append((images.paths[i], str(result)))
+                if strict:
+                    if pending_paths or failed:
+                        yield _run(extractor, pending_paths, pending_labels, pending_images, failed)
+                    raise ExtractFailed(f"cannot read {images.paths[i]}: {result} (--strict)")
+            else:
+                pending_paths.append(images.paths[i])
+                pending_labels.append(images.labels[i])
+                pending_images.append(result)
+            if len(pending_paths) >= bs:
+                batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
+                bar.update(len(batch.paths) + len(batch.failed))
+                yield batch
+                pending_paths, pending_labels, pending_images, failed = [], [], [], []
+        if pending_paths or failed:
+            batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
+            bar.update(len(batch.paths) + len(batch.failed))
+            yield batch
+    finally:
+        bar.close()
+
+
+def _run(extractor, paths, labels, images, failed):
+    feats = extractor.predict(images)
+    return FeatureBatch(list(paths), list(labels), feats, list(failed))
+
+
+def progress_bar(total, progress, desc="extract"):
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1, desc=desc)
