@@ -22,10 +22,11 @@ def main():
     ap.add_argument("--scales", default="256,384,512")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from vggfeat import ExtractorConfig
+    from vggfeat import ExtractorConfig, build_extractor
 
     def build_extractor(layers, batch_size=32, dense=False, **kw):
-        return ExtractorConfig(layers=layers, form="dense" if dense else "standard", **kw).build(batch_size=batch_size)
+        return build_extractor(ExtractorConfig(layers=layers, form="dense" if dense else "standard", **kw),
+                               batch_size=batch_size)
 
     rng = np.random.default_rng(0)
     same = [rng.integers(0, 256, (480, 640, 3)).astype(np.uint8) for _ in range(args.images)]

@@ -67,8 +67,10 @@ def run_cli(*args, env=None, timeout=600):
 
 
 def build(layers=("fc7",), *, batch_size=32, dense=False, fully_convolutional=False, **settings):
-    """An extractor from settings, as every entry point builds one: `ExtractorConfig(...).build()`."""
+    """An extractor from settings, as every entry point builds one: `build_extractor(ExtractorConfig(...))`."""
     from vggfeat import ExtractorConfig
 
     form = "dense" if dense else ("fully_conv" if fully_convolutional else settings.pop("form", "standard"))
-    return ExtractorConfig(layers=layers, form=form, **settings).build(batch_size=batch_size)
+    from vggfeat import build_extractor
+
+    return build_extractor(ExtractorConfig(layers=layers, form=form, **settings), batch_size=batch_size)

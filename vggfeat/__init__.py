@@ -17,6 +17,7 @@ _API = {
     # the settings that decide a feature, and what computes features
     "ExtractorConfig": "config",
     "FeatureExtractor": "extractor",
+    "build_extractor": "extractor",
     "MultiScaleExtractor": "multiscale",
     # the main job, and reading what it wrote
     "extract": "pipeline",

@@ -59,6 +59,7 @@ class ExtractorConfig:
 
     A config is validated when it is made (`ValueError` subclasses with one-line messages naming the
     setting); `ExtractorConfig(**c.to_kwargs()) == c` and `from_attrs(to_attrs(c)) == c`.
+    `vggfeat.build_extractor(config)` builds the extractor it describes.
 
     Examples:
         >>> from vggfeat import ExtractorConfig
@@ -244,20 +245,6 @@ class ExtractorConfig:
             if mine != theirs:
                 out.append(f"{f.name}={theirs!r} in the file, {mine!r} now")
         return out
-
-    def build(self, *, batch_size=32):
-        """The extractor these settings describe: a `FeatureExtractor`, wrapped in a
-        `MultiScaleExtractor` when `scales` are given. Its `config` is this one with what the weights
-        decided filled in (arch, input size, the weight file's SHA-256)."""
-        from .extractor import FeatureExtractor
-
-        if not self.multiscale:
-            return FeatureExtractor.from_config(self, batch_size=batch_size)
-        from .multiscale import MultiScaleExtractor
-
-        base = FeatureExtractor.from_config(self.replace(input_size=max(self.scales), scales=None, flip=False,
-                                                         aggregate="mean", l2=False), batch_size=batch_size)
-        return MultiScaleExtractor(base, self.scales, flip=self.flip, aggregate=self.aggregate, l2=self.l2)
 
 
 def _choice(name, value, allowed, error=InputError):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from .config import ExtractorConfig
 from .errors import InputError, LayerError
 from .images import Geometry
 from .specs import get_arch, is_conv_layer, resolve_layer
@@ -46,8 +47,6 @@ class FeatureExtractor:
 
     def __init__(self, arch=None, weights="imagenet", layers=("fc7",), *, pooling="avg", form="standard",
                  input_size=None, resize=None, precision="float32", seed=0, batch_size=32):
-        from .config import ExtractorConfig
-
         config = ExtractorConfig(layers=layers, arch=arch, weights=weights, seed=seed, form=form, pooling=pooling,
                                  input_size=input_size, resize=resize, precision=precision)
         self._init(config, batch_size)
@@ -56,7 +55,7 @@ class FeatureExtractor:
     def from_config(cls, config, *, batch_size=32) -> "FeatureExtractor":
         """The extractor of an `ExtractorConfig` (without scales: see `ExtractorConfig.build`)."""
         if config.multiscale:
-            raise InputError("a config with scales builds a MultiScaleExtractor: use config.build()")
+            raise InputError("a config with scales builds a MultiScaleExtractor: use build_extractor(config)")
         self = cls.__new__(cls)
         self._init(config, batch_size)
         return self
@@ -202,6 +201,25 @@ class FeatureExtractor:
         if a.dtype != np.uint8:
             a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return a
+
+
+def build_extractor(config, *, batch_size=32):
+    """The extractor an `ExtractorConfig` describes: a `FeatureExtractor`, wrapped in a
+    `MultiScaleExtractor` when the config has scales. Its `config` is the given one with what the
+    weights decided filled in (arch, input size, the weight file's SHA-256). Every entry point builds
+    its extractor here.
+
+    Examples:
+        >>> from vggfeat import ExtractorConfig, build_extractor
+        >>> fx = build_extractor(ExtractorConfig(layers=["fc7"], weights="random"))  # doctest: +SKIP
+    """
+    if not config.multiscale:
+        return FeatureExtractor.from_config(config, batch_size=batch_size)
+    from .multiscale import MultiScaleExtractor
+
+    base = FeatureExtractor.from_config(config.replace(input_size=max(config.scales), scales=None, flip=False,
+                                                       aggregate="mean", l2=False), batch_size=batch_size)
+    return MultiScaleExtractor(base, config.scales, flip=config.flip, aggregate=config.aggregate, l2=config.l2)
 
 
 def _padded_size(n, batch_size):

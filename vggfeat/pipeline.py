@@ -180,7 +180,9 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
         if extractor is None:
             if runner.name == "ray" and config.weights_is_file:
                 config = config.replace(weights=os.path.abspath(config.weights))  # the workers' folder may differ
-            extractor = config.build(batch_size=batch_size)
+            from .extractor import build_extractor
+
+            extractor = build_extractor(config, batch_size=batch_size)
         runner.start()  # joins a cluster and checks it before anything is written
         try:
             return _run(images, output, extractor, runner, inputs=inputs, resume=resume, overwrite=overwrite,

@@ -86,7 +86,7 @@ class Manifest:
     def create(cls, folder, images, indices, settings, dtype):
         import h5py
 
-        from .store import _STR
+        from .store import STRING as _STR
 
         os.makedirs(folder, exist_ok=True)
         files = [images.files[i] for i in indices]
@@ -112,7 +112,7 @@ class Manifest:
         """The manifest of an interrupted run, checking that it was started with the same settings."""
         import h5py
 
-        from .store import _attr
+        from .store import attr_value as _attr
 
         path = os.path.join(folder, MANIFEST)
         if not os.path.exists(path):
@@ -152,7 +152,9 @@ class ShardWorker:
 
         host = socket.gethostname()
         try:
-            self.extractor = config.build(batch_size=batch_size)
+            from .extractor import build_extractor
+
+            self.extractor = build_extractor(config, batch_size=batch_size)
         except VggfeatError as exc:  # e.g. a node whose weight file differs from the driver's
             raise OutputError(f"the worker on {host} cannot build the run's extractor: {exc}") from None
         diffs = self.extractor.config.differences(config)

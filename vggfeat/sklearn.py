@@ -70,7 +70,9 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
                                aggregate=self.aggregate, l2=self.l2)
 
     def _build(self):
-        return self.config().build(batch_size=self.batch_size)
+        from .extractor import build_extractor
+
+        return build_extractor(self.config(), batch_size=self.batch_size)
 
     def fit(self, X=None, y=None):
         """Build the network (no learning happens: the weights are fixed). Returns self."""

@@ -67,7 +67,9 @@ READABLE_VERSIONS = (1, 2)
 #: Suffix of the new file that `--overwrite` writes beside the old one until it is complete.
 OVERWRITE_SUFFIX = ".vggfeat-tmp"
 
-_STR = h5py.string_dtype(encoding="utf-8")
+#: The HDF5 type of every string dataset (paths, reasons, class names).
+STRING = h5py.string_dtype(encoding="utf-8")
+_STR = STRING
 _CHUNK_BYTES = 1 << 20
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _BASE_COLUMNS = ("start", "stop", "failed_stop")
@@ -76,6 +78,11 @@ _BASE_COLUMNS = ("start", "stop", "failed_stop")
 def _chunk_rows(row_shape, itemsize):
     row_bytes = max(1, int(np.prod(row_shape)) * itemsize)
     return int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
+
+
+def attr_value(value):
+    """An HDF5 attribute as a plain Python value (bytes decoded, NumPy scalars unwrapped)."""
+    return _attr(value)
 
 
 def _attr(value):

@@ -168,7 +168,9 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
     if extractor is None:
         extractor = ExtractorConfig(**config)
     if isinstance(extractor, ExtractorConfig):
-        extractor = extractor.build(batch_size=batch_size)
+        from .extractor import build_extractor
+
+        extractor = build_extractor(extractor, batch_size=batch_size)
     skip = set(skip)
     todo = [i for i, p in enumerate(images.paths) if p not in skip]
     bs = extractor.batch_size

@@ -1,0 +1,288 @@
+"""ExtractorConfig: one home for the settings that decide a feature; the same settings give the same
+features on every entry point; no import cycle among the library's modules."""
+
+import ast
+import itertools
+import os
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vggfeat
+from vggfeat import ExtractorConfig
+from vggfeat.config import FORMS, MAX_INPUT_SIZE, POOLINGS, PRECISIONS
+from vggfeat.errors import VggfeatError
+
+from conftest import REPO, make_folder, run_cli
+
+# ---------------------------------------------------------------------------------------------
+# Round trip and validation
+
+
+def _valid_configs():
+    """Every valid combination of a grid of values (a few thousand), made by trying them all."""
+    grid = dict(
+        layers=[("fc7",), ("pool5", "conv5_3"), ("fc6",)],
+        arch=[None, "vgg11", "vgg16", "vgg11-lrn"],
+        weights=["imagenet", "random", "/tmp/some/w.weights.h5"],
+        form=list(FORMS),
+        pooling=list(POOLINGS),
+        input_size=[None, 32, 224, 512],
+        resize=[None, "crop", "squash", "short"],
+        precision=list(PRECISIONS),
+        scales=[None, (224, 384), (256,)],
+        flip=[False, True],
+        aggregate=["mean", "stack"],
+    )
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*grid.values()):
+        kw = dict(zip(keys, values))
+        try:
+            out.append(ExtractorConfig(**kw))
+        except VggfeatError:
+            pass
+    return out
+
+
+VALID = _valid_configs()
+
+
+def test_the_grid_has_valid_configs_of_every_form_and_the_descriptor():
+    assert len(VALID) > 500
+    assert {c.form for c in VALID} == set(FORMS)
+    assert any(c.scales and c.flip and c.aggregate == "stack" for c in VALID)
+
+
+def test_round_trip_through_attributes_and_kwargs():
+    for c in VALID:
+        assert ExtractorConfig.from_attrs(c.to_attrs()) == c, c
+        assert ExtractorConfig(**c.to_kwargs()) == c
+        assert not c.differences(ExtractorConfig.from_attrs(c.to_attrs()))
+
+
+def test_round_trip_through_a_real_hdf5_file(tmp_path):
+    import h5py
+
+    for c in random.Random(0).sample(VALID, 40):
+        with h5py.File(tmp_path / "a.h5", "w") as f:
+            f.attrs.update(c.to_attrs())
+        with h5py.File(tmp_path / "a.h5", "r") as f:
+            assert ExtractorConfig.from_attrs(dict(f.attrs)) == c
+
+
+@pytest.mark.parametrize("kwargs,setting", [
+    (dict(layers=[]), "no layer given"),
+    (dict(layers=["fc7", "FC7"]), "named twice"),
+    (dict(layers=["fc9"]), "fc9"),
+    (dict(arch="vgg99"), "vgg99"),
+    (dict(form="sparse"), "form 'sparse'"),
+    (dict(pooling="sum"), "pooling 'sum'"),
+    (dict(precision="int8"), "precision 'int8'"),
+    (dict(resize="stretch"), "resize 'stretch'"),
+    (dict(input_size=16), "input_size=16"),
+    (dict(input_size=100000), "input_size=100000"),
+    (dict(input_size=3.5), "input_size=3.5"),
+    (dict(input_size=float("inf")), "input_size=inf"),
+    (dict(seed=-1, weights="random"), "seed=-1"),
+    (dict(resize="short"), "resize=short"),
+    (dict(form="dense", input_size=100), "input_size=100"),
+    (dict(flip=True), "flip=True"),
+    (dict(l2=True), "l2=True"),
+    (dict(aggregate="stack"), "aggregate=stack"),
+    (dict(scales=[256]), "scales need form dense"),
+    (dict(scales=[256], form="dense", pooling="none"), "pooling avg or max"),
+    (dict(scales=[128], form="dense"), "scales=[128]"),
+    (dict(scales=[256, 256], form="dense"), "given twice"),
+    (dict(scales=[256], form="dense", resize="crop"), "resize must be short"),
+    (dict(scales=[256], form="dense", aggregate="median"), "aggregate 'median'"),
+    (dict(scales=[256], form="dense", input_size=300), "scales replace input_size"),
+    (dict(weights="random", weights_sha256="ab"), "weights_sha256"),
+    (dict(form="fully_conv", layers=["fc7"]), "fc7"),
+])
+def test_each_invalid_setting_is_one_line_naming_it(kwargs, setting):
+    with pytest.raises(VggfeatError) as info:
+        ExtractorConfig(**kwargs)
+    message = str(info.value)
+    assert setting in message and "\n" not in message, message
+
+
+def test_stored_settings_are_input_and_name_their_source():
+    attrs = ExtractorConfig(layers=["fc7"]).to_attrs()
+    with pytest.raises(VggfeatError, match=r"clf.skops: stored settings: input_size must be between 32 and "
+                                           rf"{MAX_INPUT_SIZE} pixels. Received: input_size=100000"):
+        ExtractorConfig.from_attrs(dict(attrs, input_size=100000), source="clf.skops")
+    with pytest.raises(VggfeatError, match="stored settings cannot be read"):
+        ExtractorConfig.from_attrs(dict(attrs, layers="[not json"), source="x.h5")
+
+
+def test_format_1_attributes_read_as_the_same_config():
+    """What vggfeat wrote before the config existed: the descriptor's input size, seed only for random."""
+    old = {"arch": "vgg16", "weights": "imagenet", "form": "dense", "resize": "short", "input_size": 384,
+           "layers": '["fc7"]', "pooling": "avg", "precision": "float32", "scales": "[256, 384]", "flip": True,
+           "aggregate": "mean", "l2": False, "preprocessing": "caffe", "keras_layers": '["fc2"]'}
+    c = ExtractorConfig.from_attrs(old)
+    assert c == ExtractorConfig(layers=["fc7"], arch="vgg16", form="dense", scales=[256, 384], flip=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# No import cycle
+
+
+def _imports_of(path, package):
+    tree = ast.parse(open(path).read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                out.add(node.module.split(".")[0])
+            elif node.level == 1:
+                out.update(a.name for a in node.names)
+            elif node.module and node.module.startswith(package + "."):
+                out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith(package + "."):
+                    out.add(a.name.split(".")[1])
+    return out
+
+
+def test_no_import_cycle_among_the_library_modules():
+    folder = os.path.join(REPO, "vggfeat")
+    modules = {f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py"}
+    graph = {m: _imports_of(os.path.join(folder, m + ".py"), "vggfeat") & modules for m in modules}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack + [m, n]))
+            if n not in state:
+                visit(n, stack + [m])
+        state[m] = "done"
+
+    for m in sorted(modules):
+        if m not in state:
+            visit(m, [])
+    assert "pipeline" not in graph["ray_engine"] and "pipeline" not in graph["stream"]
+
+
+def test_the_library_never_imports_the_cli_nor_private_names_of_other_modules():
+    folder = os.path.join(REPO, "vggfeat")
+    for name in os.listdir(folder):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(folder, name)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("vggfeat_cli"), name
+                if node.level == 1:
+                    private = [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+                    assert not private, f"{name} imports {private} from .{node.module}"
+
+
+def test_public_api_is_small_documented_and_free_of_module_clashes():
+    assert 15 <= len(vggfeat.__all__) <= 30
+    for name in vggfeat.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(vggfeat, name)
+        assert callable(obj) and (obj.__doc__ or "").strip(), name
+    import importlib
+
+    for name in ("pipeline", "stream", "store", "config", "sklearn"):
+        importlib.import_module(f"vggfeat.{name}")
+    assert callable(vggfeat.extract)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same settings, the same features, on every entry point
+
+
+SETTINGS = {
+    "standard": dict(layers=["fc7", "pool5"], arch="vgg11", weights="random", input_size=32),
+    "fully_conv": dict(layers=["conv5_2"], arch="vgg11", weights="random", form="fully_conv", input_size=40),
+    "dense": dict(layers=["fc7"], arch="vgg11", weights="random", form="dense", input_size=224, resize="squash",
+                  pooling="none"),
+    "descriptor": dict(layers=["conv5_2"], arch="vgg11", weights="random", form="fully_conv", scales=[32, 48],
+                       flip=True, aggregate="stack", l2=True),
+}
+
+
+@pytest.fixture(scope="module")
+def few_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("few") / "in"
+    make_folder(str(root), per_class=2, size=(60, 44))
+    return root
+
+
+def _cli_args(s):
+    args = []
+    for layer in s["layers"]:
+        args += ["--layer", layer]
+    for key in ("arch", "weights", "input_size", "resize", "pooling", "aggregate"):
+        if key in s:
+            args += [f"--{key.replace('_', '-')}", str(s[key])]
+    if s.get("form") == "dense":
+        args.append("--dense")
+    if s.get("form") == "fully_conv":
+        args.append("--fully-convolutional")
+    if "scales" in s:
+        args += ["--scales", ",".join(map(str, s["scales"]))]
+    args += [f"--{k}" for k in ("flip", "l2") if s.get(k)]
+    return args
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_same_settings_same_features_on_every_entry_point(name, few_images, tmp_path):
+    from vggfeat.images import load_image, scan_images
+    from vggfeat.ray_engine import ShardWorker
+
+    s = SETTINGS[name]
+    config = ExtractorConfig(**s)
+    out = tmp_path / "cli.h5"
+    r = run_cli("extract", few_images, *_cli_args(s), "--batch-size", "4", "-q", "-o", out)
+    assert r.returncode == 0, r.stderr
+    layers = list(config.layers)
+    ref = {k: vggfeat.load_features(out, k) for k in layers}
+    paths = list(ref[layers[0]].paths)
+    assert ExtractorConfig.from_attrs(ref[layers[0]].attrs) == config.replace(
+        arch="vgg11", input_size=config.input_size, resize=config.resize)
+
+    def same(got, layer, what):
+        np.testing.assert_allclose(np.asarray(got).reshape(len(paths), -1),
+                                   ref[layer].features.reshape(len(paths), -1), rtol=2e-5, atol=1e-5, err_msg=what)
+
+    # iter_features from the config
+    batches = list(vggfeat.iter_features([few_images], config, batch_size=3, progress=False))
+    assert [p for b in batches for p in b.paths] == paths
+    for k in layers:
+        same(np.concatenate([b.features[k] for b in batches]), k, "iter_features")
+    # the config rebuilt from the file's attributes (what predict and --resume do)
+    rebuilt = vggfeat.build_extractor(ExtractorConfig.from_attrs(vggfeat.read_attrs(out)), batch_size=4)
+    files = [os.path.join(few_images, p) for p in paths]
+    got = rebuilt.predict([load_image(f, rebuilt.geometry) for f in files])
+    for k in layers:
+        same(got[k], k, "from_attrs")
+    # VGGFeaturizer on paths and on the decoded arrays
+    fz = vggfeat.VGGFeaturizer(batch_size=4, layer=layers[0], **{k: v for k, v in s.items() if k != "layers"}).fit()
+    same(fz.transform(files), layers[0], "VGGFeaturizer paths")
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    same(fz.transform(arrays), layers[0], "VGGFeaturizer arrays")
+    # the Ray engine's worker build (the actor class, called as Ray Data calls it)
+    images = scan_images([str(few_images)])
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    driver = vggfeat.build_extractor(config, batch_size=4)
+    worker = ShardWorker(str(folder), driver.config, 4, driver.settings(), images.class_names, "float32", 2,
+                         10**8, {})
+    worker({"index": np.arange(len(images)), "file": np.array([os.fsencode(f) for f in images.files], dtype=object),
+            "path": np.array(images.paths, dtype=object), "label": np.array(images.labels)})
+    shard = os.path.join(folder, os.listdir(folder)[0])
+    for k in layers:
+        got = vggfeat.load_features(shard, k)
+        assert list(got.paths) == paths
+        same(got.features, k, "Ray worker")
