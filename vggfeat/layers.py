@@ -23,7 +23,7 @@ class LocalResponseNormalization(keras.layers.Layer):
     Examples:
         >>> import numpy as np
         >>> lrn = LocalResponseNormalization()
-        >>> lrn(np.ones((1, 2, 2, 8), "float32")).shape
+        >>> tuple(lrn(np.ones((1, 2, 2, 8), "float32")).shape)
         (1, 2, 2, 8)
     """
 

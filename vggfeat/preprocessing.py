@@ -36,7 +36,7 @@ def preprocess(images, mode="caffe"):
     Examples:
         >>> import numpy as np
         >>> x = np.full((1, 1, 3), 128, dtype=np.uint8)
-        >>> preprocess(x, "caffe")[0, 0].round(3).tolist()
+        >>> [round(float(v), 3) for v in preprocess(x, "caffe")[0, 0]]
         [24.061, 11.221, 4.32]
     """
     x = np.asarray(images)
