@@ -114,3 +114,52 @@ def model_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+# ---------------------------------------------------------------------------------------------
+# Options that several commands share, defined once (same name, same values, same meaning).
+
+
+def _apply(func, options):
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def precision_option(func):
+    """--precision: the compute precision, the same three values in every command."""
+    from vggfeat.config import PRECISIONS
+
+    return click.option("--precision", type=click.Choice(list(PRECISIONS)), default="float32", show_default=True,
+                        help="Compute precision (bfloat16/float16: mixed precision: float32 weights, "
+                             "low-precision compute, faster on GPUs).")(func)
+
+
+def input_size_option(help, default=None):
+    """--input-size, bounded as ExtractorConfig bounds it."""
+    from vggfeat.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+    def decorate(func):
+        return click.option("--input-size", type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=default,
+                            show_default=default is not None, help=help)(func)
+
+    return decorate
+
+
+def output_options(what, *, resume=True, required=True):
+    """-o/--output, --overwrite and (where a run can be continued) --resume."""
+
+    def decorate(func):
+        options = [click.option("-o", "--output", required=required, type=click.Path(dir_okay=False), help=what)]
+        if resume:
+            options.append(click.option("--resume", is_flag=True,
+                                        help="Continue an existing output (same settings): skip what is done."))
+        options.append(click.option("--overwrite", is_flag=True,
+                                    help="Replace an existing output (only once the new one is complete)."))
+        return _apply(func, options)
+
+    return decorate
+
+
+def quiet_option(func):
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(func)

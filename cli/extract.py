@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ._common import model_options, quiet_backend, reports_errors
+from ._common import (input_size_option, model_options, output_options, precision_option, quiet_backend, quiet_option,
+                      reports_errors)
 
 
 @click.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
+@output_options("HDF5 file to write.")
 @click.option("--layer", "layers", multiple=True, default=("fc7",), show_default=True,
               help="Layer to extract, Keras or paper name (fc7, fc6, conv5_3, pool5...). Repeat for several "
                    "layers in one pass. Outputs are after the ReLU.")
@@ -20,8 +21,7 @@ from ._common import model_options, quiet_backend, reports_errors
               help="Drop the FC layers: conv maps at any input size (shorter side to --input-size, no crop).")
 @click.option("--dense", is_flag=True,
               help="The paper's dense form: fc6-fc8 as convolutions, FC features at any size >= 224.")
-@click.option("--input-size", type=int, default=None,
-              help="Crop side (default 224), or the shorter side with --fully-convolutional/--dense.")
+@input_size_option("Crop side (default 224), or the shorter side with --fully-convolutional/--dense.")
 @click.option("--resize", type=click.Choice(["crop", "squash", "short"]), default=None,
               help="crop: shorter side to 256/224 of the size, centre crop (default); squash: straight to "
                    "size x size; short: shorter side to size, no crop (default of the conv forms).")
@@ -32,8 +32,7 @@ from ._common import model_options, quiet_backend, reports_errors
 @click.option("--aggregate", type=click.Choice(["mean", "stack", "max"]), default="mean", show_default=True,
               help="With --scales: average (VOC), concatenate (Caltech) or max over scales.")
 @click.option("--l2", is_flag=True, help="With --scales: L2-normalise the final descriptor.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Compute precision (bfloat16/float16: mixed precision, faster).")
+@precision_option
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features.")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), default=None, help="HDF5 compression.")
@@ -54,10 +53,8 @@ from ._common import model_options, quiet_backend, reports_errors
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="With --engine ray: images per Ray Data block, the unit of work and of retry "
                    "(default: 8 batches).")
-@click.option("--resume", is_flag=True, help="Continue an existing output (same settings): skip images done.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@quiet_option
 @reports_errors
 def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
                     input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
