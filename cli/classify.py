@@ -12,12 +12,14 @@ from ._common import reports_errors
 @click.option("--layer", default=None, help="Layer in the file (default: the only one).")
 @click.option("--classifier", type=click.Choice(["linear-svm", "logreg", "knn"]), default="linear-svm",
               show_default=True, help="linear-svm is the paper's choice.")
-@click.option("--C", "C", type=float, default=1.0, show_default=True, help="Regularisation of linear-svm/logreg.")
+@click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Regularisation of linear-svm/logreg (> 0).")
 @click.option("--neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="k of knn.")
 @click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise the features first.")
 @click.option("--cv", type=int, default=5, show_default=True, help="Stratified K-fold cross-validation.")
 @click.option("--test-size", type=float, default=None, help="Hold out this fraction instead of --cv.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds / split.")
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
+              help="Seed of the folds / split.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Save the fitted pipeline with the extraction settings (.skops).")

@@ -6,6 +6,9 @@ import json
 
 import click
 
+from vggfeat.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from vggfeat.specs import MAX_CLASSES
+
 from ._common import reports_errors
 
 
@@ -25,9 +28,11 @@ def _fmt_count(n):
                    "network in --weights.")
 @click.option("--weights", default=None, metavar="PATH",
               help="Describe the network in a weight file or a fine-tuned .keras model (its classes too).")
-@click.option("--input-size", default=224, show_default=True, type=int, help="Side of the square input.")
+@click.option("--input-size", default=224, show_default=True, type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE),
+              help="Side of the square input.")
 @click.option("--dense", is_flag=True, help="The paper's dense form: fc6 as a 7x7 conv, fc7/fc8 as 1x1 convs.")
-@click.option("--classes", default=None, type=int, help="Width of fc8 (default 1000, or the weight file's).")
+@click.option("--classes", default=None, type=click.IntRange(1, MAX_CLASSES),
+              help="Width of fc8 (default 1000, or the weight file's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON for scripts.")
 @reports_errors
 def info_command(arch, weights, input_size, dense, classes, as_json):
@@ -43,11 +48,12 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
 
     meta = {}
     if weights:
+        from vggfeat.errors import WeightsError
         from vggfeat.weights import describe_weights
 
-        meta = describe_weights(weights)
+        meta = describe_weights(weights)  # every shape in the file checked, no Keras
         if arch is not None and get_arch(arch).name != meta["arch"]:
-            raise click.ClickException(f"{weights} holds a {meta['arch']} network, not {get_arch(arch).name}")
+            raise WeightsError(f"{weights} holds a {meta['arch']} network, not {get_arch(arch).name}")
         arch = meta["arch"]
         classes = classes or meta.get("classes")
         if meta.get("input_size") and input_size == 224 and not dense:

@@ -34,10 +34,11 @@ def predict_command(inputs, classifier, weights, output, overwrite, batch_size, 
 
     if output and os.path.exists(output) and not overwrite:
         raise OutputError(f"{output} exists; pass --overwrite to replace it")
-    quiet_backend()
-    from vggfeat.classify import predict_images
+    from vggfeat.classify import load_classifier, predict_images
 
-    rows = predict_images(classifier, list(inputs), weights=weights, batch_size=batch_size,
+    loaded = load_classifier(classifier)  # the file and its stored settings are checked before Keras starts
+    quiet_backend()
+    rows = predict_images(loaded, list(inputs), weights=weights, batch_size=batch_size,
                           progress=False if quiet else None)
     first = next(rows, None)
     handle = open(output, "w", newline="") if output else sys.stdout

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +123,7 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, l2=T
             Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
         except ValueError as exc:
             raise InputError(f"cannot split {len(y)} samples with --test-size {test_size}: {exc}") from None
-        fitted = clone(pipe).fit(Xtr, ytr)
+        fitted = _fit(clone(pipe), Xtr, ytr, classifier)
         pred = fitted.predict(Xte)
         scores, y_true, y_pred = [accuracy_score(yte, pred)], yte, pred
     else:
@@ -131,16 +133,26 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, l2=T
             small = [data.class_names[c] for c in np.unique(y) if (y == c).sum() < cv]
             raise InputError(f"--cv {cv} needs at least {cv} samples per class; too few in: {', '.join(small)}")
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-        y_pred = cross_val_predict(pipe, X, y, cv=folds)
+        try:
+            y_pred = cross_val_predict(pipe, X, y, cv=folds)
+        except ValueError as exc:  # e.g. knn with more neighbours than a fold has samples
+            raise InputError(f"{classifier} cannot be fitted on these features: {_first_line(exc)}") from None
         scores = [accuracy_score(y[test], y_pred[test]) for _, test in folds.split(X, y)]
         y_true = y
-        fitted = clone(pipe).fit(X, y)
+        fitted = _fit(clone(pipe), X, y, classifier)
     labels = sorted(np.unique(y))
     report = classification_report(y_true, y_pred, labels=labels,
                                    target_names=[data.class_names[i] for i in labels], zero_division=0)
     settings = dict(data.attrs)
     settings["layer"] = data.layer
     return ClassifyResult(scores, y_true, y_pred, list(data.class_names), report, fitted, settings)
+
+
+def _fit(pipe, X, y, classifier):
+    try:
+        return pipe.fit(X, y)
+    except ValueError as exc:
+        raise InputError(f"{classifier} cannot be fitted on these features: {_first_line(exc)}") from None
 
 
 def plot_confusion(result: ClassifyResult, path):
@@ -166,7 +178,11 @@ def plot_confusion(result: ClassifyResult, path):
 
 #: Extraction settings a classifier file keeps (the HDF5 attributes that decide the features).
 EXTRACTION_KEYS = ("arch", "weights", "weights_sha256", "seed", "preprocessing", "form", "resize", "input_size",
-                   "pooling", "precision", "layer")
+                   "pooling", "precision", "layer", "scales", "flip", "aggregate", "l2")
+
+#: The largest classifier file member vggfeat decompresses without question, and the most it may expand.
+_ZIP_FLOOR = 1 << 30
+_ZIP_MAX_EXPANSION = 100
 
 
 def save_classifier(result: ClassifyResult, path, overwrite=False):
@@ -179,13 +195,79 @@ def save_classifier(result: ClassifyResult, path, overwrite=False):
     if os.path.exists(path) and not overwrite:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
     settings = {k: result.settings[k] for k in EXTRACTION_KEYS if result.settings.get(k) is not None}
-    settings = {k: (int(v) if isinstance(v, (np.integer,)) else v) for k, v in settings.items()}
+    settings = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
     sio.dump({"pipeline": result.pipeline, "settings": json.dumps(settings), "class_names": list(result.class_names),
               "vggfeat_version": __version__}, path)
 
 
+def check_settings(settings, source="classifier file", weights=None):
+    """Check the extraction settings stored in a classifier file, before anything is built from them,
+    with the rules the command line applies to the same options (`ExtractorConfig`: architecture, layer,
+    form, input size within MIN_INPUT_SIZE..MAX_INPUT_SIZE, resize, pooling, precision, scales...), plus
+    what a classifier file adds (its one layer, the preprocessing, the weight file's SHA-256).
+
+    Returns the `ExtractorConfig` the settings describe (with `weights`, when given, as the weights).
+    Raises `InputError` (or `LayerError`, `ArchitectureError`) naming `source` and the setting."""
+    from .config import ExtractorConfig
+    from .preprocessing import MODES
+
+    if not isinstance(settings, dict):
+        raise InputError(f"{source}: the stored settings are not a JSON object")
+    for key in ("arch", "weights", "layer"):
+        if key not in settings:
+            raise InputError(f"{source}: the stored settings lack {key}")
+    if not isinstance(settings["layer"], str):
+        raise InputError(f"{source}: stored setting layer={settings['layer']!r} is not a layer name")
+    stored = settings["weights"]
+    if not isinstance(stored, str) or not stored or len(stored) > 4096:
+        raise InputError(f"{source}: stored setting weights={stored!r} is not imagenet, random or a file name")
+    sha = settings.get("weights_sha256")
+    if stored not in ("imagenet", "random") and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise InputError(f"{source}: stored setting weights_sha256={sha!r} is not the SHA-256 of a weight file")
+    if settings.get("preprocessing", "caffe") not in MODES:
+        raise InputError(f"{source}: stored setting preprocessing={settings['preprocessing']!r} is not one of "
+                         f"{', '.join(MODES)}")
+    if "layers" in settings:
+        raise InputError(f"{source}: the stored settings name layers besides the classifier's layer")
+    return ExtractorConfig.from_attrs(settings, weights=weights, source=source)
+
+
+def _check_archive(path):
+    """A classifier file is a zip archive: refuse it early when it is not one, when a member would
+    decompress to far more than the file holds, or when an array's header declares more values than
+    the member holds (NumPy would allocate the declared size before reading)."""
+    import math
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.file_size > _ZIP_FLOOR and info.file_size > _ZIP_MAX_EXPANSION * max(1, info.compress_size):
+                    raise InputError(f"{path}: member {info.filename} would expand {info.compress_size:,} bytes to "
+                                     f"{info.file_size:,}")
+                if info.filename.endswith(".npy"):
+                    with z.open(info) as fh:
+                        version = np.lib.format.read_magic(fh)
+                        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                        if read is None:
+                            raise ValueError(f"unknown .npy version {version}")
+                        shape, _, dtype = read(fh)
+                    declared = math.prod(shape) * dtype.itemsize
+                    if declared > info.file_size:
+                        raise InputError(f"{path}: member {info.filename} declares an array of shape {shape} "
+                                         f"({declared:,} bytes) but holds {info.file_size:,} bytes")
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError):
+        raise InputError(f"{path} is not a skops classifier file (not a zip archive)") from None
+    except (ValueError, TypeError, zlib.error) as exc:
+        raise InputError(f"{path} is damaged: {_first_line(exc)}") from None
+
+
 def load_classifier(path):
-    """Load a classifier file: types skops does not trust by default must be in `TRUSTED_TYPES`.
+    """Load a classifier file: types skops does not trust by default must be in `TRUSTED_TYPES`, and
+    the stored settings (`check_settings`), class names and pipeline are checked before use.
 
     Returns:
         `(pipeline, settings, class_names)`.
@@ -195,28 +277,56 @@ def load_classifier(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"classifier file not found: {path}")
+    _check_archive(path)
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path} is not a skops classifier file: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{path} is not a skops classifier file: {_first_line(exc)}") from None
     refused = [t for t in untrusted if t not in TRUSTED_TYPES]
     if refused:
         raise InputError(f"{path} contains types vggfeat does not trust: {', '.join(refused)}")
-    obj = sio.load(path, trusted=list(untrusted))
+    try:
+        obj = sio.load(path, trusted=list(untrusted))
+    except Exception as exc:  # noqa: BLE001 - a damaged file can make skops raise anything
+        raise InputError(f"{path} is damaged: {_first_line(exc)}") from None
     if not isinstance(obj, dict) or not {"pipeline", "settings", "class_names"} <= set(obj):
         raise InputError(f"{path} was not written by `vggfeat classify -o`")
-    return obj["pipeline"], json.loads(obj["settings"]), list(obj["class_names"])
+    try:
+        settings = json.loads(obj["settings"])
+    except (TypeError, ValueError, RecursionError):
+        raise InputError(f"{path}: the stored settings are not JSON") from None
+    check_settings(settings, path)
+    names = obj["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
+        raise InputError(f"{path}: the stored class names are not a list of two or more names")
+    pipeline = obj["pipeline"]
+    classes = getattr(pipeline, "classes_", None) if hasattr(pipeline, "predict") else None
+    n_features = getattr(pipeline, "n_features_in_", None)
+    if classes is None or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise InputError(f"{path}: the stored pipeline is not a fitted classifier")
+    classes = np.asarray(classes)
+    if classes.ndim != 1 or classes.dtype.kind not in "iu" or len(classes) < 2 or \
+            classes.min() < 0 or classes.max() >= len(names):
+        raise InputError(f"{path}: the classifier's classes do not match its {len(names)} class names")
+    return pipeline, settings, list(names)
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def extractor_for(settings, weights=None, batch_size=32):
-    """A `FeatureExtractor` with exactly the settings of a classifier file.
+    """The extractor (a `MultiScaleExtractor` for multi-scale features) with exactly the settings of a
+    classifier file, checked first with `check_settings`.
 
     `weights`: needed when the classifier was trained on features from a weight file (its sha256 must
     match); `imagenet` and `random` (with the stored seed) are recreated from the settings.
     """
-    from .extractor import FeatureExtractor
+    from .extractor import build_extractor
     from .weights import file_sha256
 
+    check_settings(settings, "the classifier's settings")
     stored = settings.get("weights")
     if stored in ("imagenet", "random"):
         if weights not in (None, stored):
@@ -232,27 +342,31 @@ def extractor_for(settings, weights=None, batch_size=32):
         if sha != settings.get("weights_sha256"):
             raise WeightsError(f"the weights {os.path.basename(weights)} differ from those the classifier was "
                                f"trained with ({stored}, sha256 {settings.get('weights_sha256', '?')[:12]}...)")
-    fx = FeatureExtractor(settings["arch"], weights, [settings["layer"]], pooling=settings.get("pooling", "avg"),
-                          form=settings.get("form", "standard"), input_size=settings.get("input_size"),
-                          resize=settings.get("resize"), precision=settings.get("precision", "float32"),
-                          seed=settings.get("seed", 0), batch_size=batch_size)
-    if fx.preprocessing != settings.get("preprocessing", fx.preprocessing):
-        raise WeightsError(f"preprocessing {fx.preprocessing} differs from the classifier's "
+    config = check_settings(settings, "the classifier's settings", weights=os.fspath(weights))
+    fx = build_extractor(config, batch_size=batch_size)
+    preprocessing = getattr(fx, "preprocessing", None) or fx.extractor.preprocessing
+    if preprocessing != settings.get("preprocessing", preprocessing):
+        raise WeightsError(f"preprocessing {preprocessing} differs from the classifier's "
                            f"{settings['preprocessing']}")
     return fx
 
 
 def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None):
-    """Classify images with a classifier file. Yields one dict per image, in input order:
+    """Classify images with a classifier file (a path, or what `load_classifier` returned for it).
+    Yields one dict per image, in input order:
     `path`, `label`, `score`, per-class probabilities (`p_<class>`) where the classifier has them, and
     `error` (the reason, for images that cannot be read)."""
-    from .extract import iter_features
+    from .stream import iter_features
     from .images import scan_images
 
-    pipeline, settings, class_names = load_classifier(classifier_path)
+    loaded = classifier_path if isinstance(classifier_path, tuple) else load_classifier(classifier_path)
+    pipeline, settings, class_names = loaded
     fx = extractor_for(settings, weights, batch_size)
-    images = scan_images(inputs)
     layer = settings["layer"]
+    if fx.feature_dims[layer] != pipeline.n_features_in_:
+        raise InputError(f"the classifier takes {pipeline.n_features_in_:,} features, but {layer} of "
+                         f"{settings['arch']} with the stored settings gives {fx.feature_dims[layer]:,}")
+    images = scan_images(inputs)
     has_proba = hasattr(pipeline, "predict_proba")
     position = {p: i for i, p in enumerate(images.paths)}
     proba_columns = [f"p_{class_names[int(c)]}" for c in pipeline.classes_] if has_proba else []

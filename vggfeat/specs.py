@@ -21,6 +21,9 @@ BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 #: Width of fc6 and fc7.
 FC_WIDTH = 4096
 
+#: The most classes fc8 may have (ImageNet-21k has 21,841), in weight files and `.keras` models.
+MAX_CLASSES = 100_000
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -85,6 +88,19 @@ def get_arch(arch: str) -> ArchSpec:
             + ", ".join(f"{n} ({s.letter})" for n, s in ARCHS.items())
         )
     return ARCHS[key]
+
+
+def conv_weight_shapes(spec: ArchSpec) -> list[tuple]:
+    """`(keras name, kernel shape, bias shape)` of every convolution of `spec`, in order: what a weight
+    file of this configuration must hold, e.g. `("block1_conv1", (3, 3, 3, 64), (64,))`."""
+    out = []
+    c_in = 3
+    for b, kernels in enumerate(spec.kernels, start=1):
+        width = BLOCK_WIDTHS[b - 1]
+        for i, k in enumerate(kernels, start=1):
+            out.append((f"block{b}_conv{i}", (k, k, c_in, width), (width,)))
+            c_in = width
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,16 +12,23 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import re
+import struct
+import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import h5py
+import numpy as np
 
-from .errors import WeightsError
-from .specs import ARCHS, get_arch
+from .config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from .errors import VggfeatError, WeightsError
+from .specs import ARCHS, BLOCK_WIDTHS, FC_WIDTH, MAX_CLASSES, conv_weight_shapes, get_arch, paper_name
 
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -110,71 +117,284 @@ def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Reading weight files without building a model
+#
+# Everything a weight file declares is checked here, from the shapes and dtypes stored in it (h5py
+# metadata and zip directories only, no weight data is read), before Keras builds a network from it:
+# a file declaring a conv kernel of a billion channels or fc8 with 0 classes must give a one-line
+# error, not a TensorFlow allocation failure.
 # ---------------------------------------------------------------------------------------------
+
+#: Names of the classifier layers, in order (fc6, fc7, fc8).
+_FC_NAMES = ("fc1", "fc2", "predictions")
+#: Bounds on what a file may list: layers, weights per layer (a VGG has about 40 layers, 2 weights each).
+_MAX_LAYERS = 1000
+_MAX_WEIGHTS_PER_LAYER = 16
+#: The most bytes of JSON (config.json, vggfeat.json) read from a `.keras` file.
+_MAX_JSON_BYTES = 64 << 20
+#: A tensor declaring more than this many bytes must store at least 1/_MAX_EXPANSION of them: HDF5
+#: allocates chunked datasets lazily, so a tiny file can declare a terabyte of zeros.
+_LAZY_FLOOR = 64 << 20
+_MAX_EXPANSION = 100
+#: The largest pool5 side fc6 may be made for (an input of MAX_INPUT_SIZE).
+_MAX_FC6_SIDE = MAX_INPUT_SIZE // 32
 
 
 @dataclass
 class WeightFileLayout:
-    """What a weight file holds: conv kernel sizes per block, and the classifier if any."""
+    """What a weight file holds, after every tensor's shape was checked against the architecture.
+
+    `fc_form` is `dense` (fc6-fc8 as Dense layers, the standard form), `conv` (as convolutions, the
+    dense form) or None (no classifier); `fc1_inputs` is the number of values fc6 takes (pool5's side
+    squared times 512) and `archs` the configurations the file fits (vgg11 and vgg11-lrn share weights).
+    """
 
     conv_kernels: tuple  # per block, kernel sizes
     has_top: bool
     fc1_inputs: int | None
     classes: int | None
     legacy: bool
+    fc_form: str | None = None
+    archs: tuple = ()
+
+
+@dataclass
+class _Tensor:
+    path: str
+    shape: tuple
+    declared: int  # bytes the shape and dtype declare
+    stored: int  # bytes HDF5 has allocated for it
+
+
+def input_size_error(value):
+    """Why `value` is not an input size vggfeat accepts (an integer in MIN_INPUT_SIZE..MAX_INPUT_SIZE,
+    the range of `--input-size`), or None when it is one."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"is not a whole number of pixels ({MIN_INPUT_SIZE}..{MAX_INPUT_SIZE})"
+    if not MIN_INPUT_SIZE <= value <= MAX_INPUT_SIZE:
+        return f"is out of range ({MIN_INPUT_SIZE}..{MAX_INPUT_SIZE})"
+    return None
 
 
 def _natural_key(name):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _fail(base, message):
+    raise WeightsError(f"weight file {base}: {message}")
+
+
+def _label(name):
+    return f"{name} ({paper_name(name)})"
+
+
+def _names_attr(obj, name, base, what):
+    """A list-of-names attribute (`layer_names`, `weight_names`), its size checked before it is read."""
+    try:
+        aid = h5py.h5a.open(obj.id, name.encode())
+    except KeyError:
+        return []
+    count = math.prod(aid.shape) if aid.shape else 1
+    limit = _MAX_LAYERS if name == "layer_names" else _MAX_WEIGHTS_PER_LAYER
+    if count > limit:
+        _fail(base, f"{what} lists {count:,} entries (at most {limit:,} expected)")
+    out = []
+    for value in np.atleast_1d(obj.attrs[name]).ravel():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        if not isinstance(value, str):
+            _fail(base, f"{what} holds {type(value).__name__} values, not names")
+        out.append(str(value))
+    return out
+
+
+def _tensor(obj, path, base) -> _Tensor:
+    if not isinstance(obj, h5py.Dataset):
+        _fail(base, f"tensor {path!r} is listed but missing")
+    if obj.shape is None:
+        _fail(base, f"tensor {path!r} has no shape")
+    shape = tuple(int(s) for s in obj.shape)
+    dtype = obj.dtype
+    if dtype.kind != "f" and not (dtype.itemsize == 2 and "dtype" in obj.attrs and obj.attrs["dtype"] == "bfloat16"):
+        _fail(base, f"tensor {path!r} holds {dtype} values, not floating-point weights")
+    return _Tensor(path, shape, math.prod(shape) * dtype.itemsize, int(obj.id.get_storage_size()))
+
+
 def read_weight_file_layout(path) -> WeightFileLayout:
-    """Inspect a legacy `.h5` or a `.weights.h5` file: which VGG it holds, with or without top."""
+    """Inspect a legacy `.h5` or a `.weights.h5` file: which VGG it holds, with or without top, every
+    tensor's shape checked against that configuration (shapes and dtypes only, no weights are read).
+
+    Raises `WeightsError` naming the tensor, the shape found and the shape expected."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise WeightsError(f"cannot read weight file {path}: {exc}") from None
     with f:
-        group = f
-        if "layer_names" not in f.attrs and "model_weights" in f:
-            group = f["model_weights"]
-        if "layer_names" in group.attrs:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
-            blocks = {}
-            fc = {}
-            for name in names:
-                wnames = group[name].attrs.get("weight_names", [])
-                shapes = [group[name][w.decode() if isinstance(w, bytes) else w].shape for w in wnames]
-                kernels = [s for s in shapes if len(s) >= 2]
-                if not kernels:
-                    continue
-                m = re.fullmatch(r"block(\d)_conv(\d)", name)
-                if m:
-                    blocks.setdefault(int(m.group(1)), []).append(int(kernels[0][0]))
-                elif name in ("fc1", "fc2", "predictions"):
-                    fc[name] = kernels[0]
-            conv = tuple(tuple(blocks.get(b, ())) for b in range(1, 6))
-            has_top = "fc1" in fc and "fc2" in fc and "predictions" in fc
-            return WeightFileLayout(conv, has_top, int(fc["fc1"][0]) if has_top else None,
-                                    int(fc["predictions"][-1]) if has_top else None, legacy=True)
-        if "layers" in f:
-            conv_shapes, dense_shapes = [], []
-            for lname in sorted(f["layers"].keys(), key=_natural_key):
-                g = f["layers"][lname]
-                if "vars" not in g or "0" not in g["vars"]:
-                    continue
-                shape = g["vars"]["0"].shape
-                (conv_shapes if len(shape) == 4 else dense_shapes).append(shape)
-            # Keras 3 files keep no layer names, only positions: blocks 1-3 are told apart by width;
-            # the 512-wide convs belong half to block 4 and half to block 5 in every configuration.
-            by_width = {w: [int(k[0]) for k in conv_shapes if k[-1] == w] for w in (64, 128, 256, 512)}
-            wide = by_width[512]
-            conv = (tuple(by_width[64]), tuple(by_width[128]), tuple(by_width[256]),
-                    tuple(wide[: len(wide) // 2]), tuple(wide[len(wide) // 2:]))
-            has_top = len(dense_shapes) == 3
-            return WeightFileLayout(tuple(conv), has_top, int(dense_shapes[0][0]) if has_top else None,
-                                    int(dense_shapes[-1][-1]) if has_top else None, legacy=False)
-    raise WeightsError(f"{path} is not a Keras weight file (no layer_names and no layers group)")
+        return _guarded(_layout_of_h5, f, os.path.basename(os.fspath(path)))
+
+
+def _guarded(func, *args):
+    """Run a reader, turning whatever a damaged file makes h5py or zipfile raise into one line."""
+    base = args[-1]
+    try:
+        return func(*args)
+    except VggfeatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError, EOFError,
+            zipfile.BadZipFile, zlib.error, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"cannot read weight file {base}: {reason}") from None
+
+
+def _layout_of_h5(f, base) -> WeightFileLayout:
+    group = f
+    if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
+        group = f["model_weights"]
+    if "layer_names" in group.attrs:
+        return _legacy_layout(group, base)
+    if isinstance(f.get("layers"), h5py.Group):
+        return _keras3_layout(f["layers"], base)
+    raise WeightsError(f"{base} is not a Keras weight file (no layer_names and no layers group)")
+
+
+def _legacy_layout(group, base) -> WeightFileLayout:
+    """The layout `keras.applications` downloads: `layer_names`, one group per layer, by name."""
+    convs, fcs = {}, {}
+    for name in _names_attr(group, "layer_names", base, "layer_names"):
+        layer = group.get(name) if name else None
+        if not isinstance(layer, h5py.Group):
+            _fail(base, f"layer {name!r} is listed in layer_names but has no group")
+        prefix = layer.name.lstrip("/")
+        tensors = [_tensor(layer.get(w) if w else None, f"{prefix}/{w}", base)
+                   for w in _names_attr(layer, "weight_names", base, f"weight_names of {name}")]
+        if not tensors:
+            continue
+        m = re.fullmatch(r"block([1-5])_conv([1-9])", name)
+        if m:
+            convs[(int(m.group(1)), int(m.group(2)))] = tensors
+        elif name in _FC_NAMES:
+            fcs[name] = tensors
+        else:
+            _fail(base, f"layer {name!r} has weights, and no VGG network has such a layer")
+    counts = []
+    for b in range(1, 6):
+        numbers = sorted(i for bb, i in convs if bb == b)
+        if numbers != list(range(1, len(numbers) + 1)):
+            _fail(base, f"the convolutions of block {b} are not numbered 1..n: "
+                        + ", ".join(f"block{b}_conv{i}" for i in numbers))
+        counts.append(len(numbers))
+    trunk = [convs[key] for key in sorted(convs)]
+    return _check_layout(base, trunk, tuple(counts), [fcs.get(n) for n in _FC_NAMES], legacy=True)
+
+
+def _keras3_layout(layers, base) -> WeightFileLayout:
+    """The Keras 3 layout (`.weights.h5`, and `model.weights.h5` inside `.keras`): layers by position,
+    `layers/conv2d_<i>/vars/<j>` and `layers/dense_<i>/vars/<j>`, in the order Keras loads them."""
+    keys = list(layers.keys())
+    if len(keys) > _MAX_LAYERS:
+        _fail(base, f"it lists {len(keys):,} layers (at most {_MAX_LAYERS:,} expected)")
+    convs, denses = [], []
+    for key in sorted(keys, key=_natural_key):
+        group = layers[key]
+        if not isinstance(group, h5py.Group):
+            _fail(base, f"'layers/{key}' is not a group")
+        tensors = []
+        found = group.get("vars")
+        if isinstance(found, h5py.Group):
+            names = list(found.keys())
+            if len(names) > _MAX_WEIGHTS_PER_LAYER or not all(n.isdigit() for n in names):
+                _fail(base, f"'layers/{key}/vars' holds {len(names)} entries that are not numbered weights")
+            tensors = [_tensor(found[n], f"layers/{key}/vars/{n}", base) for n in sorted(names, key=int)]
+        if not tensors:
+            continue
+        kind = re.sub(r"_\d+$", "", key)
+        if kind == "conv2d":
+            convs.append(tensors)
+        elif kind == "dense":
+            denses.append(tensors)
+        else:
+            _fail(base, f"layer 'layers/{key}' has weights, and no VGG network has such a layer")
+    if denses:
+        if len(denses) > 3:
+            _fail(base, f"it holds {len(denses)} Dense layers; a VGG has three (fc6, fc7, fc8) or none")
+        trunk, fc = convs, denses + [None] * (3 - len(denses))
+    elif len(convs) >= 3 and len(convs[-2]) and convs[-2][0].shape == (1, 1, FC_WIDTH, FC_WIDTH):
+        trunk, fc = convs[:-3], convs[-3:]  # fc6-fc8 as convolutions (the dense form)
+    else:
+        trunk, fc = convs, [None] * 3
+    return _check_layout(base, trunk, None, fc, legacy=False)
+
+
+def _check_tensors(base, name, tensors, expected):
+    """`expected`: (role, shape) per tensor, in the order Keras stores them (kernel, bias)."""
+    if len(tensors) != len(expected):
+        _fail(base, f"{_label(name)} has {len(tensors)} weight tensors, expected {len(expected)} "
+                    f"({' and '.join(role for role, _ in expected)})")
+    for t, (role, shape) in zip(tensors, expected):
+        if t.shape != tuple(shape):
+            _fail(base, f"tensor {t.path!r} ({name} {role}) has shape {t.shape}, expected {tuple(shape)}")
+
+
+def _check_layout(base, trunk, counts, fc, legacy) -> WeightFileLayout:
+    """Check the convolutions (`trunk`, in order) and fc6/fc7/fc8 (`fc`, None where absent) against the
+    configuration they fit; `counts` (convolutions per block) is known for legacy files only."""
+    if counts is not None:
+        candidates = [s for s in ARCHS.values() if tuple(len(k) for k in s.kernels) == counts]
+        found = f"convolutions per block: {list(counts)}"
+    else:
+        candidates = [s for s in ARCHS.values() if sum(len(k) for k in s.kernels) == len(trunk)]
+        found = f"{len(trunk)} convolutions; the configurations have 8, 10, 13 or 16"
+    if not candidates:
+        raise WeightsError(f"weight file {base} does not hold a VGG network of the paper's Table 1 ({found})")
+
+    def fits(spec):
+        return sum(bool(t) and t[0].shape == kernel for t, (_, kernel, _) in zip(trunk, conv_weight_shapes(spec)))
+
+    best = max(fits(s) for s in candidates)
+    chosen = [s for s in candidates if fits(s) == best]
+    spec = next((s for s in chosen if s.name == "vgg16"), chosen[0])  # D before C when neither fits
+    for tensors, (name, kernel, bias) in zip(trunk, conv_weight_shapes(spec)):
+        _check_tensors(base, name, tensors, [("kernel", kernel), ("bias", bias)])
+
+    fc1, fc2, fc8 = fc
+    form = fc1_inputs = classes = None
+    if fc1 is not None:
+        kernel = fc1[0].shape if fc1 else ()
+        form = "conv" if len(kernel) == 4 else "dense"
+        side = kernel[0] if len(kernel) == 4 else math.isqrt(kernel[0] // 512) if len(kernel) == 2 else 0
+        want = (side, side, 512, FC_WIDTH) if form == "conv" else (side * side * 512, FC_WIDTH)
+        if not 1 <= side <= _MAX_FC6_SIDE or kernel != want:
+            example = "(7, 7, 512, 4096)" if form == "conv" else "(25088, 4096)"
+            shape = "(s, s, 512, 4096)" if form == "conv" else "(512*s*s, 4096)"
+            _fail(base, f"tensor {fc1[0].path!r} (fc1 kernel) has shape {kernel}, expected {shape} for an input "
+                        f"of 32*s pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} ({example} at 224)")
+        _check_tensors(base, "fc1", fc1, [("kernel", kernel), ("bias", (FC_WIDTH,))])
+        fc1_inputs = side * side * 512
+    if fc2 is not None:
+        form2 = form or ("conv" if fc2 and len(fc2[0].shape) == 4 else "dense")
+        kernel = (1, 1, FC_WIDTH, FC_WIDTH) if form2 == "conv" else (FC_WIDTH, FC_WIDTH)
+        _check_tensors(base, "fc2", fc2, [("kernel", kernel), ("bias", (FC_WIDTH,))])
+    if fc8 is not None:
+        form8 = form or ("conv" if fc8 and len(fc8[0].shape) == 4 else "dense")
+        prefix = (1, 1, FC_WIDTH) if form8 == "conv" else (FC_WIDTH,)
+        kernel = fc8[0].shape if fc8 else ()
+        if len(kernel) != len(prefix) + 1 or kernel[:-1] != prefix:
+            want = "(1, 1, 4096, classes)" if form8 == "conv" else "(4096, classes)"
+            _fail(base, f"tensor {fc8[0].path!r} (predictions kernel) has shape {kernel}, expected {want}")
+        classes = kernel[-1]
+        if not 1 <= classes <= MAX_CLASSES:
+            _fail(base, f"tensor {fc8[0].path!r} (predictions kernel) has shape {kernel}: {classes:,} classes, "
+                        f"expected 1..{MAX_CLASSES:,}")
+        _check_tensors(base, "predictions", fc8, [("kernel", kernel), ("bias", (classes,))])
+
+    for tensors in [*trunk, *(t for t in fc if t)]:
+        for t in tensors:
+            if t.declared > _LAZY_FLOOR and t.stored * _MAX_EXPANSION < t.declared:
+                _fail(base, f"tensor {t.path!r} declares {t.declared:,} bytes of weights but the file stores "
+                            f"only {t.stored:,} bytes of them")
+    has_top = all(t is not None for t in fc)
+    return WeightFileLayout(spec.kernels, has_top, fc1_inputs if has_top else None,
+                            classes if has_top else None, legacy=legacy, fc_form=form if has_top else None,
+                            archs=tuple(n for n, s in ARCHS.items() if s.kernels == spec.kernels))
 
 
 def _arch_of_layout(layout: WeightFileLayout, path) -> list[str]:
@@ -187,10 +407,292 @@ def _arch_of_layout(layout: WeightFileLayout, path) -> list[str]:
     return names
 
 
+# ---------------------------------------------------------------------------------------------
+# .keras files: a zip of config.json (the model Keras will build) and model.weights.h5
+# ---------------------------------------------------------------------------------------------
+
+#: Layer classes a VGG `.keras` model may hold (keras.applications' and vggfeat's networks).
+_KERAS_LAYER_CLASSES = ("InputLayer", "Conv2D", "Dense", "MaxPooling2D", "Flatten", "Dropout", "Activation",
+                        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "LocalResponseNormalization")
+
+
+@dataclass
+class KerasFileInfo:
+    """What a `.keras` file holds, checked: `arch`, `input_size` (None: any size), `classes` (None: no
+    top), `fc_form` (`dense`, `conv` or None) and vggfeat's `metadata` (empty for other files)."""
+
+    arch: str
+    input_size: int | None
+    classes: int | None
+    fc_form: str | None
+    metadata: dict
+
+
+def _read_json_member(zf, name, base):
+    info = zf.getinfo(name)
+    if info.file_size > _MAX_JSON_BYTES:
+        raise WeightsError(f"{base}: {name} holds {info.file_size:,} bytes (at most {_MAX_JSON_BYTES:,} expected)")
+    try:
+        with zf.open(name) as fh:
+            data = fh.read(_MAX_JSON_BYTES + 1)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{base}: {name} cannot be read ({reason})") from None
+    if len(data) > _MAX_JSON_BYTES:
+        raise WeightsError(f"{base}: {name} holds more than {_MAX_JSON_BYTES:,} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise WeightsError(f"{base}: {name} is not valid JSON") from None
+
+
+def _int_list(value, n):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * n
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        return None
+    return list(value)
+
+
+def _check_keras_config(config, base) -> dict:
+    """Check the model Keras would build from config.json (every size it allocates), without Keras.
+
+    Returns `kernels`, `lrn`, `input_size`, `classes`, `fc_form`, `fc6_side`."""
+
+    def bad(message):
+        raise WeightsError(f"{base}: config.json {message}")
+
+    if not (isinstance(config, dict) and config.get("class_name") in ("Functional", "Sequential")
+            and isinstance(config.get("config"), dict) and isinstance(config["config"].get("layers"), list)):
+        bad("does not describe a Keras Functional or Sequential model")
+    layers = config["config"]["layers"]
+    if len(layers) > _MAX_LAYERS:
+        bad(f"lists {len(layers):,} layers (at most {_MAX_LAYERS:,} expected)")
+    side = "?"  # no InputLayer seen yet
+    convs, fc, lrn = {}, {}, False
+    for entry in layers:
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            bad("holds a layer entry that is not an object")
+        cls, cfg = entry.get("class_name"), entry["config"]
+        name = cfg.get("name", entry.get("name"))
+        if cls not in _KERAS_LAYER_CLASSES:
+            bad(f"declares layer {name!r} of class {cls!r}, which no VGG network has")
+        if cls == "InputLayer":
+            shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
+            if not isinstance(shape, list) or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+                bad(f"declares input shape {shape}, expected [null, S, S, 3] or [null, null, null, 3]")
+            side = shape[1]
+            if side is not None:
+                reason = input_size_error(side)
+                if reason:
+                    bad(f"declares input size {side}, which {reason}")
+        elif cls in ("Conv2D", "Dense"):
+            size = cfg.get("filters" if cls == "Conv2D" else "units")
+            kernel = _int_list(cfg.get("kernel_size"), 2) if cls == "Conv2D" else None
+            m = re.fullmatch(r"block([1-5])_conv([1-9])", str(name))
+            if m and cls == "Conv2D":
+                b = int(m.group(1))
+                if size != BLOCK_WIDTHS[b - 1]:
+                    bad(f"declares {name} with {size} filters, expected {BLOCK_WIDTHS[b - 1]}")
+                if kernel not in ([3, 3], [1, 1]) or cfg.get("groups", 1) != 1:
+                    bad(f"declares {name} with kernel_size {cfg.get('kernel_size')}, expected [3, 3] or [1, 1]")
+                convs[(b, int(m.group(2)))] = kernel[0]
+            elif name in _FC_NAMES:
+                form = "conv" if cls == "Conv2D" else "dense"
+                if fc.get("form", form) != form:
+                    bad("declares fc6-fc8 partly as Dense layers and partly as convolutions")
+                fc["form"] = form
+                if name == "predictions":
+                    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_CLASSES:
+                        bad(f"declares {size} classes for predictions (fc8), expected 1..{MAX_CLASSES:,}")
+                    fc["classes"] = size
+                elif size != FC_WIDTH:
+                    bad(f"declares {name} ({paper_name(name)}) with {size} units, expected {FC_WIDTH}")
+                if form == "conv":
+                    k = kernel[0] if kernel and kernel[0] == kernel[1] else None
+                    limit = _MAX_FC6_SIDE if name == "fc1" else 1
+                    if k is None or not 1 <= k <= limit or cfg.get("groups", 1) != 1:
+                        want = f"[s, s] with s = input size / 32, 1..{_MAX_FC6_SIDE}" if name == "fc1" else "[1, 1]"
+                        bad(f"declares {name} with kernel_size {cfg.get('kernel_size')}, expected {want}")
+                    if name == "fc1":
+                        fc["side"] = k
+                fc[name] = True
+            else:
+                bad(f"declares {cls} layer {name!r}, which no VGG network has")
+        elif cls == "LocalResponseNormalization":
+            size = cfg.get("size", 5)
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 127 or size % 2 == 0:
+                bad(f"declares {name} with size {size}, expected an odd number 1..127")
+            lrn = True
+    if side == "?":
+        bad("declares no InputLayer")
+    counts = []
+    for b in range(1, 6):
+        numbers = sorted(i for bb, i in convs if bb == b)
+        if numbers != list(range(1, len(numbers) + 1)):
+            bad(f"numbers the convolutions of block {b} {numbers}, expected 1..n")
+        counts.append(numbers)
+    kernels = tuple(tuple(convs[(b, i)] for i in numbers) for b, numbers in enumerate(counts, start=1))
+    arch = next((n for n, s in ARCHS.items() if s.kernels == kernels and s.lrn == lrn), None)
+    if arch is None:
+        raise WeightsError(f"{base} does not hold a VGG network of the paper's Table 1 (convolutions per block: "
+                           f"{[len(k) for k in kernels]})")
+    has_top = all(fc.get(n) for n in _FC_NAMES)
+    if any(fc.get(n) for n in _FC_NAMES) and not has_top:
+        bad("declares only some of fc6, fc7, fc8")
+    if has_top and fc["form"] == "dense" and side is None:
+        bad("declares Dense fc6-fc8 after an input of any size; the standard form needs a fixed size")
+    return {"arch": arch, "kernels": kernels, "input_size": side, "classes": fc.get("classes"),
+            "fc_form": fc.get("form") if has_top else None, "fc6_side": fc.get("side")}
+
+
+class _StoredMember(io.RawIOBase):
+    """An uncompressed zip member read in place (h5py seeks back and forth: zipfile's own reader would
+    re-read the member from its start at every backward seek)."""
+
+    def __init__(self, path, start, size):
+        self._f = open(path, "rb")
+        self._start, self._size, self._pos = start, size, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def readinto(self, buffer):
+        n = max(0, min(len(buffer), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(memoryview(buffer)[:n])
+        self._pos += got
+        return got
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+def _member_start(path, info):
+    """Offset of an uncompressed member's data in the zip file (after its local header)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        size = os.fstat(f.fileno()).st_size
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header of {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > size:
+        raise zipfile.BadZipFile(f"{info.filename} runs past the end of the file (truncated)")
+    return start
+
+
+def _keras_weights_layout(path, zf, base) -> WeightFileLayout:
+    info = zf.getinfo("model.weights.h5")
+    member = f"{base}/model.weights.h5"
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+        with _StoredMember(path, _member_start(path, info), info.file_size) as raw, h5py.File(raw, "r") as f:
+            return _guarded(_layout_of_h5, f, member)
+    if info.file_size > 1 << 30 and info.file_size > _MAX_EXPANSION * info.compress_size:
+        raise WeightsError(f"{base}: model.weights.h5 expands {info.compress_size:,} bytes to {info.file_size:,}")
+    with tempfile.TemporaryDirectory() as tmp:
+        zf.extract(info, tmp)
+        with h5py.File(os.path.join(tmp, info.filename), "r") as f:
+            return _guarded(_layout_of_h5, f, member)
+
+
+def inspect_keras_file(path) -> KerasFileInfo:
+    """Check a `.keras` file without Keras: a zip archive whose config.json declares a VGG network
+    (layers, sizes, input size, classes all bounded), whose model.weights.h5 holds tensors of exactly
+    that network's shapes, and whose vggfeat metadata (if any) agrees with both."""
+    path = os.fspath(path)
+    base = os.path.basename(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error):
+        raise WeightsError(f"{base} is not a .keras file (not a zip archive)") from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read {base}: {exc.strerror or exc}") from None
+    with zf:
+        names = set(zf.namelist())
+        for needed in ("config.json", "model.weights.h5"):
+            if needed not in names:
+                raise WeightsError(f"{base} is not a Keras model file: the archive has no {needed}")
+        model = _check_keras_config(_read_json_member(zf, "config.json", base), base)
+        try:
+            layout = _keras_weights_layout(path, zf, base)
+        except VggfeatError:
+            raise
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WeightsError(f"cannot read weight file {base}/model.weights.h5: {reason}") from None
+        meta = _read_json_member(zf, KERAS_METADATA_ENTRY, base) if KERAS_METADATA_ENTRY in names else {}
+
+    arch, side = model["arch"], model["input_size"]
+    if layout.conv_kernels != model["kernels"]:
+        raise WeightsError(f"{base}: model.weights.h5 holds a {layout.archs[0]} network but config.json "
+                           f"declares {arch}")
+    if layout.fc_form != model["fc_form"]:
+        held = {"dense": "Dense fc6-fc8", "conv": "fc6-fc8 as convolutions", None: "no fc6-fc8"}
+        raise WeightsError(f"{base}: model.weights.h5 holds {held[layout.fc_form]} but config.json declares "
+                           f"{held[model['fc_form']]}")
+    if layout.fc_form is not None and layout.classes != model["classes"]:
+        raise WeightsError(f"{base}: model.weights.h5 holds {layout.classes:,} classes but config.json declares "
+                           f"{model['classes']:,}")
+    if layout.fc_form == "dense" and layout.fc1_inputs != (side // 32) ** 2 * 512:
+        raise WeightsError(f"{base}: model.weights.h5 holds an fc6 of {layout.fc1_inputs:,} inputs but config.json "
+                           f"declares input size {side} (fc6 of {(side // 32) ** 2 * 512:,} inputs)")
+    if layout.fc_form == "conv" and layout.fc1_inputs != model["fc6_side"] ** 2 * 512:
+        raise WeightsError(f"{base}: model.weights.h5 holds an fc6 kernel of another size than config.json declares")
+    _check_metadata(meta, base, arch, side, layout.classes if layout.fc_form else None)
+    return KerasFileInfo(arch, side, layout.classes if layout.fc_form else None, layout.fc_form, meta)
+
+
+def _check_metadata(meta, base, arch, side, classes):
+    """vggfeat's entry in a `.keras` file (written by `vggfeat finetune`) must agree with the model."""
+    from .preprocessing import MODES
+
+    def bad(message):
+        raise WeightsError(f"{base}: {KERAS_METADATA_ENTRY} {message}")
+
+    if not isinstance(meta, dict):
+        bad("is not a JSON object")
+    if "arch" in meta:
+        try:
+            named = get_arch(str(meta["arch"])).name
+        except VggfeatError:
+            bad(f"names an unknown architecture {meta['arch']!r}")
+        if named != arch:
+            bad(f"says arch={named} but config.json declares {arch}")
+    names = meta.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > MAX_CLASSES:
+        bad(f"holds class_names that are not a list of at most {MAX_CLASSES:,} names")
+    if names and len(names) != classes:
+        bad(f"lists {len(names):,} class names but the model has {classes or 0:,} classes")
+    if "input_size" in meta and meta["input_size"] != side and side is not None:
+        bad(f"says input_size={meta['input_size']!r} but config.json declares {side}")
+    if "input_size" in meta and input_size_error(meta["input_size"]):
+        bad(f"says input_size={meta['input_size']!r}, which {input_size_error(meta['input_size'])}")
+    if meta.get("preprocessing", "caffe") not in MODES:
+        bad(f"names an unknown preprocessing {meta['preprocessing']!r}; known: {', '.join(MODES)}")
+
+
 def describe_weights(path) -> dict:
-    """What a weight file or a vggfeat `.keras` model holds, read with h5py/zipfile only (no Keras):
-    `weights` (file name), `arch`, `classes`, `has_top`, `input_size`, and for `.keras` files saved by
-    `vggfeat finetune` also `class_names` and `preprocessing`."""
+    """What a weight file or a `.keras` model holds, read with h5py/zipfile only (no Keras), every shape
+    checked: `weights` (file name), `arch`, `classes`, `has_top`, `input_size`, and for `.keras` files
+    saved by `vggfeat finetune` also `class_names` and `preprocessing`."""
     from .specs import fc_input_side
 
     path = os.fspath(path)
@@ -198,24 +700,26 @@ def describe_weights(path) -> dict:
         raise WeightsError(f"weight file not found: {path}")
     base = os.path.basename(path)
     if path.endswith(".keras"):
-        meta = read_keras_metadata(path)
-        if not meta:
-            raise WeightsError(f"{base} was not saved by `vggfeat finetune` (it has no {KERAS_METADATA_ENTRY})")
-        names = list(meta.get("class_names", []))
-        return {"weights": base, "arch": meta["arch"], "classes": len(names) or None, "class_names": names,
-                "input_size": meta.get("input_size"), "preprocessing": meta.get("preprocessing"), "has_top": True}
+        info = inspect_keras_file(path)
+        meta = info.metadata
+        return {"weights": base, "arch": info.arch, "classes": info.classes,
+                "class_names": list(meta.get("class_names", [])), "input_size": info.input_size,
+                "preprocessing": meta.get("preprocessing"), "has_top": info.fc_form is not None}
     layout = read_weight_file_layout(path)
     return {"weights": base, "arch": _arch_of_layout(layout, path)[0], "classes": layout.classes,
-            "has_top": layout.has_top, "input_size": fc_input_side(layout.fc1_inputs) if layout.has_top else None}
+            "has_top": layout.has_top,
+            "input_size": fc_input_side(layout.fc1_inputs) if layout.fc_form == "dense" else None}
 
 
 def read_keras_metadata(path) -> dict:
-    """The metadata vggfeat stores inside the `.keras` files it writes (empty for other files)."""
+    """The metadata vggfeat stores inside the `.keras` files it writes (empty for other files, and for
+    files whose entry is missing, too large or not JSON; `inspect_keras_file` reports those)."""
     try:
         with zipfile.ZipFile(path) as z:
             if KERAS_METADATA_ENTRY in z.namelist():
-                return json.loads(z.read(KERAS_METADATA_ENTRY).decode("utf-8"))
-    except (zipfile.BadZipFile, OSError, ValueError):
+                meta = _read_json_member(z, KERAS_METADATA_ENTRY, os.path.basename(os.fspath(path)))
+                return meta if isinstance(meta, dict) else {}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         pass
     return {}
 
@@ -245,11 +749,10 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
 
     Returns:
         `(model, WeightsInfo)`.
+
+    A weight file is checked first (every tensor's shape against the architecture, the class count, the
+    input size it implies; for `.keras` files also the model config), before Keras is even imported.
     """
-    import keras
-
-    from .models import build_vgg, infer_arch
-
     if weights is None:
         raise WeightsError("weights must be 'imagenet', 'random' or a path; there is no default of no weights")
     w = str(weights)
@@ -257,6 +760,8 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
         spec = get_arch(arch or "vgg16")
         if seed is None:
             raise WeightsError("random weights need a seed (an integer) to be reproducible")
+        from .models import build_vgg
+
         model = build_vgg(spec.name, include_top=include_top, input_size=input_size, seed=int(seed), dtype=dtype)
         return model, WeightsInfo("random", "random", seed=int(seed))
     if w == "imagenet":
@@ -270,10 +775,17 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
         raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
     if os.path.isdir(path):
         raise WeightsError(f"weights path is a folder, not a file: {path}")
-    sha = file_sha256(path)
     base = os.path.basename(path)
     if path.endswith(".keras"):
+        checked = inspect_keras_file(path)  # before Keras builds anything from the file
+        if arch is not None and get_arch(arch).name != checked.arch:
+            raise WeightsError(f"{base} holds a {checked.arch} network, not {get_arch(arch).name}; "
+                               "drop --arch or fix it")
+        sha = file_sha256(path)
+        import keras
+
         from .layers import LocalResponseNormalization
+        from .models import infer_arch
 
         try:
             model = keras.saving.load_model(
@@ -288,14 +800,14 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
             raise WeightsError(f"{base} is not a VGG model with vggfeat/keras.applications layer names") from None
         if arch is not None and get_arch(arch).name != found:
             raise WeightsError(f"{base} holds a {found} network, not {get_arch(arch).name}; drop --arch or fix it")
-        meta = read_keras_metadata(path)
+        meta = checked.metadata
         return model, WeightsInfo("model", base, preprocessing=meta.get("preprocessing", "caffe"), path=path,
                                   sha256=sha, class_names=list(meta.get("class_names", [])), metadata=meta)
     if not (path.endswith(".h5") or path.endswith(".hdf5")):
         raise WeightsError(f"unknown weight file type {base}: expected .h5, .weights.h5 or .keras")
 
     model = _load_h5_file(arch, path, include_top, input_size, dtype)
-    return model, WeightsInfo("file", base, path=path, sha256=sha)
+    return model, WeightsInfo("file", base, path=path, sha256=file_sha256(path))
 
 
 def _load_h5_file(arch, path, include_top, input_size, dtype):
@@ -315,6 +827,10 @@ def _load_h5_file(arch, path, include_top, input_size, dtype):
     if include_top and not layout.has_top:
         raise WeightsError(f"weight file {base} has no fc6/fc7/fc8 weights (a 'notop' file); "
                            "use a conv layer, --fully-convolutional, or a file with top")
+    if include_top and layout.fc_form == "conv":
+        raise WeightsError(f"weight file {base} holds fc6-fc8 as convolutions (the dense form); vggfeat reads "
+                           "FC weights from .h5 files of the standard form (Dense fc6-fc8): use a conv layer, or "
+                           "save the whole model as .keras")
     if include_top:
         side = fc_input_side(layout.fc1_inputs)
         model = build_vgg(name, include_top=True, input_size=side, classes=layout.classes, dtype=dtype)
@@ -326,8 +842,12 @@ def _load_h5_file(arch, path, include_top, input_size, dtype):
     try:
         if layout.has_top and not include_top:
             # Keras 3 files load by position: load into the full network, then keep the trunk.
-            full = build_vgg(name, include_top=True, input_size=fc_input_side(layout.fc1_inputs),
-                             classes=layout.classes)
+            if layout.fc_form == "conv":
+                full = build_vgg(name, form="dense", classes=layout.classes,
+                                 fc6_kernel=fc_input_side(layout.fc1_inputs) // 32)
+            else:
+                full = build_vgg(name, include_top=True, input_size=fc_input_side(layout.fc1_inputs),
+                                 classes=layout.classes)
             full.load_weights(path)
             copy_weights(full, model)
         else:
