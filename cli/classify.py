@@ -34,7 +34,7 @@ def classify_command(features, layer, classifier, C, neighbors, l2, cv, test_siz
     """
     import os
 
-    from vggfeat.classify import classify, plot_confusion, save_classifier
+    from vggfeat.classifier import classify, plot_confusion, save_classifier
     from vggfeat.errors import OutputError
 
     if output and os.path.exists(output) and not overwrite:

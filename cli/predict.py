@@ -34,7 +34,7 @@ def predict_command(inputs, classifier, weights, output, overwrite, batch_size, 
 
     if output and os.path.exists(output) and not overwrite:
         raise OutputError(f"{output} exists; pass --overwrite to replace it")
-    from vggfeat.classify import load_classifier, predict_images
+    from vggfeat.classifier import load_classifier, predict_images
 
     loaded = load_classifier(classifier)  # the file and its stored settings are checked before Keras starts
     quiet_backend()

@@ -267,6 +267,17 @@ def test_same_settings_same_features_on_every_entry_point(name, few_images, tmp_
     got = rebuilt.predict([load_image(f, rebuilt.geometry) for f in files])
     for k in layers:
         same(got[k], k, "from_attrs")
+    # predict's extractor, rebuilt from a classifier file trained on these features (all its settings)
+    from vggfeat.classifier import classify, extractor_for, load_classifier, predict_images, save_classifier
+
+    result = classify(out, layers[0], cv=2)
+    save_classifier(result, tmp_path / "c.skops")
+    loaded = load_classifier(tmp_path / "c.skops")
+    fx = extractor_for(loaded[1], batch_size=4)
+    same(fx.predict([load_image(f, fx.geometry) for f in files])[layers[0]], layers[0], "predict")
+    rows = list(predict_images(loaded, [str(few_images)], batch_size=4, progress=False))
+    X = ref[layers[0]].features.reshape(len(paths), -1)
+    assert [r["label"] for r in rows] == [loaded[2][int(c)] for c in loaded[0].predict(X)]
     # VGGFeaturizer on paths and on the decoded arrays
     fz = vggfeat.VGGFeaturizer(batch_size=4, layer=layers[0], **{k: v for k, v in s.items() if k != "layers"}).fit()
     same(fz.transform(files), layers[0], "VGGFeaturizer paths")

@@ -15,7 +15,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from vggfeat import VGGFeaturizer, extract
-from vggfeat.classify import classify, load_classifier, predict_images, save_classifier
+from vggfeat.classifier import classify, load_classifier, predict_images, save_classifier
 from vggfeat.errors import InputError, WeightsError
 from vggfeat_cli.main import cli
 
@@ -79,10 +79,10 @@ def test_featurizer_params_clone_and_feature_names(dataset):
     assert out.shape == (5, 4096) and out.dtype == np.float32
     names = fz.get_feature_names_out()
     assert names[0] == "fc7_0" and len(names) == 4096
-    # arrays of images work too, and give the same features as the files
+    # arrays of images (decoded at their own size) work too, and give the same features as the files
     from vggfeat.images import load_image
 
-    imgs = [load_image(p, fz.extractor_.geometry) for p in X[:2]]
+    imgs = [load_image(p, None) for p in X[:2]]
     np.testing.assert_allclose(fz.transform(imgs), out[:2], rtol=1e-5, atol=1e-6)
     # pickles without the Keras model, and rebuilds it when used
     again = pickle.loads(pickle.dumps(fz))

@@ -353,7 +353,7 @@ def test_keras_file_with_foreign_layers_or_missing_parts(tmp_path, no_network):
 def classifier_file(tmp_path_factory):
     """A real classifier file of `vggfeat classify`, on features of 6 tiny images (random vgg11 at 32)."""
     from vggfeat import extract
-    from vggfeat.classify import classify, save_classifier
+    from vggfeat.classifier import classify, save_classifier
 
     root = tmp_path_factory.mktemp("clf")
     make_folder(str(root / "images"), per_class=3)
@@ -405,7 +405,7 @@ def test_classifier_with_a_layer_the_arch_lacks_and_scales_out_of_range(classifi
     assert result.output.startswith(f"Error: {path}: stored settings: unknown layer 'conv5_4' for vgg11")
     path = rewritten(classifier_file / "clf.skops", tmp_path / "b.skops", form="dense", resize="short",
                      input_size=None, scales=json.dumps([256, 10 ** 6]))
-    from vggfeat.classify import load_classifier
+    from vggfeat.classifier import load_classifier
 
     with pytest.raises(InputError) as err:
         load_classifier(path)
@@ -414,7 +414,7 @@ def test_classifier_with_a_layer_the_arch_lacks_and_scales_out_of_range(classifi
 
 def test_classifier_still_predicts_when_untouched(classifier_file):
     """The control: the same file, rewritten without changes, passes the checks."""
-    from vggfeat.classify import load_classifier
+    from vggfeat.classifier import load_classifier
 
     _, settings, names = load_classifier(rewritten(classifier_file / "clf.skops", classifier_file / "same.skops"))
     assert settings["input_size"] == 32 and names == ["circles", "squares", "stripes"]

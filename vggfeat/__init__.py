@@ -32,9 +32,9 @@ _API = {
     "load_image": "images",
     # scikit-learn
     "VGGFeaturizer": "sklearn",
-    "classify": "classify",
-    "load_classifier": "classify",
-    "predict_images": "classify",
+    "classify": "classifier",
+    "load_classifier": "classifier",
+    "predict_images": "classifier",
     # networks
     "finetune": "finetune",
     "build_vgg": "models",

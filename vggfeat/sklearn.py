@@ -90,7 +90,8 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         """Features of the images in X: a list/array of file paths, a list of (H, W, 3) arrays, or an
-        array (n, H, W, 3). Returns float32 (n, n_features_out_); row i belongs to X[i].
+        array (n, H, W, 3). An array is a whole image, as decoded from its file: it goes through the
+        same resize and crop as a path does, so both give the same features. Returns float32 (n, n_features_out_); row i belongs to X[i].
 
         Raises:
             ValueError: an image cannot be read (a pipeline cannot drop rows; `vggfeat extract`

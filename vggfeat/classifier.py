@@ -176,10 +176,6 @@ def plot_confusion(result: ClassifyResult, path):
 # Classifier files
 # ---------------------------------------------------------------------------------------------
 
-#: Extraction settings a classifier file keeps (the HDF5 attributes that decide the features).
-EXTRACTION_KEYS = ("arch", "weights", "weights_sha256", "seed", "preprocessing", "form", "resize", "input_size",
-                   "pooling", "precision", "layer", "scales", "flip", "aggregate", "l2")
-
 #: The largest classifier file member vggfeat decompresses without question, and the most it may expand.
 _ZIP_FLOOR = 1 << 30
 _ZIP_MAX_EXPANSION = 100
@@ -194,7 +190,15 @@ def save_classifier(result: ClassifyResult, path, overwrite=False):
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
-    settings = {k: result.settings[k] for k in EXTRACTION_KEYS if result.settings.get(k) is not None}
+    from .config import ExtractorConfig
+
+    # the features' config, through the one pair of functions every file uses, cut to the one layer
+    layer = result.settings["layer"]
+    config = ExtractorConfig.from_attrs(result.settings, source="the features file")
+    settings = config.replace(layers=(layer,)).to_attrs()
+    del settings["layers"]
+    settings.pop("weights_path", None)  # a path of this machine; predict takes --weights for a file
+    settings.update(layer=layer, preprocessing=result.settings.get("preprocessing", "caffe"))
     settings = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
     sio.dump({"pipeline": result.pipeline, "settings": json.dumps(settings), "class_names": list(result.class_names),
               "vggfeat_version": __version__}, path)
