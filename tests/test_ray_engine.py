@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, make_folder, run_cli
 from vggfeat.errors import InputError, OutputError
-from vggfeat import ExtractFailed
+from vggfeat.errors import ExtractFailed
 from vggfeat.images import ImageList
 from vggfeat.store import FeatureWriter, load_features
 

@@ -77,7 +77,7 @@ class FeatureExtractor:
     # -----------------------------------------------------------------------------------------
     def _build(self, arch, weights, seed, input_size, resize, expected_sha256=None):
         from .errors import WeightsError
-        from .models import build_vgg, copy_weights, feature_model, infer_arch
+        from .models import NO_INIT, build_vgg, copy_weights, feature_model, infer_arch
         from .weights import load_network
 
         needs_top = self.form != "fully_conv" and any(_is_fc_name(n) for n in self.layers)
@@ -110,14 +110,14 @@ class FeatureExtractor:
                 )
             if resized or base.get_layer("block1_conv1").dtype_policy.name != dtype:
                 net = build_vgg(spec.name, include_top=base_has_top and not resized, input_size=size,
-                                classes=_classes(base), dtype=dtype)
+                                classes=_classes(base), dtype=dtype, seed=NO_INIT)
                 copy_weights(base, net)
             else:
                 net = base
         elif self.form == "fully_conv" or not wants_fc:
             # The dense form only differs in its FC layers: with conv layers alone it is the trunk.
             size = int(input_size or 224)
-            net = build_vgg(spec.name, form="fully_conv", dtype=dtype)
+            net = build_vgg(spec.name, form="fully_conv", dtype=dtype, seed=NO_INIT)
             copy_weights(base, net)
         else:
             k = base_size // 32
@@ -125,7 +125,7 @@ class FeatureExtractor:
             if size < 32 * k:
                 raise InputError(f"the dense form of these weights needs input of at least {32 * k} pixels. "
                                  f"Received: input_size={size}")
-            net = build_vgg(spec.name, form="dense", classes=_classes(base), fc6_kernel=k, dtype=dtype)
+            net = build_vgg(spec.name, form="dense", classes=_classes(base), fc6_kernel=k, dtype=dtype, seed=NO_INIT)
             copy_weights(base, net)
         del base
         self.geometry = Geometry(resize, size)

@@ -54,7 +54,16 @@ class SeededGlorotUniform(keras.initializers.Initializer):
         return {"seed": self.seed}
 
 
+#: `seed` value of `build_vgg` for a network whose weights will be loaded: variables start as zeros,
+#: which costs one allocation each (random initialisers make temporaries as large as fc6's 411 MB).
+NO_INIT = "zeros"
+
+
 def _init_kwargs(seed, layer_name):
+    if hasattr(seed, "initializers"):  # a weight source: each variable starts as the stored values
+        return seed.initializers(layer_name)
+    if isinstance(seed, str) and seed == NO_INIT:
+        return {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
     layer_seed = _layer_seed(seed, layer_name)
     return {
         "kernel_initializer": (keras.initializers.GlorotUniform() if layer_seed is None
@@ -89,7 +98,10 @@ def build_vgg(
         classes: width of fc8.
         classifier_activation: activation of fc8 (`softmax`, or None for logits).
         dropout: dropout rate after fc6 and fc7 (active only in training).
-        seed: integer for reproducible initial weights (same seed, same weights), None for random.
+        seed: integer for reproducible initial weights (same seed, same weights), None for random,
+            or `"zeros"` (`NO_INIT`) for a network whose weights are loaded next, or a weight source
+            (an object whose `initializers(layer_name)` gives the layer's kernel and bias initializers:
+            each variable is then made from the stored values, never held twice).
         dtype: a Keras dtype policy name such as `mixed_bfloat16`, or None for the global policy.
         fc6_kernel: with `dense`, the side of fc6's kernel: pool5's side in the standard form whose
             weights it will carry (7 for 224x224 input, 2 for 64x64).

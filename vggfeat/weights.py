@@ -812,7 +812,7 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
 
 def _load_h5_file(arch, path, include_top, input_size, dtype):
     """Build the network a legacy `.h5` or `.weights.h5` file holds and load the file into it."""
-    from .models import build_vgg, copy_weights
+    from .models import NO_INIT, build_vgg, copy_weights
     from .specs import fc_input_side
 
     base = os.path.basename(path)
@@ -833,21 +833,22 @@ def _load_h5_file(arch, path, include_top, input_size, dtype):
                            "save the whole model as .keras")
     if include_top:
         side = fc_input_side(layout.fc1_inputs)
-        model = build_vgg(name, include_top=True, input_size=side, classes=layout.classes, dtype=dtype)
+        source = _LegacyH5Source(path, name) if layout.legacy else NO_INIT
+        model = build_vgg(name, include_top=True, input_size=side, classes=layout.classes, dtype=dtype, seed=source)
     else:
-        model = build_vgg(name, include_top=False, input_size=input_size, dtype=dtype)
+        source = _LegacyH5Source(path, name) if layout.legacy else NO_INIT
+        model = build_vgg(name, include_top=False, input_size=input_size, dtype=dtype, seed=source)
     if layout.legacy:
-        _load_legacy(model, path, name)
         return model
     try:
         if layout.has_top and not include_top:
             # Keras 3 files load by position: load into the full network, then keep the trunk.
             if layout.fc_form == "conv":
                 full = build_vgg(name, form="dense", classes=layout.classes,
-                                 fc6_kernel=fc_input_side(layout.fc1_inputs) // 32)
+                                 fc6_kernel=fc_input_side(layout.fc1_inputs) // 32, seed=NO_INIT)
             else:
                 full = build_vgg(name, include_top=True, input_size=fc_input_side(layout.fc1_inputs),
-                                 classes=layout.classes)
+                                 classes=layout.classes, seed=NO_INIT)
             full.load_weights(path)
             copy_weights(full, model)
         else:
@@ -867,6 +868,52 @@ def _load_legacy(model, path, arch_name):
     if missing:
         raise WeightsError(f"weight file {base} has no weights for layers {', '.join(missing)} of {arch_name}")
     try:
-        model.load_weights(path, by_name=True)
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if ("layer_names" not in f.attrs and "model_weights" in f) else f
+            for layer in model.layers:
+                if not layer.weights:
+                    continue
+                g = group[layer.name]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs["weight_names"]]
+                if len(names) != len(layer.weights):
+                    raise WeightsError(f"weight file {base}: layer {layer.name} has {len(names)} weights, "
+                                       f"{arch_name} needs {len(layer.weights)}")
+                for variable, name in zip(layer.weights, names):
+                    _assign_from_dataset(variable, g[name], f"{base}: {layer.name}")
+    except WeightsError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise WeightsError(f"weight file {base} does not fit {arch_name}: {str(exc).splitlines()[0]}") from None
+
+
+class _LegacyH5Source:
+    """The weights of a legacy Keras `.h5` file as initializers: `build_vgg(..., seed=source)` makes each
+    variable from its stored values (read with h5py straight into one float32 array), so no weight is
+    ever held twice (fc6 of VGG-16 is 411 MB) and no random initial values are drawn."""
+
+    def __init__(self, path, arch_name):
+        self.path, self.arch_name = path, arch_name
+        self.base = os.path.basename(path)
+
+    def _read(self, layer_name, index, shape):
+        with h5py.File(self.path, "r") as f:
+            group = f["model_weights"] if ("layer_names" not in f.attrs and "model_weights" in f) else f
+            if layer_name not in group:
+                raise WeightsError(f"weight file {self.base} has no weights for layer {layer_name} of {self.arch_name}")
+            g = group[layer_name]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            if len(names) != 2:
+                raise WeightsError(f"weight file {self.base}: layer {layer_name} has {len(names)} weights, "
+                                   f"{self.arch_name} needs 2")
+            ds = g[names[index]]
+            shape = tuple(int(d) for d in shape)
+            if tuple(ds.shape) != shape:
+                raise WeightsError(f"weight file {self.base}: {names[index]} has shape {tuple(ds.shape)}, "
+                                   f"{self.arch_name} needs {shape}")
+            values = np.empty(shape, dtype=np.float32)
+            ds.read_direct(values)
+            return values
+
+    def initializers(self, layer_name):
+        return {"kernel_initializer": lambda shape, dtype=None: self._read(layer_name, 0, shape),
+                "bias_initializer": lambda shape, dtype=None: self._read(layer_name, 1, shape)}
