@@ -858,34 +858,6 @@ def _load_h5_file(arch, path, include_top, input_size, dtype):
     return model
 
 
-def _load_legacy(model, path, arch_name):
-    """Load a legacy `.h5` by layer name, after checking that every layer of `model` is in the file."""
-    base = os.path.basename(path)
-    with h5py.File(path, "r") as f:
-        group = f["model_weights"] if ("layer_names" not in f.attrs and "model_weights" in f) else f
-        present = {n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])}
-    missing = [layer.name for layer in model.layers if layer.weights and layer.name not in present]
-    if missing:
-        raise WeightsError(f"weight file {base} has no weights for layers {', '.join(missing)} of {arch_name}")
-    try:
-        with h5py.File(path, "r") as f:
-            group = f["model_weights"] if ("layer_names" not in f.attrs and "model_weights" in f) else f
-            for layer in model.layers:
-                if not layer.weights:
-                    continue
-                g = group[layer.name]
-                names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs["weight_names"]]
-                if len(names) != len(layer.weights):
-                    raise WeightsError(f"weight file {base}: layer {layer.name} has {len(names)} weights, "
-                                       f"{arch_name} needs {len(layer.weights)}")
-                for variable, name in zip(layer.weights, names):
-                    _assign_from_dataset(variable, g[name], f"{base}: {layer.name}")
-    except WeightsError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"weight file {base} does not fit {arch_name}: {str(exc).splitlines()[0]}") from None
-
-
 class _LegacyH5Source:
     """The weights of a legacy Keras `.h5` file as initializers: `build_vgg(..., seed=source)` makes each
     variable from its stored values (read with h5py straight into one float32 array), so no weight is
