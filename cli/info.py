@@ -28,8 +28,8 @@ def _fmt_count(n):
                    "network in --weights.")
 @click.option("--weights", default=None, metavar="PATH",
               help="Describe the network in a weight file or a fine-tuned .keras model (its classes too).")
-@click.option("--input-size", default=224, show_default=True, type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE),
-              help="Side of the square input.")
+@click.option("--input-size", default=None, type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE),
+              help="Side of the square input (default: the weight file's, else 224).")
 @click.option("--dense", is_flag=True, help="The paper's dense form: fc6 as a 7x7 conv, fc7/fc8 as 1x1 convs.")
 @click.option("--classes", default=None, type=click.IntRange(1, MAX_CLASSES),
               help="Width of fc8 (default 1000, or the weight file's).")
@@ -52,12 +52,17 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
         from vggfeat.weights import describe_weights
 
         meta = describe_weights(weights)  # every shape in the file checked, no Keras
-        if arch is not None and get_arch(arch).name != meta["arch"]:
-            raise WeightsError(f"{weights} holds a {meta['arch']} network, not {get_arch(arch).name}")
-        arch = meta["arch"]
+        fits = [meta["arch"]] + list(meta.get("also_fits", []))
+        if arch is not None and get_arch(arch).name not in fits:
+            raise WeightsError(f"{weights} holds a {' or '.join(fits)} network, not {get_arch(arch).name}")
+        if arch is None and len(fits) > 1:
+            meta["note"] = (f"the file fits {' and '.join(fits)} (LRN has no weights, so it cannot tell); "
+                            f"shown as {fits[0]}: pass --arch to choose")
+        arch = arch or meta["arch"]
         classes = classes or meta.get("classes")
-        if meta.get("input_size") and input_size == 224 and not dense:
+        if input_size is None and meta.get("input_size") and not dense:
             input_size = meta["input_size"]
+    input_size = input_size or 224
     spec = get_arch(arch or "vgg16")
     rows = layer_table(spec.name, input_size=input_size, dense=dense, classes=classes or 1000,
                        include_top=meta.get("has_top", True))
@@ -71,7 +76,7 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
         return
     form = "dense form" if dense else "standard form"
     click.echo(f"{spec.name} (configuration {spec.letter}), {form}, input {input_size}x{input_size}x3")
-    for key in ("weights", "class_names", "preprocessing"):
+    for key in ("weights", "class_names", "preprocessing", "note"):
         if meta.get(key):
             value = meta[key] if not isinstance(meta[key], list) else ", ".join(meta[key])
             click.echo(f"{key}: {value}")

@@ -297,3 +297,46 @@ def test_same_settings_same_features_on_every_entry_point(name, few_images, tmp_
         got = vggfeat.load_features(shard, k)
         assert list(got.paths) == paths
         same(got.features, k, "Ray worker")
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions
+
+
+def test_a_vgg11_file_may_be_vgg11_lrn_and_info_and_extract_agree(tmp_path, few_images):
+    from vggfeat.models import build_vgg
+
+    weights = tmp_path / "a.weights.h5"
+    build_vgg("vgg11", input_size=32, seed=0).save_weights(weights)
+    r = run_cli("info", "--weights", weights, "--arch", "vgg11-lrn")
+    assert r.returncode == 0 and r.stdout.startswith("vgg11-lrn (configuration A-LRN)"), r.stderr
+    r = run_cli("info", "--weights", weights)
+    assert r.returncode == 0 and "note: the file fits vgg11 and vgg11-lrn" in r.stdout
+    assert "input 32x32x3" in r.stdout
+    r = run_cli("info", "--weights", weights, "--input-size", "224")  # an explicit size is honoured
+    assert r.returncode == 0 and "input 224x224x3" in r.stdout
+    r = run_cli("info", "--weights", weights, "--arch", "vgg16")
+    assert r.returncode == 2 and "holds a vgg11 or vgg11-lrn network, not vgg16" in r.stderr
+    out = tmp_path / "f.h5"
+    r = run_cli("extract", few_images, "--weights", weights, "--layer", "fc7", "-q", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "a.weights.h5 fits vgg11 and vgg11-lrn" in r.stderr
+    assert "pass --arch to choose" in vggfeat.read_attrs(out)["arch_note"]
+    r = run_cli("extract", few_images, "--weights", weights, "--arch", "vgg11-lrn", "--layer", "fc7", "-q",
+                "-o", tmp_path / "lrn.h5")
+    assert r.returncode == 0 and vggfeat.read_attrs(tmp_path / "lrn.h5")["arch"] == "vgg11-lrn"
+    assert "arch_note" not in vggfeat.read_attrs(tmp_path / "lrn.h5")
+
+
+def test_multiscale_predict_of_no_image_is_empty():
+    fx = vggfeat.build_extractor(ExtractorConfig(**SETTINGS["descriptor"]), batch_size=4)
+    out = fx.predict([])
+    assert out["conv5_2"].shape == (0, 1024)
+
+
+def test_pooling_none_with_a_convolutional_form_and_a_fixed_geometry(few_images, tmp_path):
+    out = tmp_path / "maps.h5"
+    r = run_cli("extract", few_images, "--arch", "vgg11", "--weights", "random", "--fully-convolutional",
+                "--resize", "squash", "--input-size", "64", "--layer", "conv5_2", "--pooling", "none", "-q", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert vggfeat.load_features(out).features.shape == (6, 4, 4, 512)

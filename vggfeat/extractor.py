@@ -91,6 +91,13 @@ class FeatureExtractor:
             raise WeightsError(f"{weights} is not the weight file these settings were made with (its SHA-256 "
                                f"is {info.sha256[:12]}..., the settings say {expected_sha256[:12]}...)")
         self.arch = infer_arch(base) if arch is None else get_arch(arch).name
+        from .weights import arch_note
+
+        self.arch_note = arch_note(weights, arch)  # a vgg11 file may be a vgg11-lrn one: say so
+        if self.arch_note:
+            import logging
+
+            logging.getLogger("vggfeat").warning(self.arch_note)
         spec = get_arch(self.arch)
         base_has_top = any(layer.name == "fc2" for layer in base.layers)
         self.keras_layers = [resolve_layer(spec, n, include_top=self.form != "fully_conv" and (
@@ -160,6 +167,8 @@ class FeatureExtractor:
         out = self.config.to_attrs()
         out.update(preprocessing=self.preprocessing, geometry=self.geometry.describe(),
                    keras_layers=json.dumps(self.keras_layers), input_size=int(self.input_size))
+        if self.arch_note:
+            out["arch_note"] = self.arch_note
         return out
 
     def predict(self, images) -> dict:

@@ -706,9 +706,27 @@ def describe_weights(path) -> dict:
                 "class_names": list(meta.get("class_names", [])), "input_size": info.input_size,
                 "preprocessing": meta.get("preprocessing"), "has_top": info.fc_form is not None}
     layout = read_weight_file_layout(path)
-    return {"weights": base, "arch": _arch_of_layout(layout, path)[0], "classes": layout.classes,
-            "has_top": layout.has_top,
-            "input_size": fc_input_side(layout.fc1_inputs) if layout.fc_form == "dense" else None}
+    candidates = _arch_of_layout(layout, path)
+    out = {"weights": base, "arch": candidates[0], "classes": layout.classes, "has_top": layout.has_top,
+           "input_size": fc_input_side(layout.fc1_inputs) if layout.fc_form == "dense" else None}
+    if len(candidates) > 1:
+        out["also_fits"] = candidates[1:]  # LRN has no weights: vgg11 and vgg11-lrn files look the same
+    return out
+
+
+def arch_note(weights, arch=None) -> str | None:
+    """A note when a weight file fits several architectures and none was chosen (vgg11 and vgg11-lrn:
+    LRN has no weights, so the file cannot tell); None otherwise. Reads shapes only."""
+    if arch is not None or str(weights) in ("imagenet", "random") or str(weights).endswith(".keras"):
+        return None
+    try:
+        meta = describe_weights(weights)
+    except WeightsError:
+        return None
+    if not meta.get("also_fits"):
+        return None
+    return (f"{meta['weights']} fits {meta['arch']} and {', '.join(meta['also_fits'])} (LRN has no weights, so the "
+            f"file cannot tell); taken as {meta['arch']}: pass --arch to choose")
 
 
 def read_keras_metadata(path) -> dict:
