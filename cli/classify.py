@@ -15,7 +15,8 @@ from ._common import reports_errors
 @click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Regularisation of linear-svm/logreg (> 0).")
 @click.option("--neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="k of knn.")
-@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise the features first.")
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="Scale each feature vector to unit L2 norm first (a Normalizer step of the pipeline).")
 @click.option("--cv", type=int, default=5, show_default=True, help="Stratified K-fold cross-validation.")
 @click.option("--test-size", type=float, default=None, help="Hold out this fraction instead of --cv.")
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
@@ -25,7 +26,7 @@ from ._common import reports_errors
               help="Save the fitted pipeline with the extraction settings (.skops).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @reports_errors
-def classify_command(features, layer, classifier, C, neighbors, l2, cv, test_size, seed, plot, output, overwrite):
+def classify_command(features, layer, classifier, C, neighbors, normalize, cv, test_size, seed, plot, output, overwrite):
     """Train a classifier on the features in FEATURES (a file of `vggfeat extract`) and report its
     accuracy: per fold and mean +/- std, and a classification report.
 
@@ -39,10 +40,10 @@ def classify_command(features, layer, classifier, C, neighbors, l2, cv, test_siz
 
     if output and os.path.exists(output) and not overwrite:
         raise OutputError(f"{output} exists; pass --overwrite to replace it")
-    result = classify(features, layer, classifier=classifier, C=C, l2=l2, neighbors=neighbors, cv=cv,
+    result = classify(features, layer, classifier=classifier, C=C, normalize=normalize, neighbors=neighbors, cv=cv,
                       test_size=test_size, seed=seed)
     how = f"held-out {test_size:g}" if test_size else f"{cv}-fold cross-validation"
-    click.echo(f"{classifier}{' + L2' if l2 else ''} on {result.settings['layer']} ({len(result.y_true)} "
+    click.echo(f"{classifier}{' + L2 normalisation' if normalize else ''} on {result.settings['layer']} ({len(result.y_true)} "
                f"{'test ' if test_size else ''}samples, {how})")
     if not test_size:
         for i, s in enumerate(result.fold_scores, 1):

@@ -46,7 +46,7 @@ TRUSTED_TYPES = [
 ]
 
 
-def make_classifier(kind="linear-svm", C=1.0, l2=True, neighbors=5):
+def make_classifier(kind="linear-svm", C=1.0, normalize=True, neighbors=5):
     """The paper's post-processing and classifier as one pipeline: L2 normalisation (`Normalizer`),
     then a linear SVM (default), logistic regression or k-NN."""
     from sklearn.linear_model import LogisticRegression
@@ -63,7 +63,7 @@ def make_classifier(kind="linear-svm", C=1.0, l2=True, neighbors=5):
         clf = KNeighborsClassifier(n_neighbors=neighbors)
     else:
         raise InputError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
-    steps = [("l2", Normalizer())] if l2 else []
+    steps = [("normalize", Normalizer())] if normalize else []
     return Pipeline(steps + [("classifier", clf)])
 
 
@@ -98,7 +98,7 @@ def _labelled(data, path):
     return X, y
 
 
-def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, l2=True, neighbors=5, cv=5,
+def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, normalize=True, neighbors=5, cv=5,
              test_size=None, seed=0):
     """Cross-validate (or hold out `test_size`) a classifier on stored features, then fit it on all
     the labelled rows (on the training part with `test_size`).
@@ -113,7 +113,7 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, l2=T
 
     data = load_features(features_path, layer)
     X, y = _labelled(data, features_path)
-    pipe = make_classifier(classifier, C=C, l2=l2, neighbors=neighbors)
+    pipe = make_classifier(classifier, C=C, normalize=normalize, neighbors=neighbors)
     counts = np.bincount(y)
     counts = counts[counts > 0]
     if test_size is not None:
