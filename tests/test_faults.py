@@ -450,3 +450,25 @@ def test_a_decode_that_hangs_is_that_images_failure(tmp_path, folder, monkeypatc
     assert failed == [("img_003.png", "decoding took longer than 1 s (abandoned)")]
     assert sum(len(b.paths) for b in batches) == 39
     never.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing destroyed before it is checked
+
+
+def test_overwrite_with_bad_options_or_no_readable_image_leaves_the_old_file(tmp_path, clean):
+    out = tmp_path / "f.h5"
+    shutil.copyfile(clean, out)
+    before = out.read_bytes()
+    for kwargs in (dict(dtype="int8"), dict(compression="zstd")):
+        with pytest.raises(vggfeat.VggfeatError):
+            FeatureWriter.create(out, settings={}, feature_shapes={"fc7": (8,)}, class_names=[], overwrite=True,
+                                 **kwargs)
+        assert out.read_bytes() == before
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    result = run("extract", bad, *ARGS, "-o", out, "--overwrite")
+    assert result.returncode == 1 and "no image could be read" in result.stderr
+    assert out.read_bytes() == before  # the new file had no row: it is not complete and replaces nothing
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("f.h5")] == ["f.h5"]
