@@ -340,3 +340,10 @@ def test_pooling_none_with_a_convolutional_form_and_a_fixed_geometry(few_images,
                 "--resize", "squash", "--input-size", "64", "--layer", "conv5_2", "--pooling", "none", "-q", "-o", out)
     assert r.returncode == 0, r.stderr
     assert vggfeat.load_features(out).features.shape == (6, 4, 4, 512)
+
+
+def test_float_arrays_with_scales_give_the_features_of_their_uint8_image():
+    fz = vggfeat.VGGFeaturizer(batch_size=4, layer="conv5_2",
+                               **{k: v for k, v in SETTINGS["descriptor"].items() if k != "layers"}).fit()
+    img = np.random.default_rng(0).integers(0, 256, (44, 60, 3)).astype(np.uint8)
+    np.testing.assert_allclose(fz.transform([img.astype(np.float64)]), fz.transform([img]), rtol=1e-6)
