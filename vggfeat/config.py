@@ -211,7 +211,7 @@ class ExtractorConfig:
         settings). `weights`: the path of the weight file, when the stored one is a file and its
         recorded path is not the one to use. Stored values are input: each is validated, and an
         error names the setting and `source`."""
-        a = {k: _plain(v) for k, v in dict(attrs).items()}
+        a = {k: attr_value(v) for k, v in dict(attrs).items()}
         try:
             layers = a.get("layers", a.get("layer", "fc7"))
             if isinstance(layers, str) and layers.startswith("["):
@@ -264,7 +264,8 @@ def _int(name, value):
     return int(f)
 
 
-def _plain(value):
+def attr_value(value):
+    """A stored attribute as a plain Python value (bytes decoded, NumPy scalars and arrays unwrapped)."""
     import numpy as np
 
     if isinstance(value, bytes):

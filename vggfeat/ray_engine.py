@@ -112,7 +112,7 @@ class Manifest:
         """The manifest of an interrupted run, checking that it was started with the same settings."""
         import h5py
 
-        from .store import attr_value as _attr
+        from .config import attr_value as _attr
 
         path = os.path.join(folder, MANIFEST)
         if not os.path.exists(path):

@@ -56,7 +56,10 @@ import h5py
 import numpy as np
 
 from ._version import __version__
+from .config import attr_value
 from .errors import InputError, LayerError, OutputError, WriteFailed
+
+_attr = attr_value
 
 log = logging.getLogger("vggfeat")
 
@@ -78,19 +81,6 @@ _BASE_COLUMNS = ("start", "stop", "failed_stop")
 def _chunk_rows(row_shape, itemsize):
     row_bytes = max(1, int(np.prod(row_shape)) * itemsize)
     return int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
-
-
-def attr_value(value):
-    """An HDF5 attribute as a plain Python value (bytes decoded, NumPy scalars unwrapped)."""
-    return _attr(value)
-
-
-def _attr(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _first_line(exc) -> str:
