@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from ._common import model_options, quiet_backend, reports_errors
+from ._common import input_size_option, model_options, precision_option, quiet_backend, reports_errors
 
 
 @click.command("finetune")
@@ -21,8 +23,7 @@ from ._common import model_options, quiet_backend, reports_errors
               help="Two-stage fine-tuning: after N epochs every layer trains (lr / 10).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True,
-              help="Crop side; small sizes such as 64 work for quick experiments and small images.")
+@input_size_option("Crop side; small sizes such as 64 work for quick experiments and small images.", default=224)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
               help="sgd: momentum 0.9 with weight decay 5e-4.")
 @click.option("--lr", type=float, default=None, help="Learning rate (default 1e-2 for sgd, 1e-4 for adam); "
@@ -34,12 +35,14 @@ from ._common import model_options, quiet_backend, reports_errors
               show_default=True)
 @click.option("--class-weights/--no-class-weights", default=True, show_default=True,
               help="Weight classes by inverse frequency.")
-@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default="float32",
-              show_default=True)
+@precision_option
 @click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
               help="Early stopping on validation loss.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in OUTPUT.work from its last finished epoch.")
+@click.option("--overwrite", is_flag=True,
+              help="Start again: discard an interrupted run in OUTPUT.work (once every other option is checked) "
+                   "and replace OUTPUT (only once the new model is complete).")
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard logs here.")
 @click.option("--distribute", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
               help="mirrored: tf.distribute.MirroredStrategy over all local GPUs.")
@@ -52,18 +55,27 @@ def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split,
     --weights random) and save it as OUTPUT (.keras), with a CSV log and a PNG of the learning curves
     beside it. The saved model feeds `vggfeat extract --weights OUTPUT`.
 
+    Checkpoints go to OUTPUT.work every epoch: an interrupted run continues with --resume, or starts
+    again with --overwrite; an existing OUTPUT or OUTPUT.work is refused without one of them.
+
     \b
     Example: vggfeat finetune photos/ -o mine.keras --epochs 5 --input-size 224
     """
     quiet_backend()
-    from vggfeat.finetune import finetune
+    from vggfeat.finetuning import finetune
 
-    history = finetune(train_dir, output, arch=arch, weights=weights, val_dir=val_dir, val_split=val_split or None,
-                       train_from=train_from, unfreeze_after=unfreeze_after, epochs=epochs, batch_size=batch_size,
-                       input_size=input_size, seed=seed, optimizer=optimizer, lr=lr, recipe=recipe, augment=augment,
-                       class_weights=class_weights, precision=precision, patience=patience, resume=resume,
-                       overwrite=overwrite, tensorboard=tensorboard, distribute=distribute,
-                       verbose=0 if quiet else 2)
+    try:
+        history = finetune(train_dir, output, arch=arch, weights=weights, val_dir=val_dir,
+                           val_split=val_split or None, train_from=train_from, unfreeze_after=unfreeze_after,
+                           epochs=epochs, batch_size=batch_size, input_size=input_size, seed=seed,
+                           optimizer=optimizer, lr=lr, recipe=recipe, augment=augment, class_weights=class_weights,
+                           precision=precision, patience=patience, resume=resume, overwrite=overwrite,
+                           tensorboard=tensorboard, distribute=distribute, verbose=0 if quiet else 2)
+    except KeyboardInterrupt:
+        work = output + ".work"
+        kept = (f"the finished epochs are kept in {work}; --resume continues the run" if os.path.isdir(work)
+                else f"nothing was written to {output}")
+        raise KeyboardInterrupt(kept) from None
     last = {k: v[-1] for k, v in history.history.items()}
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
     failed = len(getattr(history, "failed", {}))

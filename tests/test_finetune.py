@@ -1,15 +1,23 @@
-"""Fine-tuning and training from scratch on a small generated dataset, then extracting from the result."""
+"""Fine-tuning and training from scratch on a small generated dataset, then extracting from the result;
+each part of `finetune` on its own; nothing an earlier run left is removed before every argument is checked."""
 
 import csv
 import os
 
+import h5py
 import keras
 import numpy as np
 import pytest
+from keras.src.legacy.saving import legacy_h5_format
 
 from vggfeat import extract, finetune, load_features
-from vggfeat.errors import InputError, LayerError, OutputError
+from vggfeat.errors import ArchitectureError, InputError, LayerError, OutputError, WeightsError
+from vggfeat.finetuning import (FinetuneSettings, ImageBatches, build_network, check_output, compile_network,
+                                freeze, inverse_frequency_weights, make_callbacks, plan_network, split_images,
+                                weights_layout)
+from vggfeat.images import Geometry, load_image
 from vggfeat.models import build_vgg
+from vggfeat.preprocessing import preprocess
 
 from conftest import make_folder
 
@@ -74,22 +82,34 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_resume_continues_from_the_saved_epoch(train_dir, tmp_path):
+def test_resume_continues_from_the_saved_epoch_in_the_second_stage(train_dir, tmp_path):
+    """Interrupted in the second stage of a two-stage run: --resume neither trains the first stage again
+    nor repeats a finished epoch."""
     out = tmp_path / "r.keras"
     with pytest.raises(KeyboardInterrupt):
-        finetune(train_dir, out, epochs=4, callbacks=[_Interrupt()], **QUICK)
+        finetune(train_dir, out, epochs=3, unfreeze_after=1, callbacks=[_Interrupt()], **QUICK)
     assert not out.exists() and os.path.isdir(str(out) + ".work")
-    history = finetune(train_dir, out, epochs=4, resume=True, **QUICK)
-    assert history.epoch == [2, 3]
+    assert os.path.exists(str(out) + ".work/stage1.weights.h5")
+    history = finetune(train_dir, out, epochs=3, unfreeze_after=1, resume=True, **QUICK)
+    assert history.epoch == [2]
     with open(str(out)[:-6] + ".log.csv") as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
     assert out.exists() and not os.path.exists(str(out) + ".work")
+    assert sorted(os.listdir(tmp_path)) == ["r.curves.png", "r.keras", "r.log.csv"]  # no partial file left
 
 
-def test_same_seed_same_result_on_cpu(train_dir, tmp_path):
+def test_same_seed_same_result_on_cpu_and_overwrite_starts_again(train_dir, tmp_path):
     a = finetune(train_dir, tmp_path / "a.keras", epochs=1, **QUICK).history["loss"]
-    b = finetune(train_dir, tmp_path / "b.keras", epochs=1, **QUICK).history["loss"]
+    # b: over an earlier output and the work folder of an interrupted run, with --overwrite
+    out = tmp_path / "b.keras"
+    out.write_bytes(b"old model")
+    (tmp_path / "b.keras.work").mkdir()
+    (tmp_path / "b.keras.work" / "stale").write_bytes(b"an earlier run")
+    b = finetune(train_dir, out, epochs=1, overwrite=True, **QUICK).history["loss"]
     assert a == b
+    assert not os.path.exists(str(out) + ".work")
+    assert keras.saving.load_model(out).get_layer("predictions").units == 3
+    assert not [f for f in os.listdir(tmp_path) if "partial" in f]
 
 
 def test_two_stage_and_paper_recipe_and_mirrored(train_dir, tmp_path):
@@ -120,14 +140,249 @@ def test_errors(tmp_path, train_dir):
         finetune(train_dir, tmp_path / "exists.keras", **QUICK)
     with pytest.raises(LayerError, match="unknown layer 'conv9_9'"):
         finetune(train_dir, tmp_path / "y.keras", train_from="conv9_9", **QUICK)
+    with pytest.raises(InputError, match="--resume and --overwrite exclude each other"):
+        finetune(train_dir, tmp_path / "y.keras", resume=True, overwrite=True, **QUICK)
+    with pytest.raises(OutputError, match="no interrupted run .* to resume; pass --overwrite"):
+        finetune(train_dir, tmp_path / "exists.keras", resume=True, **QUICK)
+    with pytest.warns(DeprecationWarning, match="precision='bfloat16'"), pytest.raises(InputError, match="epochs"):
+        finetune(train_dir, tmp_path / "y.keras", precision="mixed_bfloat16", epochs=0, **QUICK)
+    assert not os.path.exists(tmp_path / "y.keras.work") and not os.path.exists(tmp_path / "y.keras")
 
 
 def test_randaugment_mixed_precision_and_tensorboard(train_dir, tmp_path):
     out = tmp_path / "ra.keras"
     h = finetune(train_dir, out, arch="vgg11", weights="random", input_size=32, epochs=1, batch_size=8,
-                 augment="randaugment", precision="mixed_bfloat16", tensorboard=str(tmp_path / "tb"), verbose=0)
+                 augment="randaugment", precision="bfloat16", tensorboard=str(tmp_path / "tb"), verbose=0)
     assert h.epoch == [0] and np.isfinite(h.history["loss"][0])
     assert any(os.scandir(tmp_path / "tb"))
     feats = tmp_path / "f.h5"
     extract([train_dir], feats, ["fc7"], weights=str(out), progress=False)
     assert np.isfinite(load_features(feats).features).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing destroyed before it is checked
+# ---------------------------------------------------------------------------------------------
+
+
+def _snapshot(*paths):
+    """Every file under `paths`: relative path -> (bytes, mtime), and the folders."""
+    out = {}
+    for root in map(str, paths):
+        if os.path.isfile(root):
+            out[root] = (open(root, "rb").read(), os.stat(root).st_mtime_ns)
+        for folder, dirs, files in os.walk(root):
+            out[folder] = "dir"
+            for name in files:
+                p = os.path.join(folder, name)
+                out[p] = (open(p, "rb").read(), os.stat(p).st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def interrupted(tmp_path):
+    """An output and the work folder of an interrupted run beside it."""
+    out = tmp_path / "m.keras"
+    out.write_bytes(b"the model of an earlier run")
+    work = tmp_path / "m.keras.work"
+    (work / "backup").mkdir(parents=True)
+    (work / "backup" / "training_metadata.json").write_text('{"epoch": 3}')
+    (work / "backup" / "latest.weights.h5").write_bytes(os.urandom(1000))
+    return out, work
+
+
+def test_an_interrupted_run_is_refused_without_resume_or_overwrite_and_left_as_it_was(train_dir, interrupted):
+    out, work = interrupted
+    before = _snapshot(out, work)
+    message = (f"{work} holds an interrupted fine-tuning run; pass --resume to continue it or --overwrite to "
+               "start again")
+    with pytest.raises(OutputError) as info:
+        finetune(train_dir, out, epochs=1, **QUICK)
+    assert str(info.value) == message
+    out.unlink()  # the work folder alone is refused the same way
+    with pytest.raises(OutputError, match="holds an interrupted fine-tuning run"):
+        finetune(train_dir, out, epochs=1, **QUICK)
+    out.write_bytes(b"the model of an earlier run")
+    os.utime(out, ns=(before[str(out)][1], before[str(out)][1]))
+    from click.testing import CliRunner
+    from vggfeat_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["finetune", str(train_dir), "-o", str(out), "--weights", "random",
+                                      "--arch", "vgg11", "--input-size", "32", "--epochs", "1"])
+    assert result.exit_code == 2 and result.output.strip() == f"Error: {message}"
+    assert _snapshot(out, work) == before
+
+
+@pytest.mark.parametrize("bad", [
+    dict(optimizer="rmsprop"), dict(epochs=0), dict(precision="mixed_float32"), dict(input_size=16),
+    dict(val_split=1.5), dict(recipe="alexnet"), dict(augment="heavy"), dict(distribute="tpu"),
+    dict(train_from="conv9_9"), dict(arch="vgg20"), dict(weights="missing.h5"), dict(resume=True),
+    dict(train_dir="one_class"),
+])
+def test_with_a_bad_argument_overwrite_removes_nothing(train_dir, interrupted, tmp_path, bad):
+    out, work = interrupted
+    bad = dict(bad)
+    if bad.get("train_dir") == "one_class":
+        make_folder(str(tmp_path / "one"), per_class=2, classes={"only": ((200, 0, 0), "circle")})
+        bad["train_dir"] = tmp_path / "one"
+    kwargs = {**QUICK, "epochs": 1, "overwrite": True, **bad}
+    before = _snapshot(out, work)
+    with pytest.raises((InputError, LayerError, WeightsError, ArchitectureError)):
+        finetune(kwargs.pop("train_dir", train_dir), out, **kwargs)
+    assert _snapshot(out, work) == before
+
+
+def test_check_output_decides_and_removes_nothing(interrupted, tmp_path):
+    out, work = interrupted
+    before = _snapshot(out, work)
+    assert check_output(out, overwrite=True) == str(work)
+    assert check_output(out, resume=True) == str(work)  # an output and a run to continue
+    with pytest.raises(OutputError, match="holds an interrupted fine-tuning run"):
+        check_output(out)
+    with pytest.raises(InputError, match="must be a .keras file"):
+        check_output(tmp_path / "m.h5")
+    assert _snapshot(out, work) == before
+    assert check_output(tmp_path / "new.keras") == str(tmp_path / "new.keras.work")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts, one by one
+# ---------------------------------------------------------------------------------------------
+
+
+def test_settings_resolve_defaults_and_refuse_bad_values():
+    s = FinetuneSettings(weights="random")
+    assert (s.optimizer, s.lr, s.weight_decay, s.augment, s.distribute) == ("sgd", 1e-2, 5e-4, "light", "none")
+    assert s.dtype_policy is None and s.stage1_epochs == 10 and not s.two_stage
+    a = FinetuneSettings(optimizer="adam", precision="bfloat16", unfreeze_after=3, epochs=5, val_split=0)
+    assert (a.lr, a.weight_decay, a.dtype_policy, a.stage1_epochs, a.two_stage, a.val_split) == (
+        1e-4, None, "mixed_bfloat16", 3, True, None)
+    assert FinetuneSettings(precision="float16").dtype_policy == "mixed_float16"
+    assert FinetuneSettings(arch="A").arch == "vgg11"
+    for bad, match in [(dict(batch_size=0), "--batch-size must be at least 1"),
+                       (dict(epochs=2.5), "--epochs must be a whole number"),
+                       (dict(lr=0), "--lr must be above 0"), (dict(lr=float("nan")), "--lr must be a finite"),
+                       (dict(weight_decay=-1), "--weight-decay must be at least 0"),
+                       (dict(precision="mixed_bfloat16"), "unknown precision 'mixed_bfloat16'; choose one of "
+                                                          "float32, bfloat16, float16"),
+                       (dict(input_size=5000), "--input-size must be at most 4096"),
+                       (dict(weights=None), "there is no default of no weights")]:
+        with pytest.raises(InputError, match=match):
+            FinetuneSettings(**bad)
+
+
+def test_image_batches_yield_batches_of_the_right_shape_with_labels_in_order(train_dir, tmp_path):
+    files, labels, _, _, names = split_images(train_dir)
+    assert names == ["circles", "squares", "stripes"] and len(files) == 36
+    files, labels = files[10:20], labels[10:20]  # crosses the class boundary at 12
+    geometry = Geometry("crop", 32)
+    data = ImageBatches(files, labels, geometry=geometry, preprocessing="caffe", batch_size=4)
+    try:
+        batches = [data[i] for i in range(len(data))]
+    finally:
+        data.close()
+    assert len(data) == 3 and [x.shape for x, _ in batches] == [(4, 32, 32, 3)] * 2 + [(2, 32, 32, 3)]
+    assert all(x.dtype == np.float32 for x, _ in batches)
+    assert np.concatenate([y for _, y in batches]).tolist() == labels.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    first = preprocess(load_image(files[0], geometry)[None].astype("float32"), "caffe")[0]
+    np.testing.assert_array_equal(batches[0][0][0], first)
+
+    shuffled = ImageBatches(files, labels, geometry=geometry, batch_size=4, shuffle=True, seed=1)
+    order = shuffled.order.copy()
+    assert sorted(order) == list(range(10)) and list(order) != list(range(10))
+    assert shuffled[0][1].tolist() == labels[order[:4]].tolist()
+    shuffled.on_epoch_end()
+    assert list(shuffled.order) != list(order)
+    shuffled.close()
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"broken")
+    skipping = ImageBatches([files[0], str(bad), files[2]], [0, 1, 2], geometry=geometry, batch_size=4)
+    x, y = skipping[0]
+    skipping.close()
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [0, 2] and list(skipping.failed) == [str(bad)]
+    assert inverse_frequency_weights([0, 0, 0, 1], 3) == {0: 4 / 9, 1: 4 / 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """vgg11 at 32 pixels: weight files with and without fc6-fc8, in both layouts."""
+    root = tmp_path_factory.mktemp("weights")
+    top = build_vgg("vgg11", input_size=32, classes=5, seed=7)
+    notop = build_vgg("vgg11", include_top=False, input_size=32, seed=8)
+    paths = {"top": str(root / "top.weights.h5"), "notop": str(root / "notop.weights.h5"),
+             "legacy_notop": str(root / "legacy_notop.h5"), "top_model": str(root / "top.keras")}
+    top.save_weights(paths["top"])
+    notop.save_weights(paths["notop"])
+    with h5py.File(paths["legacy_notop"], "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, notop)
+    top.save(paths["top_model"])
+    return paths, top, notop
+
+
+def test_whether_the_weights_hold_fc_layers_is_read_from_the_file_layout(tiny_files):
+    paths, top, notop = tiny_files
+    assert weights_layout(paths["top"]) == ("vgg11", True)
+    assert weights_layout(paths["top_model"]) == ("vgg11", True)
+    assert weights_layout(paths["notop"]) == ("vgg11", False)
+    assert weights_layout(paths["legacy_notop"]) == ("vgg11", False)
+    assert weights_layout(paths["legacy_notop"], "vgg11-lrn") == ("vgg11-lrn", False)  # LRN has no weights
+    assert weights_layout("random", "vgg13") == ("vgg13", False)
+    assert weights_layout("imagenet", "vgg19") == ("vgg19", True)
+    with pytest.raises(WeightsError, match="holds a vgg11 network and does not fit vgg16"):
+        weights_layout(paths["notop"], "vgg16")
+    with pytest.raises(WeightsError, match="no ImageNet weights exist for vgg13"):
+        weights_layout("imagenet", "vgg13")
+
+    # the network built from each: the file's convolutions, fc6/fc7 only from a file that has them
+    for key, source in (("legacy_notop", notop), ("top", top)):
+        settings = FinetuneSettings(weights=paths[key], input_size=32, seed=0)
+        plan = plan_network(settings)
+        assert plan.first_trainable == "fc1" and plan.has_fc == (key == "top")
+        net, info = build_network(settings, plan, classes=3)
+        assert info.name == os.path.basename(paths[key]) and net.get_layer("predictions").units == 3
+        for name in ("block1_conv1", "block5_conv2"):
+            np.testing.assert_array_equal(net.get_layer(name).get_weights()[0], source.get_layer(name).get_weights()[0])
+        carried = np.array_equal(net.get_layer("fc2").get_weights()[0], top.get_layer("fc2").get_weights()[0])
+        assert carried == (key == "top")
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    return build_vgg("vgg11", input_size=32, classes=3, seed=0)
+
+
+def test_freeze_leaves_exactly_the_intended_layers_trainable(tiny_net):
+    convs = ["block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2", "block4_conv1", "block4_conv2",
+             "block5_conv1", "block5_conv2"]
+    head = ["fc1", "fc2", "predictions"]
+    assert freeze(tiny_net, "vgg11", "block1_conv1") == convs + head
+    assert freeze(tiny_net, "vgg11", "block5_conv1") == convs[-2:] + head
+    assert freeze(tiny_net, "vgg11", "fc1") == head
+    assert freeze(tiny_net, "vgg11", "predictions") == ["predictions"]
+    assert [l.name for l in tiny_net.layers if l.weights and not l.trainable] == convs + ["fc1", "fc2"]
+    random = FinetuneSettings(weights="random", arch="vgg11")
+    assert plan_network(random).first_trainable == "block1_conv1"
+    assert plan_network(FinetuneSettings(weights="random", arch="vgg11", train_from="conv5_1")).first_trainable \
+        == "block5_conv1"
+    assert plan_network(FinetuneSettings(weights="random", arch="vgg11", train_from="fc8")).first_trainable \
+        == "predictions"
+    compile_network(tiny_net, FinetuneSettings(weights="random", precision="float16"))
+    assert isinstance(tiny_net.optimizer, keras.optimizers.LossScaleOptimizer)
+    compile_network(tiny_net, FinetuneSettings(weights="random", optimizer="adam"))
+    assert isinstance(tiny_net.optimizer, keras.optimizers.Adam) and np.isclose(tiny_net.optimizer.learning_rate, 1e-4)
+
+
+def test_callbacks_of_each_stage(tmp_path):
+    extra = keras.callbacks.Callback()
+    cbs = make_callbacks(str(tmp_path / "w"), str(tmp_path / "log.csv"), patience=4, tensorboard=str(tmp_path / "tb"),
+                         extra=[extra])
+    assert [type(c).__name__ for c in cbs] == ["BackupAndRestore", "CSVLogger", "EarlyStopping", "ReduceLROnPlateau",
+                                               "TensorBoard", "Callback"]
+    assert cbs[0].backup_dir == str(tmp_path / "w" / "backup") and not cbs[1].append and cbs[-1] is extra
+    assert (cbs[2].monitor, cbs[2].patience, cbs[3].monitor, cbs[3].patience) == ("val_loss", 4, "val_accuracy", 2)
+    second = make_callbacks(str(tmp_path / "w"), str(tmp_path / "log.csv"), stage=2, validation=False, append=True)
+    assert [type(c).__name__ for c in second] == ["BackupAndRestore", "CSVLogger", "EarlyStopping",
+                                                  "ReduceLROnPlateau"]
+    assert second[0].backup_dir == str(tmp_path / "w" / "backup-stage2") and second[1].append
+    assert (second[2].monitor, second[3].monitor) == ("loss", "accuracy")

@@ -36,7 +36,7 @@ _API = {
     "load_classifier": "classifier",
     "predict_images": "classifier",
     # networks
-    "finetune": "finetune",
+    "finetune": "finetuning",
     "build_vgg": "models",
     "load_network": "weights",
     "layer_table": "specs",

@@ -7,29 +7,241 @@ preprocessing, so `vggfeat extract --weights model.keras` sees what the model sa
 inside the archive, which Keras ignores).
 
 Long runs: a checkpoint of the model and optimiser every epoch (Keras `BackupAndRestore`, in
-`<output>.work/`), `resume=True` continuing from the last finished epoch, early stopping on validation
-loss, a CSV log, a PNG of the learning curves, and TensorBoard logs on request.
+`<output>.work/`), `resume=True` continuing from the last finished epoch (of either stage of a two-stage
+run), early stopping on validation loss, a CSV log, a PNG of the learning curves, and TensorBoard logs on
+request.
+
+`finetune` is made of parts that can be used and tested one by one, in the order it calls them:
+
+1. `FinetuneSettings`: the training settings, validated when made (no Keras, no files);
+2. `check_output`: the output and its work folder (nothing is removed here);
+3. `split_images`: the classes, the training and validation images;
+4. `plan_network`: the configuration, whether the weights hold fc6-fc8 (read from the weight file's
+   layout) and the first layer that trains;
+   -- only now, with everything checked, does `--overwrite` remove an earlier run's work folder --
+5. `build_network`, `freeze`, `compile_network`: the network with its new head, which layers train;
+6. `ImageBatches`: the batches for `model.fit` (a Keras `PyDataset`);
+7. `make_callbacks`, `train`: the run, in one or two stages;
+8. `save_model`: the model written beside the output and renamed over it when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
+import keras
 import numpy as np
 
-from .errors import ImageError, InputError, LayerError, OutputError
-from .images import load_image, scan_images
+from .config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS
+from .errors import ImageError, InputError, LayerError, OutputError, WeightsError
+from .images import Geometry, load_image, scan_images
 from .specs import get_arch, layer_names, resolve_layer
 
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+RECIPES = ("paper",)
+DISTRIBUTE = ("none", "mirrored")
+#: --precision -> the Keras dtype policy of the network (None: the global policy, float32).
+DTYPE_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+#: The precision names of earlier releases (Keras policy names), accepted by `finetune` with a warning.
+_OLD_PRECISIONS = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
-def _split(images, val_dir, val_split, seed):
-    """(train files, train labels, val files, val labels, class names)."""
+# ---------------------------------------------------------------------------------------------
+# 1. Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The settings that decide a fine-tuning run, validated when made (one-line `InputError`s).
+
+    The recipe and the optimizer's defaults are resolved here: `recipe="paper"` sets SGD, lr 1e-2 (unless
+    given), weight decay 5e-4 (unless given) and `augment="paper"`; `lr` defaults to 1e-2 for SGD and 1e-4
+    for Adam; SGD's weight decay to 5e-4. See `finetune` for what each setting means.
+
+    Examples:
+        >>> s = FinetuneSettings(weights="random", recipe="paper", optimizer="adam")
+        >>> s.optimizer, s.lr, s.weight_decay, s.augment
+        ('sgd', 0.01, 0.0005, 'paper')
+        >>> FinetuneSettings(epochs=0)
+        Traceback (most recent call last):
+        ...
+        vggfeat.errors.InputError: --epochs must be at least 1. Received: 0
+    """
+
+    arch: str | None = None
+    weights: str = "imagenet"
+    seed: int = 0
+    input_size: int = 224
+    val_split: float | None = 0.2
+    train_from: str | None = None
+    unfreeze_after: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float | None = None
+    weight_decay: float | None = None
+    recipe: str | None = None
+    augment: str = "light"
+    class_weights: bool = True
+    precision: str = "float32"
+    patience: int = 5
+    distribute: str = "none"
+
+    def __post_init__(self):
+        from .augment import POLICIES
+
+        set_ = object.__setattr__
+        if self.weights is None:
+            raise InputError("weights must be 'imagenet', 'random' or a path; there is no default of no weights")
+        set_(self, "weights", str(os.fspath(self.weights)))
+        if self.arch is not None:
+            set_(self, "arch", get_arch(self.arch).name)
+        for name, low in (("seed", 0), ("input_size", MIN_INPUT_SIZE), ("epochs", 1), ("batch_size", 1),
+                          ("patience", 1)):
+            set_(self, name, _whole(name, getattr(self, name), low))
+        if self.input_size > MAX_INPUT_SIZE:
+            raise InputError(f"--input-size must be at most {MAX_INPUT_SIZE}. Received: {self.input_size}")
+        if self.unfreeze_after is not None:
+            set_(self, "unfreeze_after", _whole("unfreeze_after", self.unfreeze_after, 1))
+        if not self.val_split:
+            set_(self, "val_split", None)
+        else:
+            split = _real("val_split", self.val_split)
+            if not 0 < split < 1:
+                raise InputError(f"--val-split must be between 0 and 1. Received: {self.val_split}")
+            set_(self, "val_split", split)
+        set_(self, "distribute", "none" if self.distribute is None else self.distribute)
+        _choose("recipe", self.recipe, (None, *RECIPES), "the only recipe is 'paper'")
+        _choose("optimizer", self.optimizer, OPTIMIZERS)
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("distribute", self.distribute, DISTRIBUTE, "the only strategy is 'mirrored'")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None:
+                value = _real(name, value)
+                if value < 0 or (name == "lr" and value == 0):
+                    raise InputError(f"--{name.replace('_', '-')} must be {'above' if name == 'lr' else 'at least'}"
+                                     f" 0. Received: {value}")
+                set_(self, name, value)
+        if self.recipe == "paper":
+            set_(self, "optimizer", "sgd")
+            set_(self, "lr", self.lr or 1e-2)
+            set_(self, "weight_decay", 5e-4 if self.weight_decay is None else self.weight_decay)
+            set_(self, "augment", "paper")
+        _choose("augment", self.augment, POLICIES)
+        if self.lr is None:
+            set_(self, "lr", 1e-2 if self.optimizer == "sgd" else 1e-4)
+        if self.weight_decay is None and self.optimizer == "sgd":
+            set_(self, "weight_decay", 5e-4)
+        set_(self, "class_weights", bool(self.class_weights))
+
+    @property
+    def dtype_policy(self) -> str | None:
+        """The Keras dtype policy of `precision` (`mixed_bfloat16`...), None for float32."""
+        return DTYPE_POLICIES[self.precision]
+
+    @property
+    def stage1_epochs(self) -> int:
+        """Epochs of the first stage (all of them, without `unfreeze_after`)."""
+        return min(self.unfreeze_after, self.epochs) if self.unfreeze_after else self.epochs
+
+    @property
+    def two_stage(self) -> bool:
+        return self.epochs > self.stage1_epochs
+
+
+def _whole(name, value, low):
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
+        raise InputError(f"{flag} must be a whole number. Received: {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"{flag} must be a whole number. Received: {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise InputError(f"{flag} must be a whole number. Received: {value!r}")
+    if number < low:
+        raise InputError(f"{flag} must be at least {low}. Received: {value}")
+    return int(number)
+
+
+def _real(name, value):
+    flag = "--" + name.replace("_", "-")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{flag} must be a number. Received: {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise InputError(f"{flag} must be a finite number. Received: {value!r}")
+    return number
+
+
+def _choose(name, value, allowed, hint=None):
+    if value not in allowed:
+        shown = ", ".join(a for a in allowed if a is not None)
+        raise InputError(f"unknown {name} {value!r}; {hint or 'choose one of ' + shown}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The output and its work folder
+# ---------------------------------------------------------------------------------------------
+
+
+def check_output(output, *, resume=False, overwrite=False) -> str:
+    """Check that `output` may be written; return the path of its work folder (`<output>.work`).
+
+    Removes nothing: an existing work folder (an interrupted run's checkpoints) is refused unless
+    `resume` (continue it) or `overwrite` (start again: the caller removes it once every other argument
+    has been checked); an existing output is refused unless `overwrite`, or `resume` with an interrupted
+    run to continue.
+    """
+    output = os.fspath(output)
+    if not output.endswith(".keras"):
+        raise InputError(f"the output must be a .keras file. Received: {output}")
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if os.path.isdir(output):
+        raise OutputError(f"{output} is a folder; the output must be a .keras file")
+    work = output + ".work"
+    if os.path.lexists(work) and not (resume or overwrite):
+        raise OutputError(f"{work} holds an interrupted fine-tuning run; pass --resume to continue it or "
+                          "--overwrite to start again")
+    if resume and os.path.lexists(work) and not os.path.isdir(work):
+        raise OutputError(f"{work} is not a folder of checkpoints; pass --overwrite to start again")
+    if os.path.lexists(output) and not overwrite:
+        if not resume:
+            raise OutputError(f"{output} exists; pass --overwrite to replace it")
+        if not os.path.isdir(work):
+            raise OutputError(f"{output} exists and there is no interrupted run ({work}) to resume; pass "
+                              "--overwrite to replace it")
+    return work
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The images
+# ---------------------------------------------------------------------------------------------
+
+
+def split_images(images, val_dir=None, val_split=None, seed=0):
+    """`(train files, train labels, val files, val labels, class names)` from class subfolders.
+
+    Validation images come from `val_dir` (its classes must be training classes), else a stratified
+    `val_split` fraction of `images`, else there are none.
+    """
     from sklearn.model_selection import train_test_split
 
     train = scan_images([images]) if not isinstance(images, list) else scan_images(images)
@@ -51,7 +263,7 @@ def _split(images, val_dir, val_split, seed):
         if missing:
             raise InputError(f"validation classes not in the training folder: {', '.join(missing)}")
         vf = [f for f, y in zip(val.files, val.labels) if y >= 0]
-        vy = np.array([names.index(val.class_names[y]) for y in val.labels if y >= 0])
+        vy = np.array([names.index(val.class_names[y]) for y in val.labels if y >= 0], dtype=int)
         return files, labels, vf, vy, names
     if not val_split:
         return files, labels, [], np.array([], dtype=int), names
@@ -64,64 +276,309 @@ def _split(images, val_dir, val_split, seed):
     return list(tf_), np.asarray(ty), list(vf), np.asarray(vy), names
 
 
-class _ImageBatches:
-    """Batches of decoded, augmented, preprocessed images for `model.fit` (a Keras PyDataset).
+def inverse_frequency_weights(labels, n_classes) -> dict:
+    """Weights by inverse class frequency, `{class: n / (n_classes * count)}` (absent classes left out)."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
+    return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts) if c}
 
-    Unreadable images are skipped (counted in `failed`); a batch is never empty.
+
+# ---------------------------------------------------------------------------------------------
+# 4. Which network, which weights, which layers train
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What `build_network` will build: the configuration, whether the weights hold Dense fc6-fc8 that
+    can be carried over (decided from the weight file's layout; False for random weights), and the Keras
+    name of the first layer that trains."""
+
+    arch: str
+    has_fc: bool
+    first_trainable: str
+
+
+def weights_layout(weights, arch=None) -> tuple[str, bool]:
+    """`(configuration, has_fc)` of `weights`, read from the weight file's layout (h5py/zip metadata, every
+    shape checked; no weight is read and Keras builds nothing): `has_fc` says whether the file holds
+    fc6-fc8. `imagenet` is Keras's file with top, `random` has none to carry over.
+
+    Raises `WeightsError` for a file that cannot be used: missing, not a VGG, another configuration than
+    `arch`, or (for `.h5` files) fc6-fc8 stored as convolutions.
+    """
+    from .weights import IMAGENET_FILES, imagenet_weights_path, inspect_keras_file, read_weight_file_layout
+
+    w = str(weights)
+    if w in ("random", "imagenet"):
+        name = get_arch(arch or "vgg16").name
+        if w == "imagenet" and (name, True) not in IMAGENET_FILES:
+            imagenet_weights_path(name, True)  # raises the one-line "no ImageNet weights for ..." error
+        return name, w == "imagenet"
+    path = os.fspath(weights)
+    base = os.path.basename(path)
+    if not os.path.exists(path):
+        raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
+    if os.path.isdir(path):
+        raise WeightsError(f"weights path is a folder, not a file: {path}")
+    if path.endswith(".keras"):
+        held = inspect_keras_file(path)
+        archs, has_fc = (held.arch,), held.fc_form is not None
+    elif path.endswith((".h5", ".hdf5")):
+        layout = read_weight_file_layout(path)
+        archs = layout.archs
+        if layout.fc_form == "conv":
+            raise WeightsError(f"weight file {base} holds fc6-fc8 as convolutions (the dense form); fine-tuning "
+                               "carries Dense fc6-fc8 over from .h5 files: save the whole model as .keras, or "
+                               "use a file without top")
+        has_fc = layout.has_top
+    else:
+        raise WeightsError(f"unknown weight file type {base}: expected .h5, .weights.h5 or .keras")
+    if arch is not None and get_arch(arch).name not in archs:
+        raise WeightsError(f"weight file {base} holds a {archs[0]} network and does not fit "
+                           f"{get_arch(arch).name}; drop --arch or fix it")
+    return (get_arch(arch).name if arch is not None else archs[0]), has_fc
+
+
+def plan_network(settings: FinetuneSettings) -> NetworkPlan:
+    """Decide the configuration, whether fc6-fc8 come from the weights, and the first layer that trains
+    (`train_from`, paper or Keras name; default `fc6`, or every layer with random weights)."""
+    arch, has_fc = weights_layout(settings.weights, settings.arch)
+    if settings.train_from is None:
+        first = "block1_conv1" if settings.weights == "random" else "fc1"
+    else:
+        try:
+            first = resolve_layer(get_arch(arch), settings.train_from)
+        except LayerError as exc:
+            raise LayerError(f"--train-from: {exc}") from None
+    return NetworkPlan(arch, has_fc, first)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The network
+# ---------------------------------------------------------------------------------------------
+
+
+def build_network(settings: FinetuneSettings, plan: NetworkPlan, classes: int):
+    """The standard-form network of `plan.arch` at `settings.input_size`, with a new head of `classes`
+    outputs: the convolutions (and fc6/fc7, when the weights hold them at a fitting size) from the weights.
+
+    Returns `(network, WeightsInfo)`."""
+    from .models import build_vgg
+    from .weights import WeightsInfo, load_network
+
+    size, dtype = settings.input_size, settings.dtype_policy
+    if settings.weights == "random":
+        net = build_vgg(plan.arch, input_size=size, classes=classes, seed=settings.seed, dtype=dtype)
+        return net, WeightsInfo("random", "random", seed=settings.seed)
+    base, info = load_network(plan.arch, settings.weights, seed=settings.seed, include_top=plan.has_fc,
+                              input_size=size)
+    net = build_vgg(plan.arch, input_size=size, classes=classes, seed=settings.seed, dtype=dtype)
+    for layer in net.layers:
+        if layer.weights and layer.name.startswith("block"):
+            layer.set_weights(base.get_layer(layer.name).get_weights())
+    _copy_fc(base, net)
+    del base
+    return net, info
+
+
+def _copy_fc(base, net):
+    """Carry fc6/fc7 of a loaded network with top over when their shapes fit (same input size);
+    fc8 is always replaced by the new head."""
+    names = {layer.name for layer in base.layers}
+    for name in ("fc1", "fc2"):
+        if name not in names:
+            continue
+        src, dst = base.get_layer(name), net.get_layer(name)
+        if [w.shape for w in src.get_weights()] == [w.shape for w in dst.get_weights()]:
+            dst.set_weights(src.get_weights())
+
+
+def freeze(net, arch, first) -> list[str]:
+    """Freeze every layer below `first` (Keras name) in forward order; return the names of the layers
+    with weights that train."""
+    order = layer_names(get_arch(arch), include_top=True)
+    if first not in order:
+        raise LayerError(f"unknown layer {first!r} for --train-from")
+    frozen = set(order[: order.index(first)])
+    for layer in net.layers:
+        layer.trainable = layer.name not in frozen
+    return [layer.name for layer in net.layers if layer.trainable and layer.weights]
+
+
+def make_optimizer(name, lr, weight_decay, precision="float32"):
+    """SGD (momentum 0.9) or Adam; with float16 compute wrapped in a `LossScaleOptimizer` (gradients
+    would underflow otherwise)."""
+    if name == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=lr, momentum=0.9, weight_decay=weight_decay or None)
+    else:
+        opt = keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay or None)
+    return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
+
+
+def compile_network(net, settings: FinetuneSettings, lr=None):
+    """Compile for sparse categorical cross-entropy and accuracy with the settings' optimizer."""
+    net.compile(optimizer=make_optimizer(settings.optimizer, lr or settings.lr, settings.weight_decay,
+                                         settings.precision),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The batches
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches `(x, y)` for `model.fit`: images decoded by `load_image` at `geometry` (in a thread pool),
+    passed through the augmentation `layers`, clipped to 0-255 and preprocessed (`preprocessing`).
+
+    Images come in the order given, or shuffled by `seed` (again after every epoch) with `shuffle`.
+    Unreadable images are skipped and recorded in `failed` (path -> reason); a batch is never empty (a
+    batch whose every image failed borrows one readable image).
     """
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    def __init__(self, files, labels, *, geometry, preprocessing="caffe", batch_size=32, layers=(),
+                 shuffle=False, seed=0, decode_workers=None):
+        super().__init__()
+        self.files, self.labels = list(files), np.asarray(labels)
+        if len(self.files) != len(self.labels):
+            raise ValueError(f"{len(self.files)} files but {len(self.labels)} labels")
+        self.geometry, self.aug_layers = geometry, list(layers)
+        self.preprocessing, self.batch_size = preprocessing, int(batch_size)
+        self.shuffle, self.rng = shuffle, np.random.default_rng(seed)
+        self.order = np.arange(len(self.files))
+        self.decode_workers = decode_workers or max(2, min(8, os.cpu_count() or 2))
+        self._pool = None
+        self.failed = {}
+        if shuffle:
+            self.rng.shuffle(self.order)
 
-        class ImageBatches(keras.utils.PyDataset):
-            def __init__(self, files, labels, geometry, layers, preprocessing, batch_size, shuffle, seed, workers):
-                super().__init__()
-                self.files, self.labels = list(files), np.asarray(labels)
-                self.geometry, self.aug_layers = geometry, layers
-                self.preprocessing, self.batch_size = preprocessing, batch_size
-                self.shuffle, self.rng = shuffle, np.random.default_rng(seed)
-                self.order = np.arange(len(self.files))
-                self.pool = ThreadPoolExecutor(max_workers=workers)
-                self.failed = {}
-                if shuffle:
-                    self.rng.shuffle(self.order)
+    def __len__(self):
+        return math.ceil(len(self.files) / self.batch_size)
 
-            def __len__(self):
-                return math.ceil(len(self.files) / self.batch_size)
+    def _load(self, i):
+        try:
+            return load_image(self.files[i], self.geometry)
+        except ImageError as exc:
+            self.failed[self.files[i]] = str(exc)
+            return None
 
-            def _load(self, i):
-                try:
-                    return load_image(self.files[i], self.geometry)
-                except ImageError as exc:
-                    self.failed[self.files[i]] = str(exc)
-                    return None
+    def __getitem__(self, idx):
+        from .preprocessing import preprocess
 
-            def __getitem__(self, idx):
-                from .preprocessing import preprocess
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.decode_workers)
+        index = self.order[idx * self.batch_size:(idx + 1) * self.batch_size]
+        images = list(self._pool.map(self._load, index))
+        keep = [k for k, im in enumerate(images) if im is not None]
+        if not keep:  # every image of the batch failed: borrow one readable image
+            for j in self.order:
+                im = self._load(j)
+                if im is not None:
+                    images, index, keep = [im], np.array([j]), [0]
+                    break
+            else:
+                raise InputError("no training image could be read")
+        x = np.stack([images[k] for k in keep]).astype("float32")
+        y = self.labels[index[keep]]
+        for layer in self.aug_layers:
+            x = layer(x, training=True)
+        x = np.clip(np.asarray(x, dtype="float32"), 0, 255)
+        return preprocess(x, self.preprocessing), y
 
-                index = self.order[idx * self.batch_size:(idx + 1) * self.batch_size]
-                images = list(self.pool.map(self._load, index))
-                keep = [k for k, im in enumerate(images) if im is not None]
-                if not keep:  # every image of the batch failed: borrow one readable image
-                    for j in self.order:
-                        im = self._load(j)
-                        if im is not None:
-                            images, index, keep = [im], np.array([j]), [0]
-                            break
-                    else:
-                        raise InputError("no training image could be read")
-                x = np.stack([images[k] for k in keep]).astype("float32")
-                y = self.labels[index[keep]]
-                for layer in self.aug_layers:
-                    x = layer(x, training=True)
-                x = np.clip(np.asarray(x, dtype="float32"), 0, 255)
-                return preprocess(x, self.preprocessing), y
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.rng.shuffle(self.order)
 
-            def on_epoch_end(self):
-                if self.shuffle:
-                    self.rng.shuffle(self.order)
+    def close(self):
+        """Stop the decoding threads (a later batch starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
-        return ImageBatches(*args, **kwargs)
+
+# ---------------------------------------------------------------------------------------------
+# 7. The run
+# ---------------------------------------------------------------------------------------------
+
+
+def make_callbacks(work, log_csv, *, stage=1, validation=True, patience=5, append=False, tensorboard=None,
+                   extra=()) -> list:
+    """The callbacks of one stage, in this order: a checkpoint every epoch (`BackupAndRestore` in
+    `work/backup`, `work/backup-stage2` for the second stage), the CSV log, early stopping on (validation)
+    loss, learning rate / 10 when (validation) accuracy stalls, TensorBoard when `tensorboard` names a
+    folder, then `extra`."""
+    prefix = "val_" if validation else ""
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(work, "backup" if stage == 1 else "backup-stage2")),
+        keras.callbacks.CSVLogger(log_csv, append=append),
+        keras.callbacks.EarlyStopping(monitor=prefix + "loss", patience=patience, restore_best_weights=False),
+        keras.callbacks.ReduceLROnPlateau(monitor=prefix + "accuracy", factor=0.1,
+                                          patience=max(1, patience // 2), min_lr=1e-7),
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard))
+    return callbacks + list(extra)
+
+
+#: In the work folder: the weights at the end of the first stage, written once it is complete, so that
+#: `resume` continues a two-stage run in its second stage without training the first again.
+STAGE1_WEIGHTS = "stage1.weights.h5"
+
+
+def train(net, train_data, val_data, settings: FinetuneSettings, *, work, log_csv, resume=False,
+          tensorboard=None, extra_callbacks=(), verbose=1, scope=None):
+    """Fit `net` for `settings.epochs` epochs: the first stage as compiled, then (with `unfreeze_after`)
+    every layer at lr / 10. `resume` continues from the checkpoints in `work`. Returns the last stage's
+    Keras `History`."""
+    scope = scope or contextlib.nullcontext
+    cw = inverse_frequency_weights(train_data.labels, net.output.shape[-1]) if settings.class_weights else None
+    common = dict(validation=val_data is not None, patience=settings.patience, tensorboard=tensorboard,
+                  extra=extra_callbacks)
+    stage1, done = settings.stage1_epochs, os.path.join(work, STAGE1_WEIGHTS)
+    history = None
+    if settings.two_stage and resume and os.path.exists(done):
+        if net.optimizer is not None and not net.optimizer.built:
+            net.optimizer.build(net.trainable_variables)  # the file holds the first stage's optimizer too
+        net.load_weights(done)
+    else:
+        history = net.fit(train_data, validation_data=val_data, epochs=stage1, class_weight=cw, verbose=verbose,
+                          callbacks=make_callbacks(work, log_csv, stage=1, append=resume, **common))
+        if settings.two_stage:
+            partial = os.path.join(work, "stage1.partial.weights.h5")
+            net.save_weights(partial)
+            os.replace(partial, done)
+    if settings.two_stage:
+        with scope():
+            for layer in net.layers:
+                layer.trainable = True
+            compile_network(net, settings, lr=settings.lr / 10)
+        history = net.fit(train_data, validation_data=val_data, initial_epoch=stage1, epochs=settings.epochs,
+                          class_weight=cw, verbose=verbose,
+                          callbacks=make_callbacks(work, log_csv, stage=2, append=True, **common))
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The model file
+# ---------------------------------------------------------------------------------------------
+
+
+def save_model(net, output, metadata, *, work=None):
+    """Write `net` and vggfeat's `metadata` to a temporary `.keras` file beside `output` (in `work` when
+    given), then rename it over `output`: an existing output is replaced only by a complete file."""
+    from .weights import write_keras_metadata
+
+    output = os.fspath(output)
+    folder = work or os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    partial = os.path.join(folder, f".{os.path.basename(output)[:-len('.keras')]}.{os.getpid()}.partial.keras")
+    try:
+        net.save(partial)
+        write_keras_metadata(partial, metadata)
+        os.replace(partial, output)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
 
 
 def _number(text):
@@ -158,6 +615,11 @@ def _learning_curves(csv_path, png_path):
     fig.savefig(png_path, dpi=100)
 
 
+# ---------------------------------------------------------------------------------------------
+# All of it
+# ---------------------------------------------------------------------------------------------
+
+
 def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, val_split=0.2,
              train_from=None, unfreeze_after=None, epochs=10, batch_size=32, input_size=224, seed=0,
              optimizer="sgd", lr=None, weight_decay=None, recipe=None, augment="light", class_weights=True,
@@ -165,9 +627,13 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
              distribute=None, workers=None, verbose=1, callbacks=None):
     """Fine-tune (or train from scratch) a VGG network on the class subfolders of `train_dir`.
 
+    Every argument is checked (the images scanned, the weight file's layout read) before anything is
+    written or removed.
+
     Args:
         train_dir: folder with one subfolder of images per class.
-        output: the `.keras` file to write (refused if it exists, unless `overwrite` or `resume`).
+        output: the `.keras` file to write. An existing one is refused unless `overwrite` (or `resume`
+            continues an interrupted run); it is replaced only once the new model is complete.
         arch, weights: as for extraction; `weights="random"` trains from scratch.
         val_dir / val_split: validation images from another folder, or a stratified fraction.
         train_from: the first layer that trains (paper or Keras name); layers below it keep their
@@ -180,193 +646,91 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
             scale jittering, flips and colour shift (`augment="paper"`).
         augment: `none`, `light`, `paper` or `randaugment` (see `vggfeat.augment`).
         class_weights: weight classes by inverse frequency (imbalanced folders).
-        precision: `float32`, `mixed_bfloat16` or `mixed_float16`.
+        precision: `float32`, `bfloat16` or `float16` (mixed precision: float32 weights, low-precision
+            compute), as for extraction. The Keras policy names `mixed_bfloat16` and `mixed_float16` of
+            earlier releases still work, with a `DeprecationWarning`.
         patience: early stopping on validation loss after this many epochs without improvement.
-        resume: continue an interrupted run from its last finished epoch.
+        resume: continue an interrupted run (`<output>.work/`) from its last finished epoch.
+        overwrite: start again: replace an existing output, and discard an interrupted run's work folder
+            (only once every other argument has been checked).
         tensorboard: folder for TensorBoard logs.
         distribute: `mirrored` for `tf.distribute.MirroredStrategy` over all local GPUs.
+        workers: threads that decode images (default: the CPUs, 2 to 8).
         callbacks: extra Keras callbacks.
 
     Returns:
-        The Keras `History` of the (last stage of) training. Beside `output`: `<stem>.log.csv` and
-        `<stem>.curves.png`.
+        The Keras `History` of the (last stage of) training, with `failed` (unreadable image -> reason).
+        Beside `output`: `<stem>.log.csv` and `<stem>.curves.png`.
     """
-    import keras
-
-    from .models import build_vgg
-    from .weights import load_network, write_keras_metadata
-
+    if precision in _OLD_PRECISIONS:
+        warnings.warn(f"precision={precision!r} is now precision={_OLD_PRECISIONS[precision]!r} (the name every "
+                      "command uses); the old name will be refused in a later release",
+                      DeprecationWarning, stacklevel=2)
+        precision = _OLD_PRECISIONS[precision]
+    settings = FinetuneSettings(
+        arch=arch, weights=weights, seed=seed, input_size=input_size, val_split=val_split, train_from=train_from,
+        unfreeze_after=unfreeze_after, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        weight_decay=weight_decay, recipe=recipe, augment=augment, class_weights=class_weights,
+        precision=precision, patience=patience, distribute=distribute)
     output = os.fspath(output)
-    if not output.endswith(".keras"):
-        raise InputError(f"the output must be a .keras file. Received: {output}")
-    work = output + ".work"
-    if os.path.exists(output) and not (overwrite or resume):
-        raise OutputError(f"{output} exists; pass --overwrite to replace it")
-    if os.path.exists(work) and not resume:
-        shutil.rmtree(work)
-    if recipe not in (None, "paper"):
-        raise InputError(f"unknown recipe {recipe!r}; the only recipe is 'paper'")
-    if recipe == "paper":
-        optimizer, lr = "sgd", lr or 1e-2
-        weight_decay = 5e-4 if weight_decay is None else weight_decay
-        augment = "paper"
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if int(input_size) < 32:
-        raise InputError(f"input size must be at least 32 pixels. Received: {input_size}")
-    if epochs < 1:
-        raise InputError(f"--epochs must be at least 1. Received: {epochs}")
-    lr = lr or (1e-2 if optimizer == "sgd" else 1e-4)
-    weight_decay = 5e-4 if (weight_decay is None and optimizer == "sgd") else weight_decay
+    work = check_output(output, resume=resume, overwrite=overwrite)
+    files, labels, vfiles, vlabels, class_names = split_images(train_dir, val_dir, settings.val_split, settings.seed)
+    plan = plan_network(settings)
+    # Everything is checked: only now is an earlier run discarded.
+    if overwrite:
+        _remove(work)
+    return _run(settings, plan, output, work, (files, labels, vfiles, vlabels, class_names), resume=resume,
+                tensorboard=tensorboard, workers=workers, verbose=verbose, callbacks=callbacks)
 
-    files, labels, vfiles, vlabels, class_names = _split(train_dir, val_dir, val_split, seed)
-    keras.utils.set_random_seed(seed)
 
+def _run(settings, plan, output, work, data, *, resume, tensorboard, workers, verbose, callbacks):
+    from .augment import augmentation
+
+    files, labels, vfiles, vlabels, class_names = data
+    keras.utils.set_random_seed(settings.seed)
     strategy = None
-    if distribute == "mirrored":
+    if settings.distribute == "mirrored":
         import tensorflow as tf
 
         strategy = tf.distribute.MirroredStrategy()
-    elif distribute not in (None, "none"):
-        raise InputError(f"unknown --distribute {distribute!r}; the only strategy is 'mirrored'")
-
-    def build():
-        from .errors import WeightsError
-        from .models import infer_arch
-        from .weights import WeightsInfo
-
-        dtype = precision if precision != "float32" else None
-        if str(weights) == "random":
-            name = get_arch(arch or "vgg16").name
-            net = build_vgg(name, input_size=int(input_size), classes=len(class_names), seed=seed, dtype=dtype)
-            return net, WeightsInfo("random", "random", seed=seed), name
-        try:
-            base, info = load_network(arch, weights, seed=seed, include_top=True, input_size=int(input_size))
-        except WeightsError as exc:
-            if "notop" not in str(exc):
-                raise
-            base, info = load_network(arch, weights, seed=seed, include_top=False, input_size=int(input_size))
-        name = infer_arch(base)
-        net = build_vgg(name, input_size=int(input_size), classes=len(class_names), seed=seed, dtype=dtype)
-        for layer in net.layers:
-            if layer.weights and layer.name.startswith("block"):
-                layer.set_weights(base.get_layer(layer.name).get_weights())
-        _copy_fc(base, net)
-        return net, info, name
-
-    def scope():
-        return strategy.scope() if strategy else _null()
+    scope = strategy.scope if strategy else contextlib.nullcontext
 
     with scope():
-        net, info, arch_name = build()
-        spec = get_arch(arch_name)
-        if train_from is None:
-            first = "block1_conv1" if info.kind == "random" else "fc1"
-        else:
-            first = resolve_layer(spec, train_from)
-        _freeze_below(net, spec, first)
-        opt = _optimizer(optimizer, lr, weight_decay)
-        net.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        net, info = build_network(settings, plan, len(class_names))
+        freeze(net, plan.arch, plan.first_trainable)
+        compile_network(net, settings)
 
-    geometry, aug_layers = _policy(augment, int(input_size), seed)
-    workers = workers or max(2, min(8, os.cpu_count() or 2))
-    from .images import Geometry
-
-    train_data = _ImageBatches(files, labels, geometry, aug_layers, info.preprocessing, batch_size, True, seed,
-                               workers)
-    val_data = (_ImageBatches(vfiles, vlabels, Geometry("crop", int(input_size)), [], info.preprocessing,
-                              batch_size, False, seed, workers) if len(vfiles) else None)
-    cw = None
-    if class_weights:
-        counts = np.bincount(labels, minlength=len(class_names))
-        cw = {i: float(len(labels) / (len(class_names) * c)) for i, c in enumerate(counts) if c}
-
+    geometry, aug_layers = augmentation(settings.augment, settings.input_size, settings.seed)
+    train_data = ImageBatches(files, labels, geometry=geometry, layers=aug_layers, preprocessing=info.preprocessing,
+                              batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                              decode_workers=workers)
+    val_data = (ImageBatches(vfiles, vlabels, geometry=Geometry("crop", settings.input_size),
+                             preprocessing=info.preprocessing, batch_size=settings.batch_size,
+                             decode_workers=workers) if len(vfiles) else None)
     stem = output[: -len(".keras")]
     os.makedirs(work, exist_ok=True)
-    monitor = "val_loss" if val_data is not None else "loss"
-    extra = list(callbacks or [])
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(work, "backup")),
-        keras.callbacks.CSVLogger(stem + ".log.csv", append=resume),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=False),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy" if val_data is not None else "accuracy",
-                                          factor=0.1, patience=max(1, patience // 2), min_lr=1e-7),
-    ]
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(tensorboard))
-    callbacks += extra
-
-    stage1 = min(int(unfreeze_after), epochs) if unfreeze_after else epochs
-    history = net.fit(train_data, validation_data=val_data, epochs=stage1, class_weight=cw, callbacks=callbacks,
-                      verbose=verbose)
-    if unfreeze_after and epochs > stage1:
-        with scope():
-            for layer in net.layers:
-                layer.trainable = True
-            net.compile(optimizer=_optimizer(optimizer, lr / 10, weight_decay),
-                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        callbacks[0] = keras.callbacks.BackupAndRestore(os.path.join(work, "backup-stage2"))
-        callbacks[1] = keras.callbacks.CSVLogger(stem + ".log.csv", append=True)
-        history = net.fit(train_data, validation_data=val_data, initial_epoch=stage1, epochs=epochs,
-                          class_weight=cw, callbacks=callbacks, verbose=verbose)
+    try:
+        history = train(net, train_data, val_data, settings, work=work, log_csv=stem + ".log.csv", resume=resume,
+                        tensorboard=tensorboard, extra_callbacks=callbacks or (), verbose=verbose, scope=scope)
+    finally:
+        train_data.close()
+        if val_data is not None:
+            val_data.close()
     failed = dict(train_data.failed)
     if val_data is not None:
         failed.update(val_data.failed)
     history.failed = failed
 
-    if os.path.exists(output):
-        os.remove(output)
-    net.save(output)
-    write_keras_metadata(output, {
-        "arch": arch_name, "class_names": class_names, "input_size": int(input_size),
-        "preprocessing": info.preprocessing, "base_weights": info.name, "augment": augment,
+    save_model(net, output, {
+        "arch": plan.arch, "class_names": class_names, "input_size": settings.input_size,
+        "preprocessing": info.preprocessing, "base_weights": info.name, "augment": settings.augment,
         "failed_images": len(failed),
-    })
-    _learning_curves(stem + ".log.csv", stem + ".curves.png")
+    }, work=work)
     shutil.rmtree(work, ignore_errors=True)
+    _learning_curves(stem + ".log.csv", stem + ".curves.png")
     return history
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _copy_fc(base, net):
-    """Carry fc6/fc7 of a loaded network with top over when their shapes fit (same input size);
-    fc8 is always replaced by the new head."""
-    names = {layer.name for layer in base.layers}
-    for name in ("fc1", "fc2"):
-        if name not in names:
-            continue
-        src, dst = base.get_layer(name), net.get_layer(name)
-        if [w.shape for w in src.get_weights()] == [w.shape for w in dst.get_weights()]:
-            dst.set_weights(src.get_weights())
-
-
-def _freeze_below(net, spec, first):
-    order = layer_names(spec, include_top=True)
-    if first not in order:
-        raise LayerError(f"unknown layer {first!r} for --train-from")
-    frozen = set(order[: order.index(first)])
-    for layer in net.layers:
-        layer.trainable = layer.name not in frozen
-
-
-def _optimizer(name, lr, weight_decay):
-    import keras
-
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, weight_decay=weight_decay or None)
-    return keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay or None)
-
-
-def _policy(augment, size, seed):
-    from .augment import augmentation
-
-    return augmentation(augment, size, seed)
+__all__ = ["FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output",
+           "compile_network", "finetune", "freeze", "inverse_frequency_weights", "make_callbacks", "make_optimizer", "plan_network",
+           "save_model", "split_images", "train", "weights_layout"]
