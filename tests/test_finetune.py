@@ -386,3 +386,20 @@ def test_callbacks_of_each_stage(tmp_path):
                                                   "ReduceLROnPlateau"]
     assert second[0].backup_dir == str(tmp_path / "w" / "backup-stage2") and second[1].append
     assert (second[2].monitor, second[3].monitor) == ("loss", "accuracy")
+
+
+def test_the_cli_says_what_an_interruption_kept(train_dir, tmp_path, monkeypatch):
+    import vggfeat.finetuning
+    from click.testing import CliRunner
+    from vggfeat_cli.main import cli
+
+    def interrupted_run(train_dir, output, **kwargs):
+        os.makedirs(output + ".work")
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(vggfeat.finetuning, "finetune", interrupted_run)
+    out = tmp_path / "i.keras"
+    result = CliRunner().invoke(cli, ["finetune", str(train_dir), "-o", str(out), "--weights", "random"])
+    assert result.exit_code == 130
+    assert result.output.strip() == (f"Error: interrupted; the finished epochs are kept in {out}.work; --resume "
+                                     "continues the run")

@@ -122,6 +122,7 @@ class FinetuneSettings:
         _choose("optimizer", self.optimizer, OPTIMIZERS)
         _choose("precision", self.precision, PRECISIONS)
         _choose("distribute", self.distribute, DISTRIBUTE, "the only strategy is 'mirrored'")
+        _choose("augment", self.augment, POLICIES)
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if value is not None:
@@ -135,7 +136,6 @@ class FinetuneSettings:
             set_(self, "lr", self.lr or 1e-2)
             set_(self, "weight_decay", 5e-4 if self.weight_decay is None else self.weight_decay)
             set_(self, "augment", "paper")
-        _choose("augment", self.augment, POLICIES)
         if self.lr is None:
             set_(self, "lr", 1e-2 if self.optimizer == "sgd" else 1e-4)
         if self.weight_decay is None and self.optimizer == "sgd":
@@ -731,6 +731,6 @@ def _run(settings, plan, output, work, data, *, resume, tensorboard, workers, ve
     return history
 
 
-__all__ = ["FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output",
-           "compile_network", "finetune", "freeze", "inverse_frequency_weights", "make_callbacks", "make_optimizer", "plan_network",
+__all__ = ["FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output", "compile_network",
+           "finetune", "freeze", "inverse_frequency_weights", "make_callbacks", "make_optimizer", "plan_network",
            "save_model", "split_images", "train", "weights_layout"]
