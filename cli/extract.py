@@ -90,8 +90,13 @@ def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_
                              form="dense" if dense else ("fully_conv" if fully_convolutional else "standard"),
                              input_size=input_size, resize=resize, precision=precision, scales=scale_list,
                              flip=flip, aggregate=aggregate, l2=l2)
-    quiet_backend()
-    from vggfeat import extract
+    try:
+        quiet_backend()
+        from vggfeat import extract
+    except KeyboardInterrupt:
+        from vggfeat.errors import ExtractInterrupted
+
+        raise ExtractInterrupted(f"stopped before any row was written; {output} was not changed") from None
 
     summary = extract(list(inputs), output, config=config, dtype=dtype, compression=compression,
                       batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict,

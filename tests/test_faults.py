@@ -472,3 +472,15 @@ def test_overwrite_with_bad_options_or_no_readable_image_leaves_the_old_file(tmp
     assert result.returncode == 1 and "no image could be read" in result.stderr
     assert out.read_bytes() == before  # the new file had no row: it is not complete and replaces nothing
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("f.h5")] == ["f.h5"]
+
+
+def test_ctrl_c_before_anything_is_written_says_so(tmp_path, folder):
+    out = tmp_path / "f.h5"
+    proc = subprocess.Popen(_cli("extract", folder, *ARGS, "-o", out), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # importing TensorFlow
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == f"Error: interrupted; stopped before any row was written; {out} was not changed", err
+    assert not out.exists()
