@@ -79,7 +79,7 @@ def _mount_tmpfs(path, size):
     return done.returncode == 0
 
 
-@pytest.mark.parametrize("size", ["600k", "1100k", "1700k"])
+@pytest.mark.parametrize("size", ["600k", "1700k"])
 def test_full_disk_is_one_line_and_resume_elsewhere_completes(tmp_path, folder, clean, size):
     small = tmp_path / "small"
     if not _mount_tmpfs(small, size):
@@ -161,7 +161,7 @@ def test_kill_9_at_random_moments_every_compression():
         assert r["kills"] == 6 and r["final_equal"], r
 
 
-@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+@pytest.mark.parametrize("compression", ["gzip"])  # lzf: the crash_safety series above and in benchmarks/
 def test_kill_9_of_a_compressed_cli_run_then_resume_equals_a_clean_run(tmp_path, folder, compression):
     clean = tmp_path / "clean.h5"
     assert run("extract", folder, *ARGS, "--compression", compression, "-o", clean).returncode == 0

@@ -117,7 +117,7 @@ def test_manifest_keeps_file_names_that_are_not_utf8(tmp_path):
     Manifest.create(str(tmp_path / "m"), images, [0], SETTINGS, "float32")
     back = Manifest.open(str(tmp_path / "m"), SETTINGS, "float32")
     assert back.files == [name] and back.paths == ["caf\\xe9.png"]
-    with pytest.raises(OutputError, match="settings differ.*seed=0 in the run, 1 now"):
+    with pytest.raises(OutputError, match="settings differ.*seed=0 in the file, 1 now"):
         Manifest.open(str(tmp_path / "m"), dict(SETTINGS, seed=1), "float32")
 
 
