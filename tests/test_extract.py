@@ -206,6 +206,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
     subprocess.run(_cli(*args, "-o", clean), check=True, cwd=REPO, capture_output=True)
     out = tmp_path / "killed.h5"
     kills = 0
+    killed_last = False
     for _ in range(2):  # kill twice: a fresh run, then a resumed one
         proc = subprocess.Popen(_cli(*args, "-o", out, "--resume"), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -218,7 +219,8 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
                 if size > start_size + 20_000:
                     break
             time.sleep(0.01)
-        if proc.poll() is None:
+        killed_last = proc.poll() is None
+        if killed_last:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
@@ -226,7 +228,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
             assert f.attrs["format"] == "vggfeat"
     assert kills >= 1, "the run ended before it could be killed"
     partial = vggfeat.read_attrs(out)
-    assert not partial["complete"]
+    assert partial["complete"] != killed_last  # a fast backend may finish the resumed run before the kill
     done = subprocess.run(_cli(*args, "-o", out, "--resume"), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for layer in ("fc7", "pool5"):
