@@ -228,7 +228,8 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
             assert f.attrs["format"] == "vggfeat"
     assert kills >= 1, "the run ended before it could be killed"
     partial = vggfeat.read_attrs(out)
-    assert partial["complete"] != killed_last  # a fast backend may finish the resumed run before the kill
+    if not killed_last:  # the resumed run ended by itself: then it finished the file
+        assert partial["complete"]
     done = subprocess.run(_cli(*args, "-o", out, "--resume"), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for layer in ("fc7", "pool5"):

@@ -57,7 +57,7 @@ import numpy as np
 
 from ._version import __version__
 from .config import attr_value
-from .errors import InputError, LayerError, OutputError, WriteFailed
+from .errors import InputError, LayerError, OutputError, VggfeatError, WriteFailed
 
 _attr = attr_value
 
@@ -104,7 +104,7 @@ class _GuardedIO:
 
     def __init__(self, fd):
         self._f = os.fdopen(fd, "r+b", buffering=0)
-        self.error: OSError | None = None
+        self.error: Exception | None = None  # an OSError, or what HDF5 raised while writing
 
     def fileno(self):
         return self._f.fileno()
@@ -185,13 +185,13 @@ def _lock(fd, path, shared=False):
 
 
 def _os_error(path, exc, doing="write") -> OutputError:
-    reason = exc.strerror or _first_line(exc)
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    reason = getattr(exc, "strerror", None) or _first_line(exc)
+    if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
         return OutputError(f"cannot {doing} {path}: {reason}; choose a folder you can write to")
     hint = "; the rows committed before it are kept: fix the cause and run again with --resume"
     if doing != "write":
-        hint = "; free some space first" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "; free some space first" if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else ""
+    elif getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
         hint = "; the rows committed before it are kept: free some space (or copy the file elsewhere) and run " \
                "again with --resume"
     return WriteFailed(f"cannot {doing} {path}: {reason}{hint}")
@@ -658,13 +658,33 @@ class FeatureWriter:
             kept[:, self._cols.index("failed")] = _crc_strings([])
             if k:
                 f["commits"][:k] = kept
-            for name in ("failed/paths", "failed/reasons", "failed/index"):
-                if name in f:
-                    f[name].resize(0, axis=0)
+            if "failed/index" in f:
+                f["failed/index"].resize(0, axis=0)
+        self._renew_strings(rows)
         self._rows, self._failed = rows, 0
         f.attrs["complete"] = False
         f.attrs["clean_rows"] = rows
         self._flush_checked()
+
+    def _renew_strings(self, rows):
+        """Give /paths (its first `rows` values kept) and /failed/paths, /failed/reasons fresh storage.
+
+        A string dataset holds references into HDF5's global heap, and HDF5 frees the object an
+        element refers to before it overwrites the element. A run killed after a chunk of references
+        reached the disk but before the heap objects did leaves references to nothing beyond the
+        committed rows (and beyond the recorded extent, where shrinking does not clear them);
+        overwriting one crashes HDF5 ("bad heap index", or a segfault). New datasets hold no stale
+        reference. The old storage is not reused (a few bytes per row; `vggfeat verify --repair`
+        writes a compact copy)."""
+        f = self._f
+        for name, keep in (("paths", rows), ("failed/paths", 0), ("failed/reasons", 0)):
+            old = f[name]
+            values = old[:keep] if keep else np.empty(0, dtype=object)
+            chunks = old.chunks
+            del f[name]
+            f.create_dataset(name, shape=(keep,), maxshape=(None,), dtype=_STR, chunks=chunks)
+            if keep:
+                f[name][:] = values
 
     def _row_datasets(self):
         f = self._f
@@ -766,9 +786,24 @@ class FeatureWriter:
         return out
 
     def _commit(self, n):
-        """Write the first `n` buffered rows and all buffered failures, flush, then their record."""
+        """Write the first `n` buffered rows and all buffered failures, flush, then their record.
+
+        Any failure stops the writes to the file (as a failed disk write does): what HDF5 had not
+        written stays unwritten, the commits before stay intact, and `--resume` continues from them."""
         if self._io.error is not None:
             raise _os_error(self.final_path, self._io.error)
+        try:
+            self._commit_rows(n)
+        except VggfeatError:
+            raise
+        except Exception as exc:  # HDF5 failed on its own (a damaged structure it met while writing)
+            if self._io.error is None:
+                self._io.error = exc
+            raise WriteFailed(f"cannot write {self.final_path}: {_first_line(exc)}; the rows committed "
+                              "before it are kept: run again with --resume, which checks the file and "
+                              "repairs it") from None
+
+    def _commit_rows(self, n):
         f = self._f
         data = self._take(n)
         start, stop = self._rows, self._rows + n
