@@ -30,6 +30,7 @@ _API = {
     # images
     "scan_images": "images",
     "load_image": "images",
+    "prepare_array": "images",
     # scikit-learn
     "VGGFeaturizer": "sklearn",
     "classify": "classifier",

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from .errors import ArchitectureError, InputError, LayerError
+from .specs import canonical_layer
 
 FORMS = ("standard", "fully_conv", "dense")
 POOLINGS = ("avg", "max", "none")
@@ -90,7 +91,7 @@ class ExtractorConfig:
     def __post_init__(self):
         set_ = object.__setattr__
         layers = [self.layers] if isinstance(self.layers, str) else list(self.layers or ())
-        set_(self, "layers", tuple(str(x) for x in layers))
+        set_(self, "layers", tuple(canonical_layer(x) for x in layers))  # stored as `fc7` however spelled
         set_(self, "weights", "imagenet" if self.weights is None else str(os.fspath(self.weights)))
         if self.scales is not None:
             scales = [self.scales] if isinstance(self.scales, (int, str)) else list(self.scales)
@@ -119,7 +120,7 @@ class ExtractorConfig:
 
         if not self.layers:
             raise LayerError("no layer given: name at least one, e.g. fc7")
-        if len({x.lower() for x in self.layers}) != len(self.layers):
+        if len(set(self.layers)) != len(self.layers):
             raise LayerError(f"a layer is named twice: {', '.join(self.layers)}")
         _choice("form", self.form, FORMS, ArchitectureError)
         _choice("pooling", self.pooling, POOLINGS)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
 from .config import ExtractorConfig
 from .errors import InputError, LayerError
-from .images import Geometry
+from .images import Geometry, ImageError, load_image, prepare_array
 from .specs import get_arch, is_conv_layer, resolve_layer
 
 #: Compute precision -> Keras dtype policy.
@@ -189,7 +190,9 @@ class FeatureExtractor:
             groups.setdefault(im.shape, []).append(i)
         for shape, idx in groups.items():
             if self.geometry.fixed and shape[:2] != (self.input_size, self.input_size):
-                raise InputError(f"image of shape {shape} does not fit the input size {self.input_size}")
+                raise InputError(f"an array of shape {shape} does not fit the input size {self.input_size}: "
+                                 "pass the file path or a Pillow image (resized as extract does), or "
+                                 "vggfeat.prepare_array(array, extractor.geometry)")
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
                 batch = np.stack([images[i] for i in chunk])
@@ -202,11 +205,20 @@ class FeatureExtractor:
                     out[k][chunk] = np.asarray(result[k], dtype=np.float32)[: len(chunk)]
         return out
 
-    @staticmethod
-    def _as_pixels(im):
+    def _as_pixels(self, im):
+        """One item of `predict`'s list as network input. A file path or a Pillow image goes through
+        the extractor's geometry (as `extract` reads a file); an array is taken as network input."""
+        if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__"):
+            try:
+                return load_image(im, self.geometry)
+            except ImageError as exc:
+                raise InputError(f"cannot read image {os.fsdecode(im)}: {exc}") from None
+        if hasattr(im, "getbands"):  # a Pillow image
+            return prepare_array(im, self.geometry)
         a = np.asarray(im)
         if a.ndim != 3 or a.shape[-1] != 3:
-            raise InputError(f"an image must be an array of shape (H, W, 3). Received shape: {a.shape}")
+            raise InputError("predict takes image file paths, Pillow images, or RGB arrays of shape (H, W, 3). "
+                             f"Received shape: {a.shape}")
         if a.dtype != np.uint8:
             a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return a

@@ -286,12 +286,21 @@ def _decode(fp, geometry, max_pixels, max_side):
 def prepare_array(image, geometry: Geometry | None = Geometry(), max_pixels: int = MAX_PIXELS,
                   max_side: int = MAX_SIDE) -> np.ndarray:
     """The array counterpart of `load_image`: a decoded image (H, W, 3), any numeric dtype on the
-    0-255 scale, put through the same geometry and limits as a file, so that an image gives the same
-    network input whether it comes as a path or as its decoded pixels.
+    0-255 scale, or a Pillow image of any mode (converted to RGB as a file is), put through the same
+    geometry and limits as a file, so that an image gives the same network input whether it comes as
+    a path or as its decoded pixels.
 
     Raises:
         InputError: not an (H, W, 3) image, or over the size limits.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vggfeat.images import Geometry, prepare_array
+        >>> prepare_array(np.zeros((480, 640, 3)), Geometry("crop", 224)).shape
+        (224, 224, 3)
     """
+    if isinstance(image, Image.Image):
+        image = _to_rgb(image)
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[-1] != 3:
         raise InputError(f"an image must be an array of shape (H, W, 3). Received shape: {a.shape}")

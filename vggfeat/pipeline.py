@@ -34,6 +34,7 @@ class ExtractSummary:
     workers: int = 0  # Ray actors (engine "ray")
     shards: int = 0  # shard files merged (engine "ray"; more than `workers` when actors were restarted)
     recovered: str | None = None  # what --resume rolled back or rebuilt, if anything
+    total_seconds: float | None = None  # the whole call: checks, building the network, extraction
 
     @property
     def images_per_second(self) -> float:
@@ -45,8 +46,11 @@ class ExtractSummary:
         failed = f"{self.failed} failed" + (" (listed under /failed)" if self.failed else "")
         ray = (f"; Ray: {_count(self.workers, 'worker')}, {_count(self.shards, 'shard')} merged"
                if self.engine == "ray" and self.shards else "")
-        return (f"{self.written} images written, {failed}{skipped} in {self.seconds:.1f} s "
-                f"({self.images_per_second:.1f} images/s); {self.total_rows} rows in {self.output} [{shapes}]{ray}")
+        took = (f"in {self.total_seconds:.1f} s (extraction {self.seconds:.1f} s, "
+                if self.total_seconds is not None else f"in {self.seconds:.1f} s (")
+        return (f"{_count(self.written, 'image')} written, {failed}{skipped} {took}"
+                f"{self.images_per_second:.1f} images/s); {_count(self.total_rows, 'row')} in {self.output} "
+                f"[{shapes}]{ray}")
 
 
 def _count(n, word):
@@ -146,6 +150,7 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
         ExtractFailed: no image could be read, or a failure under `strict`.
         ExtractInterrupted: Ctrl-C (a KeyboardInterrupt); the message says what was kept.
     """
+    began = time.perf_counter()
     options = dict(layers=layers, arch=arch, weights=weights, seed=seed, pooling=pooling, form=form,
                    input_size=input_size, resize=resize, precision=precision, scales=scales, flip=flip,
                    aggregate=aggregate, l2=l2)
@@ -185,9 +190,11 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             extractor = build_extractor(config, batch_size=batch_size)
         runner.start()  # joins a cluster and checks it before anything is written
         try:
-            return _run(images, output, extractor, runner, inputs=inputs, resume=resume, overwrite=overwrite,
-                        dtype=dtype, compression=compression, batch_size=batch_size, strict=strict,
-                        progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+            summary = _run(images, output, extractor, runner, inputs=inputs, resume=resume, overwrite=overwrite,
+                           dtype=dtype, compression=compression, batch_size=batch_size, strict=strict,
+                           progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+            summary.total_seconds = time.perf_counter() - began
+            return summary
         finally:
             runner.close()
     except ExtractInterrupted:
@@ -244,7 +251,7 @@ def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype,
     seconds = time.perf_counter() - start
     written, failed = report["written"], report["failed"]
     summary = ExtractSummary(output, written, failed, skipped, total_rows, seconds,
-                             {k: (None,) + tuple(v) for k, v in output_shapes.items()}, engine=runner.name,
+                             {k: (total_rows,) + tuple(v) for k, v in output_shapes.items()}, engine=runner.name,
                              workers=report.get("workers", 0), shards=report.get("shards", 0),
                              recovered=writer.recovered)
     if total_rows == 0 and failed:

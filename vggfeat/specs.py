@@ -147,6 +147,21 @@ def paper_name(keras_name: str) -> str:
     return keras_name
 
 
+def canonical_layer(name: str) -> str:
+    """The one spelling a layer is stored under: the paper's (`FC7`, `fc2` -> `fc7`; `block5_pool`,
+    `Pool5` -> `pool5`; `block5_conv3` -> `conv5_3`). Names it does not know are returned stripped and
+    lower-cased (`resolve_layer` then says they do not exist).
+
+    Examples:
+        >>> canonical_layer("FC7"), canonical_layer("fc2"), canonical_layer("block5_pool")
+        ('fc7', 'fc7', 'pool5')
+    """
+    key = str(name).strip().lower()
+    if key in ("norm1", "block1_lrn"):
+        return "lrn1"
+    return paper_name(key)
+
+
 def resolve_layer(spec: ArchSpec, name: str, include_top: bool = True) -> str:
     """Map a user's layer name (Keras or paper spelling) to the Keras layer name.
 

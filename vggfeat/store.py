@@ -58,6 +58,7 @@ import numpy as np
 from ._version import __version__
 from .config import attr_value
 from .errors import InputError, LayerError, OutputError, VggfeatError, WriteFailed
+from .specs import canonical_layer
 
 _attr = attr_value
 
@@ -450,6 +451,7 @@ class FeatureWriter:
         path = os.fspath(path)
         if os.path.isdir(path):
             raise OutputError(f"the output is a folder: {path}")
+        _check_suffix(path)
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise OutputError(f"the output folder does not exist: {parent}")
@@ -745,7 +747,9 @@ class FeatureWriter:
             raise ValueError(f"{len(labels)} labels for {n} paths")
         b = self._buf
         for name, ds in self._f["features"].items():
-            values = np.asarray(features[name], dtype=ds.dtype)
+            # a file written before layer names were stored in one spelling (block5_pool) takes pool5
+            key = name if name in features else canonical_layer(name)
+            values = np.asarray(features[key], dtype=ds.dtype)
             if len(values) != n:
                 raise ValueError(f"{len(values)} rows of {name} for {n} paths")
             if values.shape[1:] != ds.shape[1:]:
@@ -909,6 +913,22 @@ class FeatureWriter:
         self.close(complete=False)
 
 
+#: suffixes of other formats: an output named so would be an HDF5 file under a misleading name
+_OTHER_FORMATS = {".npy": "NumPy", ".npz": "NumPy", ".csv": "CSV", ".tsv": "TSV", ".txt": "text", ".json": "JSON",
+                  ".pkl": "pickle", ".pickle": "pickle", ".parquet": "Parquet", ".pt": "PyTorch", ".pth": "PyTorch",
+                  ".safetensors": "safetensors", ".mat": "MATLAB", ".feather": "Feather", ".arrow": "Arrow",
+                  ".zarr": "Zarr", ".keras": "Keras", ".joblib": "joblib", ".skops": "skops"}
+
+
+def _check_suffix(path):
+    """Refuse an output named like another format: vggfeat writes HDF5 (.h5)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in _OTHER_FORMATS:
+        raise OutputError(f"{path}: vggfeat writes HDF5, not {_OTHER_FORMATS[suffix]}; name the output "
+                          f"{os.path.splitext(os.path.basename(path))[0]}.h5 (load_features then gives NumPy "
+                          "arrays)")
+
+
 def _remove_stale(path):
     """Remove a leftover temporary file of an interrupted run, unless a running one holds it."""
     if not os.path.lexists(path):
@@ -1059,6 +1079,8 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
             if len(names) != 1:
                 raise LayerError(f"{path} holds several layers ({', '.join(names)}); name one")
             layer = names[0]
+        if layer not in f["features"]:  # any spelling of a stored layer: FC7, fc2, block5_pool...
+            layer = next((x for x in names if canonical_layer(x) == canonical_layer(layer)), layer)
         if layer not in f["features"]:
             raise LayerError(f"layer {layer!r} is not in {path}; it holds: {', '.join(names) or 'none'}")
         try:
