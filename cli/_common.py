@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 
@@ -77,9 +78,10 @@ def reports_errors(func):
         logger = logging.getLogger("vggfeat")
         if not logger.handlers:
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("vggfeat: %(message)s"))
+            handler.setFormatter(_LineFormatter())
             logger.addHandler(handler)
             logger.propagate = False
+        level = logger.level
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -94,18 +96,52 @@ def reports_errors(func):
             detail = str(exc) or "stopped"
             raise UserError(f"{what}; {detail}", 143 if terminated else 130) from None
         finally:
+            logger.setLevel(level)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
 
+class _LineFormatter(logging.Formatter):
+    """Warnings as `vggfeat: ...`; what a command found and is doing (INFO) as plain lines."""
+
+    def format(self, record):
+        import logging
+
+        message = record.getMessage()
+        return message if record.levelno == logging.INFO else f"vggfeat: {message}"
+
+
+def show_progress_lines(quiet):
+    """Let the library's INFO lines through (what was found, what is loaded), unless -q."""
+    logging.getLogger("vggfeat").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def arch_option(func):
+    """--arch, the same names everywhere."""
+    return click.option("--arch", default=None, metavar="NAME",
+                        help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A, A-LRN, B, C, D, E). "
+                             "Default: from the weight file, else vgg16.")(func)
+
+
+def input_options(func):
+    """--ext and --exclude: which files of the input folders (and lists) are read."""
+    options = [
+        click.option("--ext", multiple=True, metavar="EXT",
+                     help="File name extension that counts as an image in folders (repeat for several; "
+                          "any letter case). Default: jpg, jpeg, png, bmp, gif, webp, tif, tiff."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Leave out images whose path (relative to its folder, or as written in a list) or "
+                          "file name matches this pattern, e.g. '*/thumbs/*' or '*.gif' (repeatable)."),
+    ]
+    return _apply(func, options)
+
+
 def model_options(func):
     """Options that choose the network and its weights, shared by several commands."""
     options = [
-        click.option("--arch", default=None, metavar="NAME",
-                     help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A, A-LRN, B, C, D, E). "
-                          "Default: from the weight file, else vgg16."),
+        arch_option,
         click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
                      help="Keras's ImageNet weights (vgg16/vgg19; downloaded once), random weights from "
                           "--seed, or a .h5 / .weights.h5 / .keras file."),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ._common import (input_size_option, model_options, output_options, precision_option, quiet_backend, quiet_option,
-                      reports_errors)
+from ._common import (input_options, input_size_option, model_options, output_options, precision_option, quiet_backend,
+                      quiet_option, reports_errors, show_progress_lines)
 
 
 @click.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@input_options
 @output_options("HDF5 file to write.")
 @click.option("--layer", "layers", multiple=True, default=("fc7",), show_default=True,
               help="Layer to extract, Keras or paper name (fc7, fc6, conv5_3, pool5...). Repeat for several "
@@ -56,14 +57,16 @@ from ._common import (input_size_option, model_options, output_options, precisio
 @click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
 @quiet_option
 @reports_errors
-def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
+def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
                     input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
                     workers, ray_workers, address, gpus_per_worker, block_size, resume, overwrite, strict, quiet):
-    """Extract features of images in INPUTS (folders, scanned recursively, and/or files) into OUTPUT.
+    """Extract features of images in INPUTS (folders, scanned recursively; image files; lists of image
+    files, .txt or .csv) into OUTPUT.
 
-    Images in first-level subfolders get the subfolder's name as class label. Images that cannot be
-    read are skipped and recorded under /failed; an existing OUTPUT is refused unless --resume or
-    --overwrite; an interrupted run continues with --resume.
+    Images in first-level subfolders get the subfolder's name as class label (a CSV list's `label`
+    column does the same). Every mistake (inputs, output, settings, weights, layers) is reported before
+    TensorFlow is loaded. Images that cannot be read are skipped and recorded under /failed; an
+    existing OUTPUT is refused unless --resume or --overwrite; an interrupted run continues with --resume.
 
     \b
     Example: vggfeat extract --layer fc7 images/ -o features.h5
@@ -83,25 +86,25 @@ def extract_command(inputs, output, layers, arch, weights, seed, pooling, fully_
             scale_list = [int(q) for q in scales.replace(" ", "").split(",") if q]
         except ValueError:
             raise click.BadParameter(f"expected integers separated by commas, got {scales!r}", param_hint="--scales")
-    from vggfeat.config import ExtractorConfig
+    from vggfeat.pipeline import prepare_extract
 
-    # every rule of the settings is checked here, before TensorFlow is imported
-    config = ExtractorConfig(layers=list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
-                             form="dense" if dense else ("fully_conv" if fully_convolutional else "standard"),
-                             input_size=input_size, resize=resize, precision=precision, scales=scale_list,
-                             flip=flip, aggregate=aggregate, l2=l2)
+    # every check that needs no TensorFlow (settings, output, inputs, weights, layers) comes first; it
+    # says what it found and what it loads next (stderr, unless -q)
+    show_progress_lines(quiet)
+    job = prepare_extract(list(inputs), output, list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
+                          form="dense" if dense else ("fully_conv" if fully_convolutional else "standard"),
+                          input_size=input_size, resize=resize, precision=precision, scales=scale_list,
+                          flip=flip, aggregate=aggregate, l2=l2, dtype=dtype, compression=compression,
+                          batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict, engine=engine,
+                          address=address, gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
+                          ray_workers=ray_workers, extensions=ext or None, exclude=exclude)
     try:
         quiet_backend()
-        from vggfeat import extract
     except KeyboardInterrupt:
         from vggfeat.errors import ExtractInterrupted
 
         raise ExtractInterrupted(f"stopped before any row was written; {output} was not changed") from None
 
-    summary = extract(list(inputs), output, config=config, dtype=dtype, compression=compression,
-                      batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict,
-                      progress=None if not quiet else False, engine=engine, address=address,
-                      gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
-                      ray_workers=ray_workers)
+    summary = job.run(progress=None if not quiet else False)
     if not quiet:
         click.echo(summary.line(), err=True)

@@ -6,7 +6,8 @@ import os
 
 import click
 
-from ._common import input_size_option, model_options, precision_option, quiet_backend, reports_errors
+from ._common import (input_size_option, model_options, precision_option, quiet_backend, reports_errors,
+                      show_progress_lines)
 
 
 @click.command("finetune")
@@ -61,16 +62,19 @@ def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split,
     \b
     Example: vggfeat finetune photos/ -o mine.keras --epochs 5 --input-size 224
     """
-    quiet_backend()
-    from vggfeat.finetuning import finetune
+    from vggfeat.finetuning import prepare_finetune
 
-    try:
-        history = finetune(train_dir, output, arch=arch, weights=weights, val_dir=val_dir,
+    # every check that needs no TensorFlow comes first, and says what it found and what it loads next
+    show_progress_lines(quiet)
+    job = prepare_finetune(train_dir, output, arch=arch, weights=weights, val_dir=val_dir,
                            val_split=val_split or None, train_from=train_from, unfreeze_after=unfreeze_after,
                            epochs=epochs, batch_size=batch_size, input_size=input_size, seed=seed,
                            optimizer=optimizer, lr=lr, recipe=recipe, augment=augment, class_weights=class_weights,
                            precision=precision, patience=patience, resume=resume, overwrite=overwrite,
-                           tensorboard=tensorboard, distribute=distribute, verbose=0 if quiet else 2)
+                           tensorboard=tensorboard, distribute=distribute)
+    try:
+        quiet_backend()
+        history = job.run(verbose=0 if quiet else 2)
     except KeyboardInterrupt:
         work = output + ".work"
         kept = (f"the finished epochs are kept in {work}; --resume continues the run" if os.path.isdir(work)

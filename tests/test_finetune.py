@@ -393,13 +393,13 @@ def test_the_cli_says_what_an_interruption_kept(train_dir, tmp_path, monkeypatch
     from click.testing import CliRunner
     from vggfeat_cli.main import cli
 
-    def interrupted_run(train_dir, output, **kwargs):
-        os.makedirs(output + ".work")
+    def interrupted_run(job, **kwargs):  # the run, once every check passed
+        os.makedirs(job.output + ".work")
         raise KeyboardInterrupt()
 
-    monkeypatch.setattr(vggfeat.finetuning, "finetune", interrupted_run)
+    monkeypatch.setattr(vggfeat.finetuning.FinetuneJob, "run", interrupted_run)
     out = tmp_path / "i.keras"
-    result = CliRunner().invoke(cli, ["finetune", str(train_dir), "-o", str(out), "--weights", "random"])
+    result = CliRunner().invoke(cli, ["finetune", str(train_dir), "-o", str(out), "--weights", "random", "-q"])
     assert result.exit_code == 130
     assert result.output.strip() == (f"Error: interrupted; the finished epochs are kept in {out}.work; --resume "
                                      "continues the run")

@@ -224,6 +224,126 @@ class FeatureExtractor:
         return a
 
 
+class ExtractorCheck:
+    """What `check_extractor` found out about a config without Keras: the configuration (`arch`), the
+    weights in words (`weights`), the weight file to read (`path`: a file, or Keras's cached ImageNet
+    file), and the Keras names of the layers."""
+
+    def __init__(self, arch, weights, path, keras_layers, include_top=True):
+        self.arch, self.weights, self.path, self.keras_layers = arch, weights, path, keras_layers
+        self.include_top = include_top
+
+    def fetch(self) -> "ExtractorCheck":
+        """Download Keras's ImageNet file now if it is not cached (nothing to do for other weights)."""
+        if self.weights == "with imagenet weights":
+            from .weights import imagenet_weights_path
+
+            self.path = imagenet_weights_path(self.arch, self.include_top)
+        return self
+
+    def loading(self) -> str:
+        """`loading vgg16 with imagenet weights...`: what building the extractor is about to do."""
+        return f"loading {self.arch} {self.weights}..."
+
+    def __repr__(self):
+        return f"ExtractorCheck({self.arch!r}, {self.weights!r}, {self.path!r}, {self.keras_layers!r})"
+
+
+def check_extractor(config, *, fetch=True) -> ExtractorCheck:
+    """Check everything `build_extractor(config)` would refuse that can be known without Keras (so,
+    in well under a second, before TensorFlow is imported): the weights (`imagenet`: that they exist
+    for the architecture and are in Keras's cache, downloaded now when not and `fetch`; a file: that it
+    exists, every tensor's shape fits a VGG network, its architecture fits `arch`, its SHA-256 is the
+    config's), the layer names for the weights' architecture, FC layers that the weights or the input
+    size cannot give. `build_extractor` calls it first; `extract` calls it before anything is built.
+
+    Raises:
+        WeightsError, LayerError, InputError: with the message `build_extractor` would give.
+    """
+    from .errors import WeightsError
+    from .weights import file_sha256, imagenet_file, inspect_keras_file, read_weight_file_layout
+
+    if config.multiscale:
+        config = config.replace(input_size=max(config.scales), scales=None, flip=False, aggregate="mean", l2=False)
+    needs_top = config.form != "fully_conv" and any(_is_fc_name(n) for n in config.layers)
+    w = config.weights
+    path = None
+    base_size = 224
+    if w in ("random", "imagenet"):
+        arch = get_arch(config.arch or "vgg16").name
+        has_top = needs_top
+        if w == "random":
+            described = f"with random weights (seed {config.seed})"
+            if config.form == "standard" and config.input_size:
+                base_size = config.input_size
+        else:
+            described = "with imagenet weights"
+            _, _, _, path = imagenet_file(arch, needs_top)
+        name = w
+    else:
+        path = w
+        name = os.path.basename(path)
+        described = f"from {name}"
+        if not os.path.exists(path):
+            raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
+        if os.path.isdir(path):
+            raise WeightsError(f"weights path is a folder, not a file: {path}")
+        if path.endswith(".keras"):
+            held = inspect_keras_file(path)
+            if config.arch is not None and get_arch(config.arch).name != held.arch:
+                raise WeightsError(f"{name} holds a {held.arch} network, not {get_arch(config.arch).name}; "
+                                   "drop --arch or fix it")
+            arch, has_top = held.arch, held.fc_form is not None
+            base_size = held.input_size or 224
+        elif path.endswith((".h5", ".hdf5")):
+            from .specs import fc_input_side
+
+            layout = read_weight_file_layout(path)
+            candidates = list(layout.archs)
+            arch = candidates[0] if config.arch is None else get_arch(config.arch).name
+            if arch not in candidates:
+                raise WeightsError(f"weight file {name} holds a {candidates[0]} network and does not fit {arch}")
+            if needs_top and not layout.has_top:
+                raise WeightsError(f"weight file {name} has no fc6/fc7/fc8 weights (a 'notop' file); "
+                                   "use a conv layer, --fully-convolutional, or a file with top")
+            if needs_top and layout.fc_form == "conv":
+                raise WeightsError(f"weight file {name} holds fc6-fc8 as convolutions (the dense form); vggfeat "
+                                   "reads FC weights from .h5 files of the standard form (Dense fc6-fc8): use a "
+                                   "conv layer, or save the whole model as .keras")
+            has_top = needs_top
+            if needs_top:
+                base_size = fc_input_side(layout.fc1_inputs)
+        else:
+            raise WeightsError(f"unknown weight file type {name}: expected .h5, .weights.h5 or .keras")
+        if config.weights_sha256 and file_sha256(path) != config.weights_sha256:
+            raise WeightsError(f"{w} is not the weight file these settings were made with (its SHA-256 "
+                               f"is {file_sha256(path)[:12]}..., the settings say {config.weights_sha256[:12]}...)")
+    spec = get_arch(arch)
+    keras_layers = [resolve_layer(spec, n, include_top=config.form != "fully_conv" and (
+        has_top or config.form == "dense")) for n in config.layers]
+    wants_fc = any(not is_conv_layer(k) for k in keras_layers)
+    if wants_fc and not has_top:
+        raise LayerError(f"the weights {name} have no FC layers; choose a conv layer such as conv5_3 or pool5")
+    if config.form == "standard":
+        size = int(config.input_size or base_size)
+        if size != base_size and wants_fc:
+            raise InputError(
+                f"the FC layers of these weights take {base_size}x{base_size} input; input size {size} "
+                "needs --dense (FC layers as convolutions) or a conv layer with --fully-convolutional"
+            )
+    elif config.form == "dense" and wants_fc:
+        k = base_size // 32
+        size = int(config.input_size or base_size)
+        if size < 32 * k:
+            raise InputError(f"the dense form of these weights needs input of at least {32 * k} pixels. "
+                             f"Received: input_size={size}")
+    if config.form != "standard" and config.resize == "short" and config.pooling == "none":
+        raise InputError(f"layer {config.layers[0]} gives maps whose size depends on each image's shape; use "
+                         "--pooling avg or max, or a fixed geometry (--resize crop or squash)")
+    check = ExtractorCheck(arch, described, path, keras_layers, needs_top)
+    return check.fetch() if fetch else check
+
+
 def build_extractor(config, *, batch_size=32):
     """The extractor an `ExtractorConfig` describes: a `FeatureExtractor`, wrapped in a
     `MultiScaleExtractor` when the config has scales. Its `config` is the given one with what the
@@ -234,6 +354,7 @@ def build_extractor(config, *, batch_size=32):
         >>> from vggfeat import ExtractorConfig, build_extractor
         >>> fx = build_extractor(ExtractorConfig(layers=["fc7"], weights="random"))  # doctest: +SKIP
     """
+    check_extractor(config)  # every check that needs no Keras, before Keras is imported
     if not config.multiscale:
         return FeatureExtractor.from_config(config, batch_size=batch_size)
     from .multiscale import MultiScaleExtractor

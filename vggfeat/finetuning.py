@@ -20,7 +20,7 @@ request.
    layout) and the first layer that trains;
    -- only now, with everything checked, does `--overwrite` remove an earlier run's work folder --
 5. `build_network`, `freeze`, `compile_network`: the network with its new head, which layers train;
-6. `ImageBatches`: the batches for `model.fit` (a Keras `PyDataset`);
+6. `ImageBatches`: the batches for `model.fit` (a Keras `PyDataset`, in `vggfeat.batches`);
 7. `make_callbacks`, `train`: the run, in one or two stages;
 8. `save_model`: the model written beside the output and renamed over it when complete.
 """
@@ -32,15 +32,13 @@ import math
 import os
 import shutil
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 
 from .config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS
-from .errors import ImageError, InputError, LayerError, OutputError, WeightsError
-from .images import Geometry, load_image, scan_images
+from .errors import InputError, LayerError, OutputError, WeightsError
+from .images import Geometry, scan_images
 from .specs import get_arch, layer_names, resolve_layer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -408,6 +406,8 @@ def freeze(net, arch, first) -> list[str]:
 def make_optimizer(name, lr, weight_decay, precision="float32"):
     """SGD (momentum 0.9) or Adam; with float16 compute wrapped in a `LossScaleOptimizer` (gradients
     would underflow otherwise)."""
+    import keras
+
     if name == "sgd":
         opt = keras.optimizers.SGD(learning_rate=lr, momentum=0.9, weight_decay=weight_decay or None)
     else:
@@ -427,73 +427,16 @@ def compile_network(net, settings: FinetuneSettings, lr=None):
 # ---------------------------------------------------------------------------------------------
 
 
-class ImageBatches(keras.utils.PyDataset):
-    """Batches `(x, y)` for `model.fit`: images decoded by `load_image` at `geometry` (in a thread pool),
-    passed through the augmentation `layers`, clipped to 0-255 and preprocessed (`preprocessing`).
+# `ImageBatches` (a Keras `PyDataset`) lives in `vggfeat.batches`, so that this module, and every check
+# of a fine-tuning run, imports without Keras; `vggfeat.finetuning.ImageBatches` still names it.
 
-    Images come in the order given, or shuffled by `seed` (again after every epoch) with `shuffle`.
-    Unreadable images are skipped and recorded in `failed` (path -> reason); a batch is never empty (a
-    batch whose every image failed borrows one readable image).
-    """
 
-    def __init__(self, files, labels, *, geometry, preprocessing="caffe", batch_size=32, layers=(),
-                 shuffle=False, seed=0, decode_workers=None):
-        super().__init__()
-        self.files, self.labels = list(files), np.asarray(labels)
-        if len(self.files) != len(self.labels):
-            raise ValueError(f"{len(self.files)} files but {len(self.labels)} labels")
-        self.geometry, self.aug_layers = geometry, list(layers)
-        self.preprocessing, self.batch_size = preprocessing, int(batch_size)
-        self.shuffle, self.rng = shuffle, np.random.default_rng(seed)
-        self.order = np.arange(len(self.files))
-        self.decode_workers = decode_workers or max(2, min(8, os.cpu_count() or 2))
-        self._pool = None
-        self.failed = {}
-        if shuffle:
-            self.rng.shuffle(self.order)
+def __getattr__(name):
+    if name == "ImageBatches":
+        from .batches import ImageBatches
 
-    def __len__(self):
-        return math.ceil(len(self.files) / self.batch_size)
-
-    def _load(self, i):
-        try:
-            return load_image(self.files[i], self.geometry)
-        except ImageError as exc:
-            self.failed[self.files[i]] = str(exc)
-            return None
-
-    def __getitem__(self, idx):
-        from .preprocessing import preprocess
-
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.decode_workers)
-        index = self.order[idx * self.batch_size:(idx + 1) * self.batch_size]
-        images = list(self._pool.map(self._load, index))
-        keep = [k for k, im in enumerate(images) if im is not None]
-        if not keep:  # every image of the batch failed: borrow one readable image
-            for j in self.order:
-                im = self._load(j)
-                if im is not None:
-                    images, index, keep = [im], np.array([j]), [0]
-                    break
-            else:
-                raise InputError("no training image could be read")
-        x = np.stack([images[k] for k in keep]).astype("float32")
-        y = self.labels[index[keep]]
-        for layer in self.aug_layers:
-            x = layer(x, training=True)
-        x = np.clip(np.asarray(x, dtype="float32"), 0, 255)
-        return preprocess(x, self.preprocessing), y
-
-    def on_epoch_end(self):
-        if self.shuffle:
-            self.rng.shuffle(self.order)
-
-    def close(self):
-        """Stop the decoding threads (a later batch starts them again)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        return ImageBatches
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +450,8 @@ def make_callbacks(work, log_csv, *, stage=1, validation=True, patience=5, appen
     `work/backup`, `work/backup-stage2` for the second stage), the CSV log, early stopping on (validation)
     loss, learning rate / 10 when (validation) accuracy stalls, TensorBoard when `tensorboard` names a
     folder, then `extra`."""
+    import keras
+
     prefix = "val_" if validation else ""
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(work, "backup" if stage == 1 else "backup-stage2")),
@@ -667,6 +612,50 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
                       "command uses); the old name will be refused in a later release",
                       DeprecationWarning, stacklevel=2)
         precision = _OLD_PRECISIONS[precision]
+    job = prepare_finetune(train_dir, output, arch=arch, weights=weights, val_dir=val_dir, val_split=val_split,
+                           train_from=train_from, unfreeze_after=unfreeze_after, epochs=epochs, batch_size=batch_size,
+                           input_size=input_size, seed=seed, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                           recipe=recipe, augment=augment, class_weights=class_weights, precision=precision,
+                           patience=patience, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+                           distribute=distribute)
+    return job.run(workers=workers, verbose=verbose, callbacks=callbacks)
+
+
+@dataclass
+class FinetuneJob:
+    """A `finetune` call whose every argument has been checked (`prepare_finetune`); `run()` removes an
+    earlier run's work folder (with `overwrite`), builds the network (the first import of Keras) and
+    trains."""
+
+    settings: FinetuneSettings
+    plan: NetworkPlan
+    output: str
+    work: str
+    data: tuple
+    resume: bool = False
+    overwrite: bool = False
+    tensorboard: str | None = None
+
+    def run(self, *, workers=None, verbose=1, callbacks=None):
+        # Everything is checked: only now is an earlier run discarded.
+        if self.overwrite:
+            _remove(self.work)
+        return _run(self.settings, self.plan, self.output, self.work, self.data, resume=self.resume,
+                    tensorboard=self.tensorboard, workers=workers, verbose=verbose, callbacks=callbacks)
+
+
+def prepare_finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, val_split=0.2,
+                     train_from=None, unfreeze_after=None, epochs=10, batch_size=32, input_size=224, seed=0,
+                     optimizer="sgd", lr=None, weight_decay=None, recipe=None, augment="light", class_weights=True,
+                     precision="float32", patience=5, resume=False, overwrite=False, tensorboard=None,
+                     distribute=None) -> FinetuneJob:
+    """Check every argument of `finetune` without Keras (settings, output and work folder, images and
+    classes, the weights' layout and the first layer that trains; Keras's ImageNet file is downloaded
+    now if it is not cached) and return the `FinetuneJob` that runs it. Says what it found (`Found 12
+    images in 3 classes`) and what it loads next on the `vggfeat` logger (INFO). Nothing is written or
+    removed. Arguments as for `finetune`."""
+    import logging
+
     settings = FinetuneSettings(
         arch=arch, weights=weights, seed=seed, input_size=input_size, val_split=val_split, train_from=train_from,
         unfreeze_after=unfreeze_after, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
@@ -674,17 +663,29 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
         precision=precision, patience=patience, distribute=distribute)
     output = os.fspath(output)
     work = check_output(output, resume=resume, overwrite=overwrite)
-    files, labels, vfiles, vlabels, class_names = split_images(train_dir, val_dir, settings.val_split, settings.seed)
     plan = plan_network(settings)
-    # Everything is checked: only now is an earlier run discarded.
-    if overwrite:
-        _remove(work)
-    return _run(settings, plan, output, work, (files, labels, vfiles, vlabels, class_names), resume=resume,
-                tensorboard=tensorboard, workers=workers, verbose=verbose, callbacks=callbacks)
+    data = split_images(train_dir, val_dir, settings.val_split, settings.seed)
+    files, _, vfiles, _, names = data
+    found = f"Found {len(files) + (0 if val_dir else len(vfiles))} images in {len(names)} classes"
+    if vfiles:
+        found += (f"; validation: {len(vfiles)} images in {val_dir}" if val_dir else
+                  f" ({len(files)} for training, {len(vfiles)} for validation)")
+    logging.getLogger("vggfeat").info(found)
+    if settings.weights == "imagenet":
+        from .weights import imagenet_weights_path
+
+        imagenet_weights_path(plan.arch, True)  # downloaded now (no Keras) when it is not cached
+    what = {"imagenet": "with imagenet weights", "random": f"with random weights (seed {settings.seed})"}.get(
+        settings.weights, f"from {os.path.basename(settings.weights)}")
+    logging.getLogger("vggfeat").info(f"loading {plan.arch} {what}...")
+    return FinetuneJob(settings, plan, output, work, data, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
 
 
 def _run(settings, plan, output, work, data, *, resume, tensorboard, workers, verbose, callbacks):
+    import keras
+
     from .augment import augmentation
+    from .batches import ImageBatches
 
     files, labels, vfiles, vlabels, class_names = data
     keras.utils.set_random_seed(settings.seed)
@@ -731,6 +732,6 @@ def _run(settings, plan, output, work, data, *, resume, tensorboard, workers, ve
     return history
 
 
-__all__ = ["FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output", "compile_network",
-           "finetune", "freeze", "inverse_frequency_weights", "make_callbacks", "make_optimizer", "plan_network",
-           "save_model", "split_images", "train", "weights_layout"]
+__all__ = ["FinetuneJob", "FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output",
+           "compile_network", "finetune", "freeze", "inverse_frequency_weights", "make_callbacks", "make_optimizer",
+           "plan_network", "prepare_finetune", "save_model", "split_images", "train", "weights_layout"]

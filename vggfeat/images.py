@@ -341,13 +341,62 @@ class ImageList:
     labels: list
     class_names: list
     root: str | None
+    excluded: int = 0  # images left out by `exclude`
 
     def __len__(self):
         return len(self.files)
 
+    def found(self) -> str:
+        """What was found, in Keras's words: `Found 12 images in 3 classes` (or `(no classes)`)."""
+        n, k = len(self.files), len(self.class_names)
+        where = f"in {_plural(k, 'class', 'classes')}" if k else "(no classes)"
+        unlabelled = self.labels.count(-1) if k else 0
+        extra = [f"{unlabelled} without a class" if unlabelled else "",
+                 f"{self.excluded} excluded" if self.excluded else ""]
+        extra = "; ".join(e for e in extra if e)
+        return f"Found {_plural(n, 'image', 'images')} {where}" + (f" ({extra})" if extra else "")
 
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+def _plural(n, one, many):
+    return f"{n} {one if n == 1 else many}"
+
+
+#: Files read as lists of images (one path per line; CSV with a header naming a `path` column).
+LIST_EXTENSIONS = (".txt", ".csv")
+
+
+def is_image_name(name: str, extensions=IMAGE_EXTENSIONS) -> bool:
+    return name.lower().endswith(tuple(extensions))
+
+
+def normalize_extensions(extensions) -> tuple:
+    """`("jpg", ".PNG")` -> `(".jpg", ".png")`; None: `IMAGE_EXTENSIONS`.
+
+    Raises:
+        InputError: an empty or odd extension (one with a path separator or a wildcard).
+    """
+    if extensions is None:
+        return IMAGE_EXTENSIONS
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    out = []
+    for e in extensions:
+        e = str(e).strip().lower()
+        e = e if e.startswith(".") else "." + e
+        if len(e) < 2 or any(c in e for c in "/\\*?[] ,") or e.count(".") > 2:
+            raise InputError(f"not a file name extension: {e!r} (give e.g. jpg or .png)")
+        if e not in out:
+            out.append(e)
+    if not out:
+        raise InputError("no extension given: name at least one, e.g. jpg")
+    return tuple(out)
+
+
+def _excluded(patterns, *names) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n.lower(), p.lower())
+               for p in patterns for n in names)
 
 
 def _within(path: str, folder: str) -> bool:
@@ -355,7 +404,7 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _walk_sorted(folder):
+def _walk_sorted(folder, extensions=IMAGE_EXTENSIONS):
     """Image files under `folder`, recursively, in a deterministic (sorted) order.
 
     Symbolic links to folders: a link to a folder inside `folder` is skipped (its images are already
@@ -387,7 +436,7 @@ def _walk_sorted(folder):
             except OSError:
                 is_dir = False
             if not is_dir:
-                if is_image_name(entry.name):
+                if is_image_name(entry.name, extensions):
                     out.append(entry.path)
                 continue
             if not entry.is_symlink():
@@ -466,14 +515,79 @@ def stored_path_to_file(stored: str, root=None) -> str:
 _printable = escape_path  # the former name
 
 
-def scan_images(inputs) -> ImageList:
-    """Collect the images of one or more folders and/or image files.
+def read_image_list(path) -> list:
+    """The entries of a list file: `[(file, label or None, as written)]`, in the list's order.
+
+    `.txt`: one path per line (blank lines and lines starting with `#` are skipped). `.csv`: a header
+    row naming a `path` column and optionally a `label` column (other columns are ignored), then one
+    row per image; an empty label means no class. Relative paths are taken relative to the list
+    file's folder.
+
+    Raises:
+        InputError: the list cannot be read, has no `path` column, or names no file.
+    """
+    import csv
+
+    path = os.fspath(path)
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            if path.lower().endswith(".csv"):
+                rows = list(csv.reader(f))
+            else:
+                rows = [[line.rstrip("\r\n")] for line in f]
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read the list {path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise InputError(f"cannot read the list {path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read the list {path}: {exc.strerror or exc}") from None
+    out = []
+    if path.lower().endswith(".csv"):
+        if not rows:
+            raise InputError(f"the list {path} is empty")
+        header = [h.strip().lower() for h in rows[0]]
+        if "path" not in header:
+            raise InputError(f"the CSV list {path} needs a header row naming a 'path' column (and optionally "
+                             f"'label'); its first row is {','.join(rows[0])!r}")
+        ip, il = header.index("path"), header.index("label") if "label" in header else None
+        for n, row in enumerate(rows[1:], 2):
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) <= ip or not row[ip].strip():
+                raise InputError(f"{path}, line {n}: no path")
+            label = row[il].strip() if il is not None and len(row) > il else ""
+            out.append((row[ip].strip(), label or None))
+    else:
+        for (line,) in rows:
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.append((line.strip(), None))
+    if not out:
+        raise InputError(f"the list {path} names no image")
+    return [(os.path.normpath(os.path.join(base, os.path.expanduser(p))), label, p) for p, label in out]
+
+
+def is_list_file(path) -> bool:
+    """True for an existing regular file named `.txt` or `.csv` (any letter case): a list of images."""
+    return os.fspath(path).lower().endswith(LIST_EXTENSIONS) and os.path.isfile(path)
+
+
+def scan_images(inputs, *, extensions=None, exclude=()) -> ImageList:
+    """Collect the images of one or more folders, image files and/or list files.
 
     Folders are scanned recursively, in sorted order, for files whose name ends in one of
-    `IMAGE_EXTENSIONS` (any letter case). Images inside a first-level subfolder of a given folder are
-    labelled with that subfolder's name. Paths are stored relative to the folder when a single folder
-    is given, absolute otherwise; stored paths and class names go through `escape_path` (unique,
-    reversible with `unescape_path` / `stored_path_to_file`).
+    `extensions` (default `IMAGE_EXTENSIONS`, any letter case). Images inside a first-level subfolder
+    of a given folder are labelled with that subfolder's name. A `.txt` or `.csv` file is a list of
+    images (see `read_image_list`): its files in its order, labelled with its `label` column; list
+    labels and folder classes together make `class_names`, sorted. Image files given directly, or
+    named in a list, are taken whatever their extension. `exclude`: glob patterns (`fnmatch`, any
+    letter case) matched against each image's path relative to its folder (with `/`), as written in a
+    list, and against its file name: matching images are left out.
+
+    Paths are stored relative to the folder when a single folder is given (relative to a single list's
+    folder when every file it names is inside that folder), absolute otherwise; stored paths and class
+    names go through `escape_path` (unique, reversible with `unescape_path` / `stored_path_to_file`).
+    A file found twice (overlapping inputs) is kept once, where it first appears.
 
     Symbolic links to folders: a link to a folder inside the given folder is skipped (its images are
     found there under their own names and class, e.g. `a/also_b -> ../b` adds nothing to class `a`);
@@ -482,28 +596,60 @@ def scan_images(inputs) -> ImageList:
     files are kept as they are.
 
     Raises:
-        InputError: an input does not exist, or no image was found.
+        InputError: an input does not exist, a list names files that do not exist (all counted, the
+            first few named) or one file with two labels, or no image was found.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = [os.fspath(p) for p in inputs]
     if not inputs:
-        raise InputError("no input given: pass one or more image folders or files")
+        raise InputError("no input given: pass one or more image folders, files or lists")
+    extensions = normalize_extensions(extensions)
+    exclude = [exclude] if isinstance(exclude, str) else [str(p) for p in (exclude or ())]
     entries = []  # (absolute file, class name or None)
+    excluded = 0
+    list_root = None
     for given in inputs:
         if not os.path.exists(given):
             raise InputError(f"input not found: {given}")
         if os.path.isdir(given):
             folder = os.path.abspath(given)
-            for f in _walk_sorted(folder):
+            for f in _walk_sorted(folder, extensions):
                 rel = os.path.relpath(f, folder).split(os.sep)
+                if exclude and _excluded(exclude, "/".join(rel), rel[-1]):
+                    excluded += 1
+                    continue
                 entries.append((f, rel[0] if len(rel) > 1 else None))
+        elif is_list_file(given) and not is_image_name(given, extensions):
+            listed = read_image_list(given)
+            missing = [written for f, _, written in listed if not os.path.exists(f)]
+            if missing:
+                shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise InputError(f"{len(missing)} of {len(listed)} files named in {given} do not exist "
+                                 f"({shown}); relative paths are read from the list's folder "
+                                 f"{os.path.dirname(os.path.abspath(given))}")
+            labels = {}
+            for f, label, written in listed:
+                if labels.setdefault(f, label) != label:
+                    raise InputError(f"{given} names {written} twice, with labels {labels[f]!r} and {label!r}")
+                if exclude and _excluded(exclude, written.replace(os.sep, "/"), os.path.basename(f)):
+                    excluded += 1
+                    continue
+                entries.append((f, label))
+            if len(inputs) == 1:
+                folder = os.path.dirname(os.path.abspath(given))
+                if all(_within(f, folder) for f, _, _ in listed):
+                    list_root = folder
         else:
-            entries.append((os.path.abspath(given), None))
+            f = os.path.abspath(given)
+            if exclude and _excluded(exclude, given.replace(os.sep, "/"), os.path.basename(f)):
+                excluded += 1
+                continue
+            entries.append((f, None))
     if not entries:
-        raise InputError(
-            f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)} in any letter case)"
-        )
+        looked = ", ".join(extensions)
+        why = f"; {excluded} excluded by {', '.join(exclude)}" if excluded else ""
+        raise InputError(f"no images found in {', '.join(inputs)} (looked for {looked} in any letter case{why})")
     seen = set()
     unique = []
     for f, c in entries:
@@ -513,11 +659,11 @@ def scan_images(inputs) -> ImageList:
     unique = [(f, escape_path(c) if c is not None else None) for f, c in unique]
     class_names = sorted({c for _, c in unique if c is not None})
     index = {c: i for i, c in enumerate(class_names)}
-    root = os.path.abspath(inputs[0]) if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
+    root = os.path.abspath(inputs[0]) if len(inputs) == 1 and os.path.isdir(inputs[0]) else list_root
     files = [f for f, _ in unique]
     paths = [os.path.relpath(f, root) if root else f for f in files]
     if os.sep != "/":
         paths = [p.replace(os.sep, "/") for p in paths]
     paths = [escape_path(p) for p in paths]
     labels = [index[c] if c is not None else -1 for _, c in unique]
-    return ImageList(files, paths, labels, class_names, root)
+    return ImageList(files, paths, labels, class_names, root, excluded)

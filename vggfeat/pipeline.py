@@ -109,12 +109,13 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
             workers=None, resume=False, overwrite=False, strict=False, progress=None, max_pixels=MAX_PIXELS,
             extractor=None, on_batch=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
-            block_size=None):
+            block_size=None, extensions=None, exclude=()):
     """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
 
     Args:
-        inputs: one or more folders (scanned recursively, sorted; first-level subfolders are classes)
-            and/or image files.
+        inputs: one or more folders (scanned recursively, sorted; first-level subfolders are classes),
+            image files and/or list files (`.txt`: one path per line; `.csv`: a header naming `path`
+            and optionally `label`; see `vggfeat.images.scan_images`).
         output: the `.h5` file to write.
         layers, arch, weights, seed, pooling, form, input_size, resize, precision, scales, flip,
             aggregate, l2: the settings that decide the features (see `ExtractorConfig`); or pass
@@ -140,17 +141,86 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
         ray_workers: extractor actors (default: one per GPU with `gpus_per_worker`, else one per node).
         gpus_per_worker: GPUs reserved by each actor (0: CPU workers; fractions share a GPU).
         block_size: images per Ray Data block, the unit of work and of retry (default 8 batches).
+        extensions: which file name extensions count as images in folders (default `IMAGE_EXTENSIONS`).
+        exclude: glob patterns of images to leave out (see `scan_images`).
+
+    `extract` is `prepare_extract(...)` (every check that needs no Keras) followed by `.run()`.
 
     Returns:
         `ExtractSummary`.
 
     Raises:
-        InputError, LayerError, WeightsError, OutputError: before anything is written.
+        InputError, LayerError, WeightsError, OutputError: before anything is written, and before
+            Keras is imported.
         WriteFailed: the output could not be written (a full disk...); committed rows are kept.
         ExtractFailed: no image could be read, or a failure under `strict`.
         ExtractInterrupted: Ctrl-C (a KeyboardInterrupt); the message says what was kept.
     """
+    job = prepare_extract(inputs, output, layers, config=config, arch=arch, weights=weights, seed=seed,
+                          pooling=pooling, form=form, input_size=input_size, resize=resize, precision=precision,
+                          scales=scales, flip=flip, aggregate=aggregate, l2=l2, dtype=dtype, compression=compression,
+                          batch_size=batch_size, workers=workers, resume=resume, overwrite=overwrite, strict=strict,
+                          max_pixels=max_pixels, extractor=extractor, engine=engine, address=address,
+                          ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, block_size=block_size,
+                          extensions=extensions, exclude=exclude)
+    return job.run(progress=progress, on_batch=on_batch)
+
+
+@dataclass
+class ExtractJob:
+    """An `extract` call whose every argument has been checked (`prepare_extract`): `images` (what will
+    be read), `config`, `check` (the weights and layers as `check_extractor` found them; None with a
+    ready extractor). `run()` builds the network (the first import of Keras) and extracts."""
+
+    inputs: object
+    output: str
+    config: ExtractorConfig
+    images: object
+    check: object
+    runner: object
+    options: dict
+    extractor: object = None
+    began: float = 0.0
+
+    def run(self, *, progress=None, on_batch=None) -> ExtractSummary:
+        o = self.options
+        try:
+            extractor = self.extractor
+            if extractor is None:
+                from .extractor import build_extractor
+
+                extractor = build_extractor(self.config, batch_size=o["batch_size"])
+            self.runner.start()  # joins a cluster and checks it before anything is written
+            try:
+                summary = _run(self.images, self.output, extractor, self.runner, inputs=self.inputs,
+                               progress=progress, on_batch=on_batch, **o)
+                summary.total_seconds = time.perf_counter() - self.began
+                return summary
+            finally:
+                self.runner.close()
+        except ExtractInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise ExtractInterrupted(f"stopped before any row was written; {self.output} was not changed") from None
+
+
+def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights="imagenet", seed=0,
+                    pooling="avg", form="standard", input_size=None, resize=None, precision="float32", scales=None,
+                    flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
+                    workers=None, resume=False, overwrite=False, strict=False, max_pixels=MAX_PIXELS,
+                    extractor=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
+                    block_size=None, extensions=None, exclude=()) -> ExtractJob:
+    """Check every argument of `extract` without Keras, in well under a second for a folder of
+    thousands of images, and return the `ExtractJob` that runs it: the settings, the output (refused
+    when it exists without `resume`/`overwrite`, when its folder is missing or cannot be written), the
+    inputs (that they exist and hold images), the weights and layers (`check_extractor`: Keras's
+    ImageNet file is downloaded now if it is not cached). On the `vggfeat` logger (INFO), it says what
+    it found (`Found 12 images in 3 classes`, as Keras's `image_dataset_from_directory` does) and what
+    `run()` will load (`loading vgg16 with imagenet weights...`). Arguments as for `extract`."""
+    import logging
+
     began = time.perf_counter()
+    log = logging.getLogger("vggfeat")
     options = dict(layers=layers, arch=arch, weights=weights, seed=seed, pooling=pooling, form=form,
                    input_size=input_size, resize=resize, precision=precision, scales=scales, flip=flip,
                    aggregate=aggregate, l2=l2)
@@ -181,26 +251,24 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
     FeatureWriter.check_output(output, resume=resume, overwrite=overwrite)
     runner.check(output, resume=resume, overwrite=overwrite)
     try:
-        images = scan_images(inputs)
+        check = None
         if extractor is None:
             if runner.name == "ray" and config.weights_is_file:
                 config = config.replace(weights=os.path.abspath(config.weights))  # the workers' folder may differ
-            from .extractor import build_extractor
+            from .extractor import check_extractor
 
-            extractor = build_extractor(config, batch_size=batch_size)
-        runner.start()  # joins a cluster and checks it before anything is written
-        try:
-            summary = _run(images, output, extractor, runner, inputs=inputs, resume=resume, overwrite=overwrite,
-                           dtype=dtype, compression=compression, batch_size=batch_size, strict=strict,
-                           progress=progress, max_pixels=max_pixels, on_batch=on_batch)
-            summary.total_seconds = time.perf_counter() - began
-            return summary
-        finally:
-            runner.close()
-    except ExtractInterrupted:
-        raise
+            check = check_extractor(config, fetch=False)
+        images = scan_images(inputs, extensions=extensions, exclude=exclude)
+        log.info(images.found())
+        if check is not None:
+            check.fetch()  # Keras's ImageNet file, when it is not cached yet
+            log.info(check.loading())
     except KeyboardInterrupt:
         raise ExtractInterrupted(f"stopped before any row was written; {output} was not changed") from None
+    return ExtractJob(inputs, output, config, images, check, runner,
+                      dict(resume=resume, overwrite=overwrite, dtype=dtype, compression=compression,
+                           batch_size=batch_size, strict=strict, max_pixels=max_pixels),
+                      extractor=extractor, began=began)
 
 
 def _open_output(output, extractor, images, settings, *, resume, overwrite, dtype, compression):

@@ -134,18 +134,19 @@ def _decode_in_order(files, geometry, workers, depth, max_pixels, timeout=DECODE
         pool.close()
 
 
-def _to_list(images: ImageList | list | str):
+def _to_list(images: ImageList | list | str, extensions=None, exclude=()):
     if isinstance(images, ImageList):
         return images
-    return scan_images(images)
+    return scan_images(images, extensions=extensions, exclude=exclude)
 
 
 def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(), progress=None, strict=False,
-                  max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, **config):
+                  max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, extensions=None, exclude=(), **config):
     """Yield `FeatureBatch`es of the images in `inputs`, in input order, holding only a few batches.
 
     Args:
-        inputs: folders and/or image files (or an `ImageList` from `scan_images`).
+        inputs: folders, image files and/or lists of images (`.txt`, `.csv`), or an `ImageList` from
+            `scan_images`; `extensions` and `exclude` as for `scan_images`.
         extractor: a `FeatureExtractor` or `MultiScaleExtractor`, or an `ExtractorConfig` to build one;
             None: built from `config`, the fields of `ExtractorConfig` (layers, arch, weights, seed,
             form, pooling, input_size, resize, precision, scales, flip, aggregate, l2).
@@ -162,7 +163,7 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
     """
     from .config import ExtractorConfig
 
-    images = _to_list(inputs)
+    images = _to_list(inputs, extensions, exclude)
     if extractor is not None and config:
         raise TypeError(f"pass either an extractor or its settings, not both: {sorted(config)}")
     if extractor is None:

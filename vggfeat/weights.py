@@ -1,7 +1,8 @@
 """Weights, given as one argument: `imagenet`, `random` (with a seed), or a path.
 
 - `imagenet`: Keras's own files for vgg16/vgg19 (converted from the authors' Caffe release), fetched once
-  into the Keras cache by `keras.utils.get_file` with Keras's hash check. No such files exist for the
+  into the Keras cache (~/.keras/models) with Keras's hash check, without Keras (so that a missing file is
+  reported before TensorFlow is imported: `imagenet_weights_path`). No such files exist for the
   other configurations, and without network the error names the file, where to put it, and the
   `--weights PATH` alternative. There is never a silent fallback to random weights.
 - a path: the legacy `.h5` file that `keras.applications` downloads (with or without top), a Keras 3
@@ -74,12 +75,24 @@ class WeightsInfo:
         return out
 
 
+_HASHES = {}  # (algorithm, real path, size, mtime_ns) -> hex digest: a file is hashed once per process
+
+
+def _file_digest(path, algorithm, chunk=1 << 22) -> str:
+    st = os.stat(path)
+    key = (algorithm, os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.new(algorithm)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
 def file_sha256(path, chunk=1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The SHA-256 of a file (computed once per process for an unchanged file)."""
+    return _file_digest(path, "sha256", chunk)
 
 
 def keras_home() -> str:
@@ -92,10 +105,12 @@ def keras_cache_dir() -> str:
     return os.path.join(keras_home(), "models")
 
 
-def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
-    """Path of Keras's ImageNet weight file for `arch`, downloading it once (hash-checked) if needed."""
-    import keras
+def imagenet_file(arch: str, include_top: bool = True) -> tuple:
+    """`(file name, URL, md5, path in the Keras cache)` of Keras's ImageNet weights for `arch`.
 
+    Raises:
+        WeightsError: no ImageNet weights exist for `arch` (only vgg16 and vgg19 have them).
+    """
     spec = get_arch(arch)
     key = (spec.name, bool(include_top))
     if key not in IMAGENET_FILES:
@@ -104,8 +119,34 @@ def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
             "vgg19 only; use --weights random, --weights PATH, or train it with `vggfeat finetune`"
         )
     fname, url, md5 = IMAGENET_FILES[key]
+    return fname, url, md5, os.path.join(keras_cache_dir(), fname)
+
+
+def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
+    """Path of Keras's ImageNet weight file for `arch`, downloading it once if needed.
+
+    The file lives where `keras.applications` keeps it (`$KERAS_HOME/models`, default ~/.keras/models),
+    under Keras's name, checked against Keras's MD5 (a cached file is checked once per process; a cached
+    file that fails the check is downloaded again). The download needs no Keras (Python's own `urllib`),
+    so a missing file and no network are reported before TensorFlow is imported; it is written beside
+    its final name and renamed into place when complete and checked. Progress goes to the `vggfeat`
+    logger.
+
+    Raises:
+        WeightsError: no ImageNet weights for `arch`, or the file is not cached and cannot be downloaded
+            (the message names the file, the URL, the folder to put it in, and `--weights PATH`).
+    """
+    import logging
+
+    fname, url, md5, target = imagenet_file(arch, include_top)
+    spec = get_arch(arch)
+    log = logging.getLogger("vggfeat")
+    if os.path.isfile(target):
+        if _file_digest(target, "md5") == md5:
+            return target
+        log.warning(f"{target} does not have the expected MD5 (a partial or damaged download); downloading it again")
     try:
-        return keras.utils.get_file(fname, url, cache_dir=keras_home(), cache_subdir="models", file_hash=md5)
+        _download(url, target, md5, log)
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means the same thing to the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
@@ -113,6 +154,33 @@ def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
             f"downloading it failed ({reason}); fetch {url} on a machine with network and put it in "
             f"{keras_cache_dir()}, or pass --weights PATH to a local copy"
         ) from None
+    return target
+
+
+def _download(url, target, md5, log, timeout=30):
+    """Fetch `url` to `target` through a temporary file beside it, checking the MD5 before the rename."""
+    import urllib.request
+
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        size = int(response.headers.get("Content-Length") or 0)
+        log.info(f"downloading {os.path.basename(target)}{f' ({size / 1e6:.0f} MB)' if size else ''} from {url} "
+                 f"into {folder} (once)")
+        fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=folder)
+        try:
+            h = hashlib.md5()
+            with os.fdopen(fd, "wb") as out:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    h.update(block)
+                    out.write(block)
+            if h.hexdigest() != md5:
+                raise WeightsError(f"the downloaded file's MD5 is {h.hexdigest()}, not {md5}")
+            os.replace(partial, target)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
