@@ -182,7 +182,8 @@ def input_size_option(help, default=None):
     return decorate
 
 
-def output_options(what, *, resume=True, required=True):
+def output_options(what, *, resume=True, required=True,
+                   overwrite_help="Replace an existing output (only once the new one is complete)."):
     """-o/--output, --overwrite and (where a run can be continued) --resume."""
 
     def decorate(func):
@@ -190,8 +191,7 @@ def output_options(what, *, resume=True, required=True):
         if resume:
             options.append(click.option("--resume", is_flag=True,
                                         help="Continue an existing output (same settings): skip what is done."))
-        options.append(click.option("--overwrite", is_flag=True,
-                                    help="Replace an existing output (only once the new one is complete)."))
+        options.append(click.option("--overwrite", is_flag=True, help=overwrite_help))
         return _apply(func, options)
 
     return decorate

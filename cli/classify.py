@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import reports_errors
+from ._common import output_options, reports_errors
 
 
 @click.command("classify")
@@ -22,9 +22,8 @@ from ._common import reports_errors
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
               help="Seed of the folds / split.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Save the fitted pipeline with the extraction settings (.skops).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@output_options("Save the fitted pipeline with the extraction settings (.skops).", resume=False,
+                required=False, overwrite_help="Replace an existing --output.")
 @reports_errors
 def classify_command(features, layer, classifier, C, neighbors, normalize, cv, test_size, seed, plot, output, overwrite):
     """Train a classifier on the features in FEATURES (a file of `vggfeat extract`) and report its
@@ -33,13 +32,10 @@ def classify_command(features, layer, classifier, C, neighbors, normalize, cv, t
     \b
     Example: vggfeat classify features.h5 --layer fc7 --cv 5 --plot confusion.png -o clf.skops
     """
-    import os
+    from vggfeat.classifier import check_output, classify, plot_confusion, save_classifier
 
-    from vggfeat.classifier import classify, plot_confusion, save_classifier
-    from vggfeat.errors import OutputError
-
-    if output and os.path.exists(output) and not overwrite:
-        raise OutputError(f"{output} exists; pass --overwrite to replace it")
+    if output:
+        check_output(output, overwrite=overwrite)  # before the work, not only when saving
     result = classify(features, layer, classifier=classifier, C=C, normalize=normalize, neighbors=neighbors, cv=cv,
                       test_size=test_size, seed=seed)
     how = f"held-out {test_size:g}" if test_size else f"{cv}-fold cross-validation"

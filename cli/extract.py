@@ -75,9 +75,6 @@ def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, p
     On a Ray cluster (images and OUTPUT's folder on storage every node sees):
       vggfeat extract --engine ray --address auto --gpus-per-worker 1 /data/images -o /data/features.h5
     """
-    if engine == "local" and (address is not None or gpus_per_worker or block_size is not None
-                              or ray_workers is not None):
-        raise click.UsageError("--address, --ray-workers, --gpus-per-worker and --block-size need --engine ray")
     if fully_convolutional and dense:
         raise click.UsageError("--fully-convolutional and --dense exclude each other")
     scale_list = None

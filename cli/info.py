@@ -6,10 +6,9 @@ import json
 
 import click
 
-from vggfeat.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from vggfeat.specs import MAX_CLASSES
 
-from ._common import reports_errors
+from ._common import arch_option, input_size_option, reports_errors
 
 
 def _fmt_count(n):
@@ -23,13 +22,10 @@ def _fmt_count(n):
 
 
 @click.command("info")
-@click.option("--arch", default=None, metavar="NAME",
-              help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A..E). Default: vgg16, or the "
-                   "network in --weights.")
+@arch_option
 @click.option("--weights", default=None, metavar="PATH",
               help="Describe the network in a weight file or a fine-tuned .keras model (its classes too).")
-@click.option("--input-size", default=None, type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE),
-              help="Side of the square input (default: the weight file's, else 224).")
+@input_size_option("Side of the square input (default: the weight file's, else 224).")
 @click.option("--dense", is_flag=True, help="The paper's dense form: fc6 as a 7x7 conv, fc7/fc8 as 1x1 convs.")
 @click.option("--classes", default=None, type=click.IntRange(1, MAX_CLASSES),
               help="Width of fc8 (default 1000, or the weight file's).")

@@ -117,3 +117,28 @@ def test_existing_output_exit_code_and_summary(tmp_path, image_folder):
     again = run_cli("extract", image_folder, "-o", out, *FAST)
     assert again.returncode == 2
     assert again.stderr.strip() == f"Error: {out} exists; pass --resume to continue it or --overwrite to replace it"
+
+
+def test_shared_options_are_defined_once():
+    """The options several commands share come from cli/_common.py: same flags, types and help everywhere."""
+
+    def option(command, flag):
+        found = [p for p in cli.commands[command].params if flag in p.opts]
+        assert found, f"{command} has no {flag}"
+        return found[0]
+
+    def same(flag, *commands):
+        first = option(commands[0], flag)
+        for name in commands[1:]:
+            other = option(name, flag)
+            assert (other.help, repr(other.type), other.is_flag) == (first.help, repr(first.type), first.is_flag), \
+                (flag, name)
+
+    same("--arch", "extract", "finetune", "info")
+    same("--precision", "extract", "finetune")
+    same("--ext", "extract", "predict")
+    same("--exclude", "extract", "predict")
+    same("--quiet", "extract", "predict")
+    same("--overwrite", "classify", "predict")
+    assert repr(option("info", "--input-size").type) == repr(option("extract", "--input-size").type)
+    assert repr(option("finetune", "--input-size").type) == repr(option("extract", "--input-size").type)

@@ -147,3 +147,51 @@ def test_found_line_comes_before_the_imagenet_download(place):
     lines = stderr.strip().splitlines()
     assert lines[0] == "Found 6 images in 3 classes", stderr
     assert lines[1].startswith("Error: cannot get ImageNet weights") and report["heavy"] == []
+
+
+@pytest.fixture(scope="module")
+def classifier_place(place):
+    """A real classifier file (random vgg11 at 32, fc7) beside the images of `place`."""
+    from vggfeat import extract
+    from vggfeat.classifier import classify, save_classifier
+
+    extract([place / "images"], place / "f.h5", ["fc7"], arch="vgg11", weights="random", input_size=32,
+            progress=False)
+    save_classifier(classify(place / "f.h5", "fc7", cv=2), place / "clf.skops")
+    (place / "taken.csv").write_text("path,label\n")
+    return place
+
+
+PREDICT_MISTAKES = {
+    "classifier file missing": (["--classifier", "none.skops", "images"], r"classifier file not found: none\.skops"),
+    "input missing": (["--classifier", "clf.skops", "nowhere"], r"input not found: nowhere"),
+    "weights the classifier was not trained with": (["--classifier", "clf.skops", "images", "--weights",
+                                                     "vgg13_notop.h5"],
+                                                    r"trained on features from random weights, not vgg13_notop\.h5"),
+    "output exists": (["--classifier", "clf.skops", "images", "-o", "taken.csv"], r"taken\.csv exists"),
+    "output folder missing": (["--classifier", "clf.skops", "images", "-o", "no/p.csv"],
+                              r"the output folder does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREDICT_MISTAKES))
+def test_predict_mistake_is_one_line_before_tensorflow(classifier_place, case):
+    args, pattern = PREDICT_MISTAKES[case]
+    before = listing(classifier_place)
+    report, stderr = run_light("predict", *args, cwd=classifier_place)
+    lines = stderr.strip().splitlines()
+    assert report["code"] == 2 and len(lines) == 1, stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert report["heavy"] == [], f"predict, {case}: imported {report['heavy']} before answering"
+    assert listing(classifier_place) == before
+
+
+def test_check_predict_says_what_it_found_and_loads(classifier_place, caplog):
+    from vggfeat.classifier import check_predict
+
+    with caplog.at_level("INFO", logger="vggfeat"):
+        images = check_predict(str(classifier_place / "clf.skops"), [classifier_place / "images"],
+                               exclude=["*/img_001.png"])
+    assert len(images) == 3 and images.class_names == ["circles", "squares", "stripes"]
+    assert [r.getMessage() for r in caplog.records] == ["Found 3 images in 3 classes (3 excluded)",
+                                                        "loading vgg11 with random weights (seed 0)..."]

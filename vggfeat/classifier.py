@@ -181,15 +181,33 @@ _ZIP_FLOOR = 1 << 30
 _ZIP_MAX_EXPANSION = 100
 
 
+def check_output(path, *, overwrite=False) -> str:
+    """Check, before any work, that a file (a classifier file, a CSV of predictions) can be written at
+    `path`: not a folder, its folder exists and is writable, and an existing file only with `overwrite`.
+
+    Raises:
+        OutputError: one line naming the path and the way out.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputError(f"the output is a folder: {path}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"the output folder does not exist: {parent}")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: permission denied")
+    return path
+
+
 def save_classifier(result: ClassifyResult, path, overwrite=False):
     """Save the fitted pipeline with the extraction settings and class names (skops format)."""
     import skops.io as sio
 
     from ._version import __version__
 
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    path = check_output(path, overwrite=overwrite)
     from .config import ExtractorConfig
 
     # the features' config, through the one pair of functions every file uses, cut to the one layer
@@ -276,12 +294,12 @@ def load_classifier(path):
     Returns:
         `(pipeline, settings, class_names)`.
     """
-    import skops.io as sio
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"classifier file not found: {path}")
     _check_archive(path)
+    import skops.io as sio  # (scikit-learn with it: a second's import, after the cheap checks)
+
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:  # noqa: BLE001
@@ -322,12 +340,24 @@ def _first_line(exc):
 
 def extractor_for(settings, weights=None, batch_size=32):
     """The extractor (a `MultiScaleExtractor` for multi-scale features) with exactly the settings of a
-    classifier file, checked first with `check_settings`.
-
-    `weights`: needed when the classifier was trained on features from a weight file (its sha256 must
-    match); `imagenet` and `random` (with the stored seed) are recreated from the settings.
+    classifier file, checked first with `config_for`.
     """
     from .extractor import build_extractor
+
+    config = config_for(settings, weights)
+    fx = build_extractor(config, batch_size=batch_size)
+    preprocessing = getattr(fx, "preprocessing", None) or fx.extractor.preprocessing
+    if preprocessing != settings.get("preprocessing", preprocessing):
+        raise WeightsError(f"preprocessing {preprocessing} differs from the classifier's "
+                           f"{settings['preprocessing']}")
+    return fx
+
+
+def config_for(settings, weights=None):
+    """The `ExtractorConfig` of a classifier file's settings, checked without Keras (`check_settings`,
+    then the weights: `weights` is needed when the classifier was trained on features from a weight
+    file, whose SHA-256 must match; `imagenet` and `random` (with the stored seed) are recreated from the
+    settings)."""
     from .weights import file_sha256
 
     check_settings(settings, "the classifier's settings")
@@ -346,31 +376,47 @@ def extractor_for(settings, weights=None, batch_size=32):
         if sha != settings.get("weights_sha256"):
             raise WeightsError(f"the weights {os.path.basename(weights)} differ from those the classifier was "
                                f"trained with ({stored}, sha256 {settings.get('weights_sha256', '?')[:12]}...)")
-    config = check_settings(settings, "the classifier's settings", weights=os.fspath(weights))
-    fx = build_extractor(config, batch_size=batch_size)
-    preprocessing = getattr(fx, "preprocessing", None) or fx.extractor.preprocessing
-    if preprocessing != settings.get("preprocessing", preprocessing):
-        raise WeightsError(f"preprocessing {preprocessing} differs from the classifier's "
-                           f"{settings['preprocessing']}")
-    return fx
+    return check_settings(settings, "the classifier's settings", weights=os.fspath(weights))
 
 
-def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None):
-    """Classify images with a classifier file (a path, or what `load_classifier` returned for it).
-    Yields one dict per image, in input order:
-    `path`, `label`, `score`, per-class probabilities (`p_<class>`) where the classifier has them, and
-    `error` (the reason, for images that cannot be read)."""
-    from .stream import iter_features
+def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=()):
+    """Every check of `predict_images` that needs no Keras: the classifier file (a path, or what
+    `load_classifier` returned), its settings and the weights (`config_for`), and the inputs. Says
+    what it found and what it loads next on the `vggfeat` logger (INFO). Returns the `ImageList` to
+    pass to `predict_images`."""
+    import logging
+
+    from .extractor import check_extractor
     from .images import scan_images
+
+    loaded = classifier if isinstance(classifier, tuple) else load_classifier(classifier)
+    check = check_extractor(config_for(loaded[1], weights), fetch=False)  # the weight file, the layer
+    images = scan_images(inputs, extensions=extensions, exclude=exclude)
+    log = logging.getLogger("vggfeat")
+    log.info(images.found())
+    log.info(check.fetch().loading())  # Keras's ImageNet file, downloaded now when it is not cached
+    return images
+
+
+def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None,
+                   extensions=None, exclude=()):
+    """Classify images with a classifier file (a path, or what `load_classifier` returned for it).
+    `inputs`: folders, image files, lists of images (see `scan_images`, with `extensions` and
+    `exclude`), or the `ImageList` `check_predict` returned. Yields one dict per image, in input order:
+    `path`, `label`, `score`, per-class probabilities (`p_<class>`) where the classifier has them, and
+    `error` (the reason, for images that cannot be read). The inputs and weights are checked before
+    the network is built."""
+    from .images import ImageList, scan_images
+    from .stream import iter_features
 
     loaded = classifier_path if isinstance(classifier_path, tuple) else load_classifier(classifier_path)
     pipeline, settings, class_names = loaded
+    images = inputs if isinstance(inputs, ImageList) else scan_images(inputs, extensions=extensions, exclude=exclude)
     fx = extractor_for(settings, weights, batch_size)
     layer = settings["layer"]
     if fx.feature_dims[layer] != pipeline.n_features_in_:
         raise InputError(f"the classifier takes {pipeline.n_features_in_:,} features, but {layer} of "
                          f"{settings['arch']} with the stored settings gives {fx.feature_dims[layer]:,}")
-    images = scan_images(inputs)
     has_proba = hasattr(pipeline, "predict_proba")
     position = {p: i for i, p in enumerate(images.paths)}
     proba_columns = [f"p_{class_names[int(c)]}" for c in pipeline.classes_] if has_proba else []

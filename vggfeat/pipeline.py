@@ -96,7 +96,8 @@ def make_engine(engine="local", *, workers=None, address=None, ray_workers=None,
         raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "local":
         if address is not None or ray_workers is not None or gpus_per_worker or block_size:
-            raise InputError("address, ray_workers, gpus_per_worker and block_size belong to engine ray")
+            raise InputError("--address, --ray-workers, --gpus-per-worker and --block-size (address, ray_workers, "
+                             "gpus_per_worker, block_size) need --engine ray")
         return LocalEngine(workers=workers)
     from .ray_engine import RayEngine
 
