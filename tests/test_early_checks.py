@@ -195,3 +195,49 @@ def test_check_predict_says_what_it_found_and_loads(classifier_place, caplog):
     assert len(images) == 3 and images.class_names == ["circles", "squares", "stripes"]
     assert [r.getMessage() for r in caplog.records] == ["Found 3 images in 3 classes (3 excluded)",
                                                         "loading vgg11 with random weights (seed 0)..."]
+
+
+@pytest.fixture
+def local_server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving `tmp_path/served` (the ImageNet download without a network)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for key in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_imagenet_download_is_checked_and_renamed_into_the_keras_cache(local_server, monkeypatch):
+    import hashlib
+
+    import vggfeat.weights as W
+    from vggfeat.errors import WeightsError
+
+    served, url = local_server
+    body = os.urandom(3000)
+    (served / "w.h5").write_bytes(body)
+    fname = W.IMAGENET_FILES[("vgg16", False)][0]
+    home = served.parent / "home" / "models"
+    monkeypatch.setitem(W.IMAGENET_FILES, ("vgg16", False), (fname, url + "w.h5", "0" * 32))
+    with pytest.raises(WeightsError, match=r"downloading it failed \(the downloaded file's MD5 is [0-9a-f]{32}, not 0+\)"):
+        W.imagenet_weights_path("vgg16", include_top=False)
+    assert not home.exists() or os.listdir(home) == []  # nothing half-written is left
+
+    monkeypatch.setitem(W.IMAGENET_FILES, ("vgg16", False), (fname, url + "w.h5", hashlib.md5(body).hexdigest()))
+    path = W.imagenet_weights_path("vgg16", include_top=False)
+    assert path == str(home / fname) and open(path, "rb").read() == body and os.listdir(home) == [fname]
+    # a damaged cached file is fetched again
+    with open(path, "r+b") as f:
+        f.write(b"\0" * 10)
+    os.utime(path, ns=(1, 1))
+    assert open(W.imagenet_weights_path("vgg16", include_top=False), "rb").read() == body
