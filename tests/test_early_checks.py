@@ -241,3 +241,15 @@ def test_imagenet_download_is_checked_and_renamed_into_the_keras_cache(local_ser
         f.write(b"\0" * 10)
     os.utime(path, ns=(1, 1))
     assert open(W.imagenet_weights_path("vgg16", include_top=False), "rb").read() == body
+
+
+def test_resume_with_other_settings_is_refused_before_tensorflow(classifier_place):
+    """`f.h5` was extracted with fc7 (vgg11, random, 32): resuming it with pool5 is a mistake known at once."""
+    before = listing(classifier_place)
+    report, stderr = run_light("extract", "images", "-o", "f.h5", "--resume", "--layer", "pool5", *FAST,
+                               cwd=classifier_place)
+    lines = stderr.strip().splitlines()
+    assert report["code"] == 2 and len(lines) == 1, stderr
+    assert re.search(r"cannot resume f\.h5: its settings differ from this run's: layers=\('fc7',\) in the file, "
+                     r"\('pool5',\) now", lines[0]), lines[0]
+    assert report["heavy"] == [] and listing(classifier_place) == before

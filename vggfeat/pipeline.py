@@ -259,6 +259,8 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
             from .extractor import check_extractor
 
             check = check_extractor(config, fetch=False)
+        if resume and check is not None and os.path.exists(output):
+            _check_resume(output, config, check, inputs, dtype)
         images = scan_images(inputs, extensions=extensions, exclude=exclude)
         log.info(images.found())
         if check is not None:
@@ -270,6 +272,34 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
                       dict(resume=resume, overwrite=overwrite, dtype=dtype, compression=compression,
                            batch_size=batch_size, strict=strict, max_pixels=max_pixels),
                       extractor=extractor, began=began)
+
+
+def _inputs_attr(inputs) -> str:
+    return json.dumps([os.path.abspath(os.fspath(p)) for p in (
+        [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
+
+
+def _check_resume(output, config, check, inputs, dtype):
+    """Before anything is built: refuse to resume a file made with other settings (those known without
+    the network: layers, form, pooling, geometry, precision, the descriptor, the weights' kind and
+    architecture, the inputs, the storage dtype), with the message the writer gives. A file whose
+    settings cannot be read is left to the writer (which may rebuild it)."""
+    from .store import read_attrs, settings_differences
+
+    try:
+        have = read_attrs(output)
+        stored = ExtractorConfig.from_attrs(have, source=output)
+    except Exception:  # noqa: BLE001 - damaged or foreign: FeatureWriter.resume decides, after the build
+        return
+    # what only the built network decides is taken from the file, so that it never differs here
+    wanted = config.replace(arch=check.arch, input_size=stored.input_size, weights_sha256=stored.weights_sha256)
+    if wanted.weights_is_file and stored.weights_is_file:
+        wanted = wanted.replace(weights=stored.weights)
+    settings = wanted.to_attrs()
+    settings["inputs"] = _inputs_attr(inputs)
+    diffs = settings_differences(have, settings, dtype, output)
+    if diffs:
+        raise OutputError(f"cannot resume {output}: its settings differ from this run's: " + "; ".join(diffs))
 
 
 def _open_output(output, extractor, images, settings, *, resume, overwrite, dtype, compression):
@@ -290,8 +320,7 @@ def _open_output(output, extractor, images, settings, *, resume, overwrite, dtyp
 def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype, compression, batch_size, strict,
          progress, max_pixels, on_batch):
     settings = extractor.settings()
-    settings["inputs"] = json.dumps([os.path.abspath(os.fspath(p)) for p in (
-        [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
+    settings["inputs"] = _inputs_attr(inputs)
     if images.root:
         settings["root"] = images.root
     writer = _open_output(output, extractor, images, settings, resume=resume, overwrite=overwrite, dtype=dtype,
