@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -28,6 +29,40 @@ def quiet_backend():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
         return
+    with _interrupts_after_import():
+        _import_backend_muted()
+
+
+@contextlib.contextmanager
+def _interrupts_after_import():
+    """Hold Ctrl-C and SIGTERM while TensorFlow imports; deliver them once the import is complete.
+
+    An import interrupted half way leaves TensorFlow's C++ runtime half initialised: seen here, the
+    interrupt swallowed by an import fallback (the run went on), a crash at exit (SIGSEGV), or a second
+    SIGINT at exit after the message. The import takes seconds, so waiting for it costs little.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def hold(signum, frame):
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _import_backend_muted():
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
