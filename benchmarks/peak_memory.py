@@ -6,6 +6,9 @@ file and runs `predict_on_batch` once). Each figure is the child process's peak 
 (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`), median of the runs.
 
 Usage: python benchmarks/peak_memory.py [--images 256,2560] [--batch 8,32] [--runs 2] [--work DIR]
+                                       [--forms standard,dense,fully_conv] [--pythonpath OLD_CHECKOUT]
+(`--pythonpath` runs the vggfeat of another checkout, e.g. `git archive REV | tar -x -C DIR` with a
+`vggfeat_cli -> cli` link in DIR, for a before/after comparison.)
 Needs scikit-image (the dev extra) for the images; the weight file (528 MB, legacy Keras layout, made from
 keras.applications.VGG16(weights=None)) is made once in DIR.
 """
@@ -58,7 +61,11 @@ def main():
     ap.add_argument("--batch", default="8,32")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--work", default="/tmp/vggfeat-peak-memory")
+    ap.add_argument("--forms", default="standard", help="standard, dense (--dense), fully_conv (pool5)")
+    ap.add_argument("--pythonpath", default=None, help="Run the vggfeat found here (another checkout).")
     args = ap.parse_args()
+    if args.pythonpath:
+        os.environ["PYTHONPATH"] = os.path.abspath(args.pythonpath)
     os.makedirs(args.work, exist_ok=True)
     weights = os.path.join(args.work, "vgg16.h5")
     if not os.path.exists(weights):
@@ -71,18 +78,21 @@ def main():
             folder = os.path.join(args.work, f"images-{n}")
             if not os.path.isdir(folder):
                 subprocess.run([sys.executable, os.path.join(HERE, "make_images.py"), folder, str(n)], check=True)
-            runs = []
-            for r in range(args.runs):
-                out = os.path.join(args.work, f"out-{n}-{batch}-{r}.h5")
-                if os.path.exists(out):
+            for form in args.forms.split(","):
+                flags = {"standard": ["--layer", "fc7"], "dense": ["--dense", "--layer", "fc7"],
+                         "fully_conv": ["--fully-convolutional", "--layer", "pool5"]}[form]
+                runs = []
+                for r in range(args.runs):
+                    out = os.path.join(args.work, f"out-{n}-{batch}-{r}.h5")
+                    if os.path.exists(out):
+                        os.remove(out)
+                    runs.append(peak([sys.executable, "-m", "vggfeat_cli", "extract", folder, *flags,
+                                      "--weights", weights, "--batch-size", str(batch), "-q", "-o", out]))
                     os.remove(out)
-                runs.append(peak([sys.executable, "-m", "vggfeat_cli", "extract", folder, "--layer", "fc7",
-                                  "--weights", weights, "--batch-size", str(batch), "-q", "-o", out]))
-                os.remove(out)
-            results[f"extract fc7, {n} images, batch {batch}"] = statistics.median(runs)
-            print(json.dumps({k: round(v) for k, v in results.items()}), flush=True)
+                results[f"extract {' '.join(flags)}, {n} images, batch {batch}"] = statistics.median(runs)
+                print(json.dumps({k: round(v) for k, v in results.items()}), flush=True)
     for k, v in results.items():
-        print(f"{k:40s} {v:8.0f} MB")
+        print(f"{k:60s} {v:8.0f} MB")
 
 
 if __name__ == "__main__":

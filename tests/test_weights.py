@@ -50,6 +50,35 @@ def test_legacy_h5_fc7_equals_keras_fc2(small_keras_vgg16):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
 
 
+def test_legacy_h5_loads_straight_into_the_dense_and_fully_convolutional_forms(small_keras_vgg16):
+    # A legacy file is read straight into the form asked for (each variable made from the stored values,
+    # fc6's Dense kernel given its convolution's shape): the network must hold exactly the file's values
+    # and give keras.applications' fc7 on an image of the weights' own size.
+    model, path = small_keras_vgg16
+    dense, _ = load_network(None, path, form="dense")
+    assert len(dense.get_layer("fc1").kernel.shape) == 4
+    for layer in ("block1_conv1", "block5_conv3", "fc1", "fc2", "predictions"):
+        for got, want in zip(dense.get_layer(layer).get_weights(), model.get_layer(layer).get_weights()):
+            np.testing.assert_array_equal(got, want.reshape(got.shape))
+    trunk, _ = load_network(None, path, include_top=False, form="fully_conv")
+    assert trunk.input.shape[1] is None and "fc1" not in [layer.name for layer in trunk.layers]
+    np.testing.assert_array_equal(trunk.get_layer("block3_conv2").get_weights()[0],
+                                  model.get_layer("block3_conv2").get_weights()[0])
+    x = pixels(2, 32, seed=4)
+    pre = keras.applications.vgg16.preprocess_input(x.astype("float32").copy())
+    got = keras.Model(dense.input, dense.get_layer("fc2").output).predict_on_batch(pre)
+    assert got.shape == (2, 1, 1, 4096)  # a 32-pixel image is the weights' own size: one fc7 position
+    want = keras_fc2(model, x)
+    np.testing.assert_allclose(got[:, 0, 0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    conv = FeatureExtractor(weights=path, layers=["conv5_3"], form="fully_conv", input_size=48)
+    img = pixels(1, 48, seed=5)[0]
+    trunk_model = keras.applications.VGG16(weights=None, include_top=False)
+    trunk_model.set_weights(model.get_weights()[:len(trunk_model.get_weights())])
+    ref = keras.Model(trunk_model.input, trunk_model.get_layer("block5_conv3").output).predict_on_batch(
+        keras.applications.vgg16.preprocess_input(img[None].astype("float32"))).mean(axis=(1, 2))
+    np.testing.assert_allclose(conv.predict([img])["conv5_3"], ref, rtol=1e-4, atol=1e-4)
+
+
 def test_vgg19_legacy_h5(tmp_path):
     keras.utils.set_random_seed(5)
     model = keras.applications.VGG19(weights=None, input_shape=(32, 32, 3))

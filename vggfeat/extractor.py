@@ -84,10 +84,13 @@ class FeatureExtractor:
         needs_top = self.form != "fully_conv" and any(_is_fc_name(n) for n in self.layers)
         dtype = PRECISIONS[self.precision]
         native = int(input_size) if (str(weights) == "random" and self.form == "standard" and input_size) else 224
-        # The standard form is used as built, so build it in the compute precision at once (one copy
-        # of the weights in memory); the other forms are converted from a float32 network.
+        # Build the network in its final form and precision at once where the weights allow it (legacy
+        # .h5 files, ImageNet's included: one copy of the weights in memory); otherwise it is loaded in
+        # the standard form and converted below.
+        wanted = "standard" if self.form == "standard" else ("dense" if needs_top else "fully_conv")
         base, info = load_network(arch, weights, seed=seed, include_top=needs_top, input_size=native,
-                                  dtype=dtype if self.form == "standard" else None)
+                                  dtype=dtype, form=wanted)
+        built = _form_of(base)
         if expected_sha256 and info.sha256 and info.sha256 != expected_sha256:
             raise WeightsError(f"{weights} is not the weight file these settings were made with (its SHA-256 "
                                f"is {info.sha256[:12]}..., the settings say {expected_sha256[:12]}...)")
@@ -125,16 +128,23 @@ class FeatureExtractor:
         elif self.form == "fully_conv" or not wants_fc:
             # The dense form only differs in its FC layers: with conv layers alone it is the trunk.
             size = int(input_size or 224)
-            net = build_vgg(spec.name, form="fully_conv", dtype=dtype, seed=NO_INIT)
-            copy_weights(base, net)
+            if built == "fully_conv":
+                net = base
+            else:
+                net = build_vgg(spec.name, form="fully_conv", dtype=dtype, seed=NO_INIT)
+                copy_weights(base, net)
         else:
-            k = base_size // 32
-            size = int(input_size or base_size)
+            k = int(base.get_layer("fc1").kernel.shape[0]) if built == "dense" else base_size // 32
+            size = int(input_size or 32 * k)
             if size < 32 * k:
                 raise InputError(f"the dense form of these weights needs input of at least {32 * k} pixels. "
                                  f"Received: input_size={size}")
-            net = build_vgg(spec.name, form="dense", classes=_classes(base), fc6_kernel=k, dtype=dtype, seed=NO_INIT)
-            copy_weights(base, net)
+            if built == "dense":
+                net = base
+            else:
+                net = build_vgg(spec.name, form="dense", classes=_classes(base), fc6_kernel=k, dtype=dtype,
+                                seed=NO_INIT)
+                copy_weights(base, net)
         del base
         self.geometry = Geometry(resize, size)
         self.weights_info = info
@@ -374,6 +384,15 @@ def _padded_size(n, batch_size):
 
 def _is_fc_name(name):
     return str(name).strip().lower() in ("fc1", "fc2", "predictions", "fc6", "fc7", "fc8")
+
+
+def _form_of(model):
+    """The form a built VGG network has: `dense` (fc6 a convolution), `fully_conv` (any input size, no
+    FC layer) or `standard`."""
+    names = {layer.name for layer in model.layers}
+    if "fc1" in names:
+        return "dense" if len(model.get_layer("fc1").kernel.shape) == 4 else "standard"
+    return "fully_conv" if model.input.shape[1] is None else "standard"
 
 
 def _classes(model):

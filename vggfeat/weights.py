@@ -318,10 +318,58 @@ def _layout_of_h5(f, base) -> WeightFileLayout:
     if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
         group = f["model_weights"]
     if "layer_names" in group.attrs:
-        return _legacy_layout(group, base)
-    if isinstance(f.get("layers"), h5py.Group):
-        return _keras3_layout(f["layers"], base)
-    raise WeightsError(f"{base} is not a Keras weight file (no layer_names and no layers group)")
+        layout = _legacy_layout(group, base)
+    elif isinstance(f.get("layers"), h5py.Group):
+        layout = _keras3_layout(f["layers"], base)
+    else:
+        raise WeightsError(f"{base} is not a Keras weight file (no layer_names and no layers group)")
+    recorded = _recorded_arch(f, base)
+    if recorded is not None:
+        if recorded not in layout.archs:
+            _fail(base, f"it records the architecture {recorded}, but its tensors are those of "
+                        f"{' or '.join(layout.archs)}")
+        layout.archs = (recorded,)
+    return layout
+
+
+#: Root attribute of the weight files vggfeat writes (`save_weights`): the configuration's name, which
+#: the tensors alone cannot always tell (vgg11 and vgg11-lrn have the same weights).
+ARCH_ATTR = "vggfeat_arch"
+
+
+def _recorded_arch(f, base):
+    if ARCH_ATTR not in f.attrs:
+        return None
+    value = f.attrs[ARCH_ATTR]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or value not in ARCHS:
+        _fail(base, f"its {ARCH_ATTR} attribute {str(value)[:40]!r} is not one of {', '.join(ARCHS)}")
+    return value
+
+
+def save_weights(model, path) -> None:
+    """Save a VGG network's weights as a Keras 3 `.weights.h5` file that also records its configuration,
+    so that loading it needs no `arch` and refuses a wrong one (LRN has no weights: without the record a
+    vgg11-lrn file could only be taken for vgg11).
+
+    Examples:
+        >>> import os, tempfile
+        >>> from vggfeat.models import build_vgg
+        >>> path = os.path.join(tempfile.mkdtemp(), "mine.weights.h5")
+        >>> save_weights(build_vgg("vgg11-lrn", input_size=32, classes=2, seed=0), path)
+        >>> describe_weights(path)["arch"]
+        'vgg11-lrn'
+    """
+    from .models import infer_arch
+
+    path = os.fspath(path)
+    if not path.endswith(".weights.h5"):
+        raise WeightsError(f"a weights file is named *.weights.h5 (Keras's rule). Received: {path!r}")
+    arch = infer_arch(model)
+    model.save_weights(path)
+    with h5py.File(path, "a") as f:
+        f.attrs[ARCH_ATTR] = arch
 
 
 def _legacy_layout(group, base) -> WeightFileLayout:
@@ -466,7 +514,7 @@ def _check_layout(base, trunk, counts, fc, legacy) -> WeightFileLayout:
 
 
 def _arch_of_layout(layout: WeightFileLayout, path) -> list[str]:
-    names = [n for n, s in ARCHS.items() if s.kernels == layout.conv_kernels]
+    names = [n for n in layout.archs if ARCHS[n].kernels == layout.conv_kernels]
     if not names:
         raise WeightsError(
             f"weight file {os.path.basename(str(path))} does not hold a VGG network of the paper's Table 1 "
@@ -757,10 +805,15 @@ def _check_metadata(meta, base, arch, side, classes):
         bad(f"names an unknown preprocessing {meta['preprocessing']!r}; known: {', '.join(MODES)}")
 
 
-def describe_weights(path) -> dict:
+def describe_weights(path, arch=None) -> dict:
     """What a weight file or a `.keras` model holds, read with h5py/zipfile only (no Keras), every shape
     checked: `weights` (file name), `arch`, `classes`, `has_top`, `input_size`, and for `.keras` files
-    saved by `vggfeat finetune` also `class_names` and `preprocessing`."""
+    saved by `vggfeat finetune` also `class_names` and `preprocessing`.
+
+    With `arch`, the file must fit that configuration (`WeightsError` otherwise) and `arch` is the one
+    reported. Without it, a file whose tensors fit several configurations and that does not record its
+    own (vgg11 and vgg11-lrn: LRN has no weights) is reported as the first, with `also_fits` and a `note`
+    saying so."""
     from .specs import fc_input_side
 
     path = os.fspath(path)
@@ -770,31 +823,38 @@ def describe_weights(path) -> dict:
     if path.endswith(".keras"):
         info = inspect_keras_file(path)
         meta = info.metadata
-        return {"weights": base, "arch": info.arch, "classes": info.classes,
-                "class_names": list(meta.get("class_names", [])), "input_size": info.input_size,
-                "preprocessing": meta.get("preprocessing"), "has_top": info.fc_form is not None}
-    layout = read_weight_file_layout(path)
-    candidates = _arch_of_layout(layout, path)
-    out = {"weights": base, "arch": candidates[0], "classes": layout.classes, "has_top": layout.has_top,
-           "input_size": fc_input_side(layout.fc1_inputs) if layout.fc_form == "dense" else None}
-    if len(candidates) > 1:
-        out["also_fits"] = candidates[1:]  # LRN has no weights: vgg11 and vgg11-lrn files look the same
+        out = {"weights": base, "arch": info.arch, "classes": info.classes,
+               "class_names": list(meta.get("class_names", [])), "input_size": info.input_size,
+               "preprocessing": meta.get("preprocessing"), "has_top": info.fc_form is not None}
+        candidates = [info.arch]
+    else:
+        layout = read_weight_file_layout(path)
+        candidates = _arch_of_layout(layout, path)
+        out = {"weights": base, "arch": candidates[0], "classes": layout.classes, "has_top": layout.has_top,
+               "input_size": fc_input_side(layout.fc1_inputs) if layout.fc_form == "dense" else None}
+    if arch is not None:
+        wanted = get_arch(arch).name
+        if wanted not in candidates:
+            raise WeightsError(f"{path} holds a {' or '.join(candidates)} network, not {wanted}; "
+                               "drop --arch or fix it")
+        out["arch"] = wanted
+    elif len(candidates) > 1:
+        out["also_fits"] = candidates[1:]
+        out["note"] = (f"the file fits {' and '.join(candidates)} (LRN has no weights, so it cannot tell); "
+                       f"taken as {candidates[0]}: pass --arch to choose")
     return out
 
 
 def arch_note(weights, arch=None) -> str | None:
-    """A note when a weight file fits several architectures and none was chosen (vgg11 and vgg11-lrn:
-    LRN has no weights, so the file cannot tell); None otherwise. Reads shapes only."""
+    """A note when a weight file fits several architectures, records none and none was chosen (vgg11 and
+    vgg11-lrn: LRN has no weights, so the file cannot tell); None otherwise. Reads shapes only."""
     if arch is not None or str(weights) in ("imagenet", "random") or str(weights).endswith(".keras"):
         return None
     try:
         meta = describe_weights(weights)
     except WeightsError:
         return None
-    if not meta.get("also_fits"):
-        return None
-    return (f"{meta['weights']} fits {meta['arch']} and {', '.join(meta['also_fits'])} (LRN has no weights, so the "
-            f"file cannot tell); taken as {meta['arch']}: pass --arch to choose")
+    return f"{meta['weights']}: {meta['note']}" if meta.get("note") else None
 
 
 def read_keras_metadata(path) -> dict:
@@ -821,8 +881,9 @@ def write_keras_metadata(path, metadata: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, input_size=224, dtype=None):
-    """Build the standard-form network of `arch` and load `weights` into it.
+def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, input_size=224, dtype=None,
+                 form="standard"):
+    """Build the network of `arch` and load `weights` into it.
 
     Args:
         arch: configuration name or letter; None means "from the weight file", else vgg16.
@@ -832,6 +893,10 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
             (a file without top cannot give fc layers: asking for them is an error).
         input_size: input side for `random`/`imagenet` (ignored when a file fixes it).
         dtype: dtype policy for the built model.
+        form: the form wanted (`standard`, `fully_conv`, `dense`; see `build_vgg`). Weights from a legacy
+            `.h5` file (ImageNet's included) are loaded straight into that form, each variable made from the
+            stored values, so the largest tensor is never held twice; other weights give the standard form,
+            which `copy_weights` converts. Check the returned model's form rather than assume it.
 
     Returns:
         `(model, WeightsInfo)`.
@@ -853,7 +918,7 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     if w == "imagenet":
         spec = get_arch(arch or "vgg16")
         path = imagenet_weights_path(spec.name, include_top)
-        model = _load_h5_file(spec.name, path, include_top, input_size, dtype)
+        model = _load_h5_file(spec.name, path, include_top, input_size, dtype, form)
         return model, WeightsInfo("imagenet", "imagenet", path=path)
 
     path = os.fspath(weights)
@@ -892,12 +957,13 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     if not (path.endswith(".h5") or path.endswith(".hdf5")):
         raise WeightsError(f"unknown weight file type {base}: expected .h5, .weights.h5 or .keras")
 
-    model = _load_h5_file(arch, path, include_top, input_size, dtype)
+    model = _load_h5_file(arch, path, include_top, input_size, dtype, form)
     return model, WeightsInfo("file", base, path=path, sha256=file_sha256(path))
 
 
-def _load_h5_file(arch, path, include_top, input_size, dtype):
-    """Build the network a legacy `.h5` or `.weights.h5` file holds and load the file into it."""
+def _load_h5_file(arch, path, include_top, input_size, dtype, form="standard"):
+    """Build the network a legacy `.h5` or `.weights.h5` file holds and load the file into it (legacy
+    files straight into `form`, others into the standard form)."""
     from .models import NO_INIT, build_vgg, copy_weights
     from .specs import fc_input_side
 
@@ -917,6 +983,12 @@ def _load_h5_file(arch, path, include_top, input_size, dtype):
         raise WeightsError(f"weight file {base} holds fc6-fc8 as convolutions (the dense form); vggfeat reads "
                            "FC weights from .h5 files of the standard form (Dense fc6-fc8): use a conv layer, or "
                            "save the whole model as .keras")
+    if layout.legacy and form == "dense" and include_top:
+        side = fc_input_side(layout.fc1_inputs)
+        return build_vgg(name, form="dense", classes=layout.classes, fc6_kernel=side // 32, dtype=dtype,
+                         seed=_LegacyH5Source(path, name))
+    if layout.legacy and form != "standard" and not include_top:
+        return build_vgg(name, form="fully_conv", dtype=dtype, seed=_LegacyH5Source(path, name))
     if include_top:
         side = fc_input_side(layout.fc1_inputs)
         source = _LegacyH5Source(path, name) if layout.legacy else NO_INIT
@@ -946,14 +1018,16 @@ def _load_h5_file(arch, path, include_top, input_size, dtype):
 
 class _LegacyH5Source:
     """The weights of a legacy Keras `.h5` file as initializers: `build_vgg(..., seed=source)` makes each
-    variable from its stored values (read with h5py straight into one float32 array), so no weight is
-    ever held twice (fc6 of VGG-16 is 411 MB) and no random initial values are drawn."""
+    variable from its stored values (read with h5py straight into one float32 array, which the TensorFlow
+    variable then adopts without a copy), so no weight is ever held twice (fc6 of VGG-16 is 411 MB) and no
+    random initial values are drawn. A Dense kernel is given the shape of the convolution that replaces it
+    in the dense form (the same values in the same order, see `dense_kernel_to_conv`)."""
 
     def __init__(self, path, arch_name):
         self.path, self.arch_name = path, arch_name
         self.base = os.path.basename(path)
 
-    def _read(self, layer_name, index, shape):
+    def _read(self, layer_name, index, shape, dtype):
         with h5py.File(self.path, "r") as f:
             group = f["model_weights"] if ("layer_names" not in f.attrs and "model_weights" in f) else f
             if layer_name not in group:
@@ -965,13 +1039,39 @@ class _LegacyH5Source:
                                    f"{self.arch_name} needs 2")
             ds = g[names[index]]
             shape = tuple(int(d) for d in shape)
-            if tuple(ds.shape) != shape:
-                raise WeightsError(f"weight file {self.base}: {names[index]} has shape {tuple(ds.shape)}, "
+            stored = tuple(ds.shape)
+            as_conv = len(stored) == 2 and len(shape) == 4 and math.prod(stored) == math.prod(shape)
+            if stored != shape and not as_conv:
+                raise WeightsError(f"weight file {self.base}: {names[index]} has shape {stored}, "
                                    f"{self.arch_name} needs {shape}")
-            values = np.empty(shape, dtype=np.float32)
-            ds.read_direct(values)
-            return values
+            values = _aligned_empty(shape)
+            ds.read_direct(values.reshape(stored))  # a view: C order, as Flatten orders fc6's inputs
+        return _adoptable(values, dtype)
 
     def initializers(self, layer_name):
-        return {"kernel_initializer": lambda shape, dtype=None: self._read(layer_name, 0, shape),
-                "bias_initializer": lambda shape, dtype=None: self._read(layer_name, 1, shape)}
+        return {"kernel_initializer": lambda shape, dtype=None: self._read(layer_name, 0, shape, dtype),
+                "bias_initializer": lambda shape, dtype=None: self._read(layer_name, 1, shape, dtype)}
+
+
+def _aligned_empty(shape, alignment=64):
+    """A float32 array whose data starts on a 64-byte boundary (what TensorFlow's CPU tensors need in order
+    to use a buffer they did not allocate)."""
+    n = math.prod(shape)
+    raw = np.empty(n * 4 + alignment, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset:offset + n * 4].view(np.float32).reshape(shape)
+
+
+def _adoptable(values, dtype):
+    """`values` as the initial value of a variable: on TensorFlow a tensor sharing the array's memory
+    (DLPack), which the variable takes over as its own buffer, so loading needs no second copy."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or (dtype is not None and str(dtype) != "float32"):
+        return values
+    import tensorflow as tf
+
+    try:
+        return tf.experimental.dlpack.from_dlpack(values.__dlpack__())
+    except Exception:  # noqa: BLE001 - an older NumPy or TensorFlow: the variable copies the array
+        return values
