@@ -44,17 +44,10 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
 
     meta = {}
     if weights:
-        from vggfeat.errors import WeightsError
         from vggfeat.weights import describe_weights
 
-        meta = describe_weights(weights)  # every shape in the file checked, no Keras
-        fits = [meta["arch"]] + list(meta.get("also_fits", []))
-        if arch is not None and get_arch(arch).name not in fits:
-            raise WeightsError(f"{weights} holds a {' or '.join(fits)} network, not {get_arch(arch).name}")
-        if arch is None and len(fits) > 1:
-            meta["note"] = (f"the file fits {' and '.join(fits)} (LRN has no weights, so it cannot tell); "
-                            f"shown as {fits[0]}: pass --arch to choose")
-        arch = arch or meta["arch"]
+        meta = describe_weights(weights, arch)  # every shape in the file checked against --arch, no Keras
+        arch = meta["arch"]
         classes = classes or meta.get("classes")
         if input_size is None and meta.get("input_size") and not dense:
             input_size = meta["input_size"]

@@ -320,12 +320,53 @@ def test_a_vgg11_file_may_be_vgg11_lrn_and_info_and_extract_agree(tmp_path, few_
     out = tmp_path / "f.h5"
     r = run_cli("extract", few_images, "--weights", weights, "--layer", "fc7", "-q", "-o", out)
     assert r.returncode == 0, r.stderr
-    assert "a.weights.h5 fits vgg11 and vgg11-lrn" in r.stderr
+    assert "a.weights.h5: the file fits vgg11 and vgg11-lrn" in r.stderr
     assert "pass --arch to choose" in vggfeat.read_attrs(out)["arch_note"]
     r = run_cli("extract", few_images, "--weights", weights, "--arch", "vgg11-lrn", "--layer", "fc7", "-q",
                 "-o", tmp_path / "lrn.h5")
     assert r.returncode == 0 and vggfeat.read_attrs(tmp_path / "lrn.h5")["arch"] == "vgg11-lrn"
     assert "arch_note" not in vggfeat.read_attrs(tmp_path / "lrn.h5")
+
+
+def test_a_weight_file_vggfeat_writes_records_its_architecture(tmp_path, few_images):
+    # LRN has no weights: only the record tells a vgg11-lrn file from a vgg11 one
+    from vggfeat.models import build_vgg
+
+    weights = tmp_path / "lrn.weights.h5"
+    vggfeat.save_weights(build_vgg("vgg11-lrn", input_size=32, seed=3), weights)
+    meta = vggfeat.describe_weights(weights)
+    assert meta["arch"] == "vgg11-lrn" and "note" not in meta and "also_fits" not in meta
+    r = run_cli("info", "--weights", weights)
+    assert r.returncode == 0 and r.stdout.startswith("vgg11-lrn (configuration A-LRN)") and "note" not in r.stdout
+    r = run_cli("info", "--weights", weights, "--arch", "vgg11")
+    assert r.returncode == 2 and f"{weights} holds a vgg11-lrn network, not vgg11" in r.stderr, r.stderr
+    out = tmp_path / "f.h5"
+    r = run_cli("extract", few_images, "--weights", weights, "--arch", "vgg11", "--layer", "fc7", "-q", "-o", out)
+    assert r.returncode == 2 and "does not fit vgg11" in r.stderr and not out.exists(), r.stderr
+    r = run_cli("extract", few_images, "--weights", weights, "--layer", "fc7", "-q", "-o", out)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    attrs = vggfeat.read_attrs(out)
+    assert attrs["arch"] == "vgg11-lrn" and "arch_note" not in attrs
+    fx = vggfeat.FeatureExtractor("vgg11-lrn", "random", ["fc7"], seed=3, input_size=32)
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    ours = vggfeat.FeatureExtractor(weights=str(weights), layers=["fc7"]).predict(list(x))["fc7"]
+    np.testing.assert_allclose(ours, fx.predict(list(x))["fc7"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value, message", [("vgg16", "records the architecture vgg16, but its tensors are those of "
+                                                      "vgg11 or vgg11-lrn"),
+                                            ("vgg99", "is not one of")])
+def test_a_wrong_architecture_record_is_one_line(tmp_path, value, message):
+    import h5py
+
+    from vggfeat.models import build_vgg
+
+    weights = tmp_path / "w.weights.h5"
+    vggfeat.save_weights(build_vgg("vgg11", input_size=32, seed=3), weights)
+    with h5py.File(weights, "a") as f:
+        f.attrs["vggfeat_arch"] = value
+    r = run_cli("info", "--weights", weights)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_multiscale_predict_of_no_image_is_empty():

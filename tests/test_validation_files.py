@@ -479,4 +479,4 @@ def test_info_bounds_its_flags_with_the_same_constants(tmp_path):
     assert f"100000 is not in the range {MIN_INPUT_SIZE}<=x<={MAX_INPUT_SIZE}" in result.output
     assert run("info", "--classes", 0).exit_code == 2
     path = legacy_file(tmp_path / "a.h5")
-    one_line_error(run("info", "--arch", "vgg19", "--weights", path), f"{path} holds a vgg11 or vgg11-lrn network, not vgg19")
+    one_line_error(run("info", "--arch", "vgg19", "--weights", path), f"{path} holds a vgg11 or vgg11-lrn network, not vgg19; drop --arch or fix it")

@@ -40,6 +40,8 @@ _API = {
     "finetune": "finetuning",
     "build_vgg": "models",
     "load_network": "weights",
+    "save_weights": "weights",
+    "describe_weights": "weights",
     "layer_table": "specs",
     # the base class of every one-line error (the others are in vggfeat.errors)
     "VggfeatError": "errors",
