@@ -156,7 +156,8 @@ def show_progress_lines(quiet):
 def arch_option(func):
     """--arch, the same names everywhere."""
     return click.option("--arch", default=None, metavar="NAME",
-                        help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A, A-LRN, B, C, D, E). "
+                        help="vgg11, vgg11-lrn, vgg13, vgg16c, vgg16, vgg19 (or A, A-LRN, B, C, D, E), and "
+                             "with batch norm vgg11-bn, vgg13-bn, vgg16-bn, vgg19-bn. "
                              "Default: from the weight file, else vgg16.")(func)
 
 

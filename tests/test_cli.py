@@ -66,7 +66,7 @@ def test_info_error_is_one_line():
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "Error: unknown architecture 'vgg17'; choose one of vgg11 (A), vgg11-lrn (A-LRN), vgg13 (B), vgg16c (C), "
-        "vgg16 (D), vgg19 (E)"]
+        "vgg16 (D), vgg19 (E), vgg11-bn (A-BN), vgg13-bn (B-BN), vgg16-bn (D-BN), vgg19-bn (E-BN)"]
 
 
 def _one_line_error(result, pattern, tmp_path):

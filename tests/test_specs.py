@@ -20,6 +20,37 @@ def test_parameter_counts_from_arithmetic(arch, count):
     assert count_params(arch) == count
 
 
+#: torchvision's counts for vgg11_bn..vgg19_bn (sum of parameters' numel: conv, batch norm scale and offset, FC)
+TORCHVISION_BN_COUNTS = {
+    "vgg11-bn": 132_868_840,
+    "vgg13-bn": 133_053_736,
+    "vgg16-bn": 138_365_992,
+    "vgg19-bn": 143_678_248,
+}
+
+
+@pytest.mark.parametrize("arch,count", TORCHVISION_BN_COUNTS.items())
+def test_batch_norm_parameter_counts_equal_torchvisions(arch, count):
+    assert count_params(arch) == count
+    rows = layer_table(arch)
+    assert [r.kind for r in rows][0] == "conv3x3+bn"
+
+
+@pytest.mark.parametrize("spelling,name", [("vgg16_bn", "vgg16-bn"), ("VGG19-BN", "vgg19-bn"), ("A-BN", "vgg11-bn"),
+                                           ("b_bn", "vgg13-bn"), ("vgg16bn", "vgg16-bn")])
+def test_batch_norm_names(spelling, name):
+    assert get_arch(spelling).name == name
+
+
+def test_a_batch_norm_networks_conv_features_are_after_the_relu():
+    from vggfeat.specs import canonical_layer, resolve_layer
+
+    spec = get_arch("vgg16-bn")
+    assert resolve_layer(spec, "conv5_3") == resolve_layer(spec, "block5_conv3") == "block5_relu3"
+    assert canonical_layer("block5_relu3") == "conv5_3"
+    assert resolve_layer(get_arch("vgg16"), "conv5_3") == "block5_conv3"
+
+
 @pytest.mark.parametrize("letter,name", [("A", "vgg11"), ("a-lrn", "vgg11-lrn"), ("B", "vgg13"), ("C", "vgg16c"),
                                          ("D", "vgg16"), ("e", "vgg19"), ("VGG16", "vgg16")])
 def test_letters_are_aliases(letter, name):

@@ -383,7 +383,8 @@ SETTING_CASES = {
     "input_size": (100000, "{path}: stored settings: input_size must be between 32 and 4096 pixels. "
                            "Received: input_size=100000"),
     "arch": ("vgg17", "{path}: stored settings: unknown architecture 'vgg17'; choose one of vgg11 (A), "
-                      "vgg11-lrn (A-LRN), vgg13 (B), vgg16c (C), vgg16 (D), vgg19 (E)"),
+                      "vgg11-lrn (A-LRN), vgg13 (B), vgg16c (C), vgg16 (D), vgg19 (E), vgg11-bn (A-BN), "
+                      "vgg13-bn (B-BN), vgg16-bn (D-BN), vgg19-bn (E-BN)"),
     "pooling": ("median", "{path}: stored settings: unknown pooling 'median'; choose one of avg, max, none"),
     "preprocessing": ("bgr2", "{path}: stored setting preprocessing='bgr2' is not one of caffe, torch, tf"),
 }

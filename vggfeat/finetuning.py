@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -394,10 +395,12 @@ def _copy_fc(base, net):
 def freeze(net, arch, first) -> list[str]:
     """Freeze every layer below `first` (Keras name) in forward order; return the names of the layers
     with weights that train."""
-    order = layer_names(get_arch(arch), include_top=True)
-    if first not in order:
+    if first not in layer_names(get_arch(arch), include_top=True) and first != "block1_conv1":
         raise LayerError(f"unknown layer {first!r} for --train-from")
-    frozen = set(order[: order.index(first)])
+    # a batch-norm network's conv{b}_{i} feature is its ReLU's output: its unit starts at the convolution
+    start = re.sub(r"^block(\d)_relu(\d)$", r"block\1_conv\2", first)
+    order = [layer.name for layer in net.layers]  # forward order
+    frozen = set(order[: order.index(start)])
     for layer in net.layers:
         layer.trainable = layer.name not in frozen
     return [layer.name for layer in net.layers if layer.trainable and layer.weights]

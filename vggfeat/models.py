@@ -59,6 +59,18 @@ class SeededGlorotUniform(keras.initializers.Initializer):
 NO_INIT = "zeros"
 
 
+#: Batch norm as torchvision's VGGs have it: epsilon 1e-5, running statistics updated by 0.1 of the batch's
+#: (PyTorch's momentum 0.1 is Keras's 0.9).
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
+def _bn_init_kwargs(seed, layer_name):
+    if hasattr(seed, "initializers"):  # a weight source: scale, offset and moving statistics as stored
+        return seed.initializers(layer_name)
+    return {}  # Keras's defaults: scale 1, offset 0, mean 0, variance 1
+
+
 def _init_kwargs(seed, layer_name):
     if hasattr(seed, "initializers"):  # a weight source: each variable starts as the stored values
         return seed.initializers(layer_name)
@@ -130,8 +142,12 @@ def build_vgg(
     for b, kernels in enumerate(spec.kernels, start=1):
         for i, k in enumerate(kernels, start=1):
             lname = f"block{b}_conv{i}"
-            x = keras.layers.Conv2D(BLOCK_WIDTHS[b - 1], k, padding="same", activation="relu", name=lname,
-                                    dtype=dtype, **_init_kwargs(seed, lname))(x)
+            x = keras.layers.Conv2D(BLOCK_WIDTHS[b - 1], k, padding="same", activation=None if spec.bn else "relu",
+                                    name=lname, dtype=dtype, **_init_kwargs(seed, lname))(x)
+            if spec.bn:  # torchvision's order: conv (with bias), batch norm, ReLU
+                x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"block{b}_bn{i}",
+                                                    dtype=dtype, **_bn_init_kwargs(seed, f"block{b}_bn{i}"))(x)
+                x = keras.layers.ReLU(name=f"block{b}_relu{i}", dtype=dtype)(x)
             if spec.lrn and b == 1 and i == 1:
                 x = LocalResponseNormalization(name="block1_lrn", dtype=dtype)(x)
         x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{b}_pool", dtype=dtype)(x)
@@ -255,22 +271,24 @@ def feature_model(network, layers, *, pooling="avg", output_names=None, preproce
 def infer_arch(model):
     """Name the configuration of a VGG model from its convolution layers (e.g. a loaded `.keras` file)."""
     kernels = {}
-    has_lrn = False
+    has_lrn = has_bn = False
     for layer in model.layers:
         if layer.name == "block1_lrn":
             has_lrn = True
+        if layer.name.startswith("block") and "_bn" in layer.name:
+            has_bn = True
         if layer.name.startswith("block") and "_conv" in layer.name:
             b = int(layer.name[5])
             kernels.setdefault(b, []).append(int(layer.kernel_size[0]))
     found = tuple(tuple(kernels.get(b, ())) for b in range(1, 6))
-    return arch_from_kernels(found, has_lrn)
+    return arch_from_kernels(found, has_lrn, has_bn)
 
 
-def arch_from_kernels(kernels, lrn=False):
+def arch_from_kernels(kernels, lrn=False, bn=False):
     from .specs import ARCHS
 
     for name, spec in ARCHS.items():
-        if spec.kernels == tuple(tuple(k) for k in kernels) and spec.lrn == lrn:
+        if spec.kernels == tuple(tuple(k) for k in kernels) and spec.lrn == lrn and spec.bn == bn:
             return name
     raise ArchitectureError(
         "the network is not one of the VGG configurations (conv layers per block: "

@@ -34,12 +34,15 @@ class ArchSpec:
         letter: the paper's letter (`D`).
         kernels: per block, the kernel size of each convolution (3 or 1).
         lrn: whether local response normalisation follows the first convolution (A-LRN).
+        bn: whether batch normalisation follows every convolution, before its ReLU (torchvision's
+            `vgg*_bn`, not in the paper; Ioffe & Szegedy, 2015).
     """
 
     name: str
     letter: str
     kernels: tuple
     lrn: bool = False
+    bn: bool = False
 
     @property
     def weight_layers(self) -> int:
@@ -59,6 +62,11 @@ ARCHS = {
     "vgg16c": ArchSpec("vgg16c", "C", _C),
     "vgg16": ArchSpec("vgg16", "D", _D),
     "vgg19": ArchSpec("vgg19", "E", _E),
+    # batch norm after every convolution, as torchvision builds vgg11_bn..vgg19_bn
+    "vgg11-bn": ArchSpec("vgg11-bn", "A-BN", _A, bn=True),
+    "vgg13-bn": ArchSpec("vgg13-bn", "B-BN", _B, bn=True),
+    "vgg16-bn": ArchSpec("vgg16-bn", "D-BN", _D, bn=True),
+    "vgg19-bn": ArchSpec("vgg19-bn", "E-BN", _E, bn=True),
 }
 
 #: Other spellings people use for the same networks.
@@ -76,6 +84,10 @@ ARCH_ALIASES = {
     "d": "vgg16",
     "e": "vgg19",
 }
+for _name in ("vgg11", "vgg13", "vgg16", "vgg19"):
+    _letter = ARCHS[_name].letter.lower()
+    for _spelling in (f"{_name}_bn", f"{_name}bn", f"{_letter}-bn", f"{_letter}_bn"):
+        ARCH_ALIASES[_spelling] = f"{_name}-bn"
 
 
 def get_arch(arch: str) -> ArchSpec:
@@ -112,12 +124,19 @@ FC_PAPER_NAMES = {"fc1": "fc6", "fc2": "fc7", "predictions": "fc8"}
 _FC_KERAS_NAMES = {v: k for k, v in FC_PAPER_NAMES.items()}
 
 
+def conv_feature_name(spec: ArchSpec, b: int, i: int) -> str:
+    """Keras name of the layer whose output is conv{b}_{i}'s feature (after its ReLU): the convolution
+    itself (its activation is the ReLU), or `block{b}_relu{i}` in a batch-norm network (conv, batch
+    norm, then ReLU)."""
+    return f"block{b}_relu{i}" if spec.bn else f"block{b}_conv{i}"
+
+
 def conv_layer_names(spec: ArchSpec) -> list[str]:
-    """Keras names of all convolutional and pooling layers, in order (LRN included)."""
+    """Keras names of all convolutional and pooling feature layers, in order (LRN included)."""
     names = []
     for b, kernels in enumerate(spec.kernels, start=1):
         for i, _ in enumerate(kernels, start=1):
-            names.append(f"block{b}_conv{i}")
+            names.append(conv_feature_name(spec, b, i))
             if spec.lrn and b == 1 and i == 1:
                 names.append("block1_lrn")
         names.append(f"block{b}_pool")
@@ -136,7 +155,7 @@ def paper_name(keras_name: str) -> str:
     """The paper's name of a Keras layer name (`block5_conv3` -> `conv5_3`, `fc2` -> `fc7`)."""
     if keras_name in FC_PAPER_NAMES:
         return FC_PAPER_NAMES[keras_name]
-    m = re.fullmatch(r"block(\d)_conv(\d)", keras_name)
+    m = re.fullmatch(r"block(\d)_(?:conv|relu)(\d)", keras_name)
     if m:
         return f"conv{m.group(1)}_{m.group(2)}"
     m = re.fullmatch(r"block(\d)_pool", keras_name)
@@ -171,9 +190,9 @@ def resolve_layer(spec: ArchSpec, name: str, include_top: bool = True) -> str:
     key = raw.lower()
     if key in _FC_KERAS_NAMES:
         key = _FC_KERAS_NAMES[key]
-    m = re.fullmatch(r"conv(\d)_(\d)", key)
+    m = re.fullmatch(r"conv(\d)_(\d)", key) or re.fullmatch(r"block(\d)_(?:conv|relu)(\d)", key)
     if m:
-        key = f"block{m.group(1)}_conv{m.group(2)}"
+        key = conv_feature_name(spec, int(m.group(1)), int(m.group(2)))
     m = re.fullmatch(r"pool(\d)", key)
     if m:
         key = f"block{m.group(1)}_pool"
@@ -248,7 +267,11 @@ def layer_table(arch: str, input_size: int = 224, dense: bool = False, include_t
             macs = h * w * k * k * c * width
             rf += (k - 1) * jump
             name = f"block{b}_conv{i}"
-            rows.append(LayerRow(name, paper_name(name), f"conv{k}x{k}", (h, w, width), params, macs, rf, jump))
+            kind = f"conv{k}x{k}"
+            if spec.bn:  # batch norm's scale and offset (its moving statistics are not parameters)
+                params += 2 * width
+                kind += "+bn"
+            rows.append(LayerRow(name, paper_name(name), kind, (h, w, width), params, macs, rf, jump))
             c = width
             if spec.lrn and b == 1 and i == 1:
                 rows.append(LayerRow("block1_lrn", "lrn1", "lrn", (h, w, c), 0, 0, rf, jump))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -374,7 +375,7 @@ def save_weights(model, path) -> None:
 
 def _legacy_layout(group, base) -> WeightFileLayout:
     """The layout `keras.applications` downloads: `layer_names`, one group per layer, by name."""
-    convs, fcs = {}, {}
+    convs, fcs, bns = {}, {}, {}
     for name in _names_attr(group, "layer_names", base, "layer_names"):
         layer = group.get(name) if name else None
         if not isinstance(layer, h5py.Group):
@@ -385,8 +386,11 @@ def _legacy_layout(group, base) -> WeightFileLayout:
         if not tensors:
             continue
         m = re.fullmatch(r"block([1-5])_conv([1-9])", name)
+        n = re.fullmatch(r"block([1-5])_bn([1-9])", name)
         if m:
             convs[(int(m.group(1)), int(m.group(2)))] = tensors
+        elif n:
+            bns[(int(n.group(1)), int(n.group(2)))] = tensors
         elif name in _FC_NAMES:
             fcs[name] = tensors
         else:
@@ -399,7 +403,12 @@ def _legacy_layout(group, base) -> WeightFileLayout:
                         + ", ".join(f"block{b}_conv{i}" for i in numbers))
         counts.append(len(numbers))
     trunk = [convs[key] for key in sorted(convs)]
-    return _check_layout(base, trunk, tuple(counts), [fcs.get(n) for n in _FC_NAMES], legacy=True)
+    if bns and sorted(bns) != sorted(convs):
+        missing = sorted(set(convs) ^ set(bns))[0]
+        _fail(base, f"batch norm must follow every convolution; block{missing[0]}_conv{missing[1]} and "
+                    f"block{missing[0]}_bn{missing[1]} do not come in pairs")
+    norms = [bns[key] for key in sorted(convs)] if bns else None
+    return _check_layout(base, trunk, tuple(counts), [fcs.get(n) for n in _FC_NAMES], legacy=True, bns=norms)
 
 
 def _keras3_layout(layers, base) -> WeightFileLayout:
@@ -408,7 +417,7 @@ def _keras3_layout(layers, base) -> WeightFileLayout:
     keys = list(layers.keys())
     if len(keys) > _MAX_LAYERS:
         _fail(base, f"it lists {len(keys):,} layers (at most {_MAX_LAYERS:,} expected)")
-    convs, denses = [], []
+    convs, denses, bns = [], [], []
     for key in sorted(keys, key=_natural_key):
         group = layers[key]
         if not isinstance(group, h5py.Group):
@@ -427,6 +436,8 @@ def _keras3_layout(layers, base) -> WeightFileLayout:
             convs.append(tensors)
         elif kind == "dense":
             denses.append(tensors)
+        elif kind == "batch_normalization":
+            bns.append(tensors)
         else:
             _fail(base, f"layer 'layers/{key}' has weights, and no VGG network has such a layer")
     if denses:
@@ -437,7 +448,10 @@ def _keras3_layout(layers, base) -> WeightFileLayout:
         trunk, fc = convs[:-3], convs[-3:]  # fc6-fc8 as convolutions (the dense form)
     else:
         trunk, fc = convs, [None] * 3
-    return _check_layout(base, trunk, None, fc, legacy=False)
+    if bns and len(bns) != len(trunk):
+        _fail(base, f"it holds {len(bns)} batch norm layers for {len(trunk)} convolutions; a batch-norm VGG has "
+                    "one after every convolution")
+    return _check_layout(base, trunk, None, fc, legacy=False, bns=bns or None)
 
 
 def _check_tensors(base, name, tensors, expected):
@@ -450,14 +464,16 @@ def _check_tensors(base, name, tensors, expected):
             _fail(base, f"tensor {t.path!r} ({name} {role}) has shape {t.shape}, expected {tuple(shape)}")
 
 
-def _check_layout(base, trunk, counts, fc, legacy) -> WeightFileLayout:
-    """Check the convolutions (`trunk`, in order) and fc6/fc7/fc8 (`fc`, None where absent) against the
-    configuration they fit; `counts` (convolutions per block) is known for legacy files only."""
+def _check_layout(base, trunk, counts, fc, legacy, bns=None) -> WeightFileLayout:
+    """Check the convolutions (`trunk`, in order), their batch norms (`bns`, one per convolution, or None)
+    and fc6/fc7/fc8 (`fc`, None where absent) against the configuration they fit; `counts` (convolutions
+    per block) is known for legacy files only."""
+    bn = bool(bns)
     if counts is not None:
-        candidates = [s for s in ARCHS.values() if tuple(len(k) for k in s.kernels) == counts]
+        candidates = [s for s in ARCHS.values() if tuple(len(k) for k in s.kernels) == counts and s.bn == bn]
         found = f"convolutions per block: {list(counts)}"
     else:
-        candidates = [s for s in ARCHS.values() if sum(len(k) for k in s.kernels) == len(trunk)]
+        candidates = [s for s in ARCHS.values() if sum(len(k) for k in s.kernels) == len(trunk) and s.bn == bn]
         found = f"{len(trunk)} convolutions; the configurations have 8, 10, 13 or 16"
     if not candidates:
         raise WeightsError(f"weight file {base} does not hold a VGG network of the paper's Table 1 ({found})")
@@ -470,6 +486,9 @@ def _check_layout(base, trunk, counts, fc, legacy) -> WeightFileLayout:
     spec = next((s for s in chosen if s.name == "vgg16"), chosen[0])  # D before C when neither fits
     for tensors, (name, kernel, bias) in zip(trunk, conv_weight_shapes(spec)):
         _check_tensors(base, name, tensors, [("kernel", kernel), ("bias", bias)])
+    for tensors, (name, _, bias) in zip(bns or (), conv_weight_shapes(spec)):
+        _check_tensors(base, name.replace("_conv", "_bn"), tensors,
+                       [("gamma", bias), ("beta", bias), ("moving mean", bias), ("moving variance", bias)])
 
     fc1, fc2, fc8 = fc
     form = fc1_inputs = classes = None
@@ -502,7 +521,7 @@ def _check_layout(base, trunk, counts, fc, legacy) -> WeightFileLayout:
                         f"expected 1..{MAX_CLASSES:,}")
         _check_tensors(base, "predictions", fc8, [("kernel", kernel), ("bias", (classes,))])
 
-    for tensors in [*trunk, *(t for t in fc if t)]:
+    for tensors in [*trunk, *(bns or ()), *(t for t in fc if t)]:
         for t in tensors:
             if t.declared > _LAZY_FLOOR and t.stored * _MAX_EXPANSION < t.declared:
                 _fail(base, f"tensor {t.path!r} declares {t.declared:,} bytes of weights but the file stores "
@@ -510,7 +529,7 @@ def _check_layout(base, trunk, counts, fc, legacy) -> WeightFileLayout:
     has_top = all(t is not None for t in fc)
     return WeightFileLayout(spec.kernels, has_top, fc1_inputs if has_top else None,
                             classes if has_top else None, legacy=legacy, fc_form=form if has_top else None,
-                            archs=tuple(n for n, s in ARCHS.items() if s.kernels == spec.kernels))
+                            archs=tuple(n for n, s in ARCHS.items() if s.kernels == spec.kernels and s.bn == bn))
 
 
 def _arch_of_layout(layout: WeightFileLayout, path) -> list[str]:
@@ -529,7 +548,8 @@ def _arch_of_layout(layout: WeightFileLayout, path) -> list[str]:
 
 #: Layer classes a VGG `.keras` model may hold (keras.applications' and vggfeat's networks).
 _KERAS_LAYER_CLASSES = ("InputLayer", "Conv2D", "Dense", "MaxPooling2D", "Flatten", "Dropout", "Activation",
-                        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "LocalResponseNormalization")
+                        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "LocalResponseNormalization",
+                        "BatchNormalization", "ReLU")
 
 
 @dataclass
@@ -587,7 +607,7 @@ def _check_keras_config(config, base) -> dict:
     if len(layers) > _MAX_LAYERS:
         bad(f"lists {len(layers):,} layers (at most {_MAX_LAYERS:,} expected)")
     side = "?"  # no InputLayer seen yet
-    convs, fc, lrn = {}, {}, False
+    convs, fc, lrn, bns = {}, {}, False, set()
     for entry in layers:
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
             bad("holds a layer entry that is not an object")
@@ -637,6 +657,11 @@ def _check_keras_config(config, base) -> dict:
                 fc[name] = True
             else:
                 bad(f"declares {cls} layer {name!r}, which no VGG network has")
+        elif cls == "BatchNormalization":
+            m = re.fullmatch(r"block([1-5])_bn([1-9])", str(name))
+            if not m or cfg.get("axis", -1) not in (-1, 3, [3], [-1]):
+                bad(f"declares batch norm layer {name!r}, expected block<b>_bn<i> over the channels")
+            bns.add((int(m.group(1)), int(m.group(2))))
         elif cls == "LocalResponseNormalization":
             size = cfg.get("size", 5)
             if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 127 or size % 2 == 0:
@@ -651,7 +676,9 @@ def _check_keras_config(config, base) -> dict:
             bad(f"numbers the convolutions of block {b} {numbers}, expected 1..n")
         counts.append(numbers)
     kernels = tuple(tuple(convs[(b, i)] for i in numbers) for b, numbers in enumerate(counts, start=1))
-    arch = next((n for n, s in ARCHS.items() if s.kernels == kernels and s.lrn == lrn), None)
+    if bns and bns != set(convs):
+        bad("declares batch norm after some convolutions only")
+    arch = next((n for n, s in ARCHS.items() if s.kernels == kernels and s.lrn == lrn and s.bn == bool(bns)), None)
     if arch is None:
         raise WeightsError(f"{base} does not hold a VGG network of the paper's Table 1 (convolutions per block: "
                            f"{[len(k) for k in kernels]})")
@@ -757,7 +784,7 @@ def inspect_keras_file(path) -> KerasFileInfo:
         meta = _read_json_member(zf, KERAS_METADATA_ENTRY, base) if KERAS_METADATA_ENTRY in names else {}
 
     arch, side = model["arch"], model["input_size"]
-    if layout.conv_kernels != model["kernels"]:
+    if layout.conv_kernels != model["kernels"] or arch not in layout.archs:
         raise WeightsError(f"{base}: model.weights.h5 holds a {layout.archs[0]} network but config.json "
                            f"declares {arch}")
     if layout.fc_form != model["fc_form"]:
@@ -1034,9 +1061,10 @@ class _LegacyH5Source:
                 raise WeightsError(f"weight file {self.base} has no weights for layer {layer_name} of {self.arch_name}")
             g = group[layer_name]
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
-            if len(names) != 2:
+            needed = 4 if "_bn" in layer_name else 2
+            if len(names) != needed:
                 raise WeightsError(f"weight file {self.base}: layer {layer_name} has {len(names)} weights, "
-                                   f"{self.arch_name} needs 2")
+                                   f"{self.arch_name} needs {needed}")
             ds = g[names[index]]
             shape = tuple(int(d) for d in shape)
             stored = tuple(ds.shape)
@@ -1049,8 +1077,16 @@ class _LegacyH5Source:
         return _adoptable(values, dtype)
 
     def initializers(self, layer_name):
-        return {"kernel_initializer": lambda shape, dtype=None: self._read(layer_name, 0, shape, dtype),
-                "bias_initializer": lambda shape, dtype=None: self._read(layer_name, 1, shape, dtype)}
+        roles = _BN_ROLES if "_bn" in layer_name else ("kernel", "bias")
+        return {f"{role}_initializer": functools.partial(self._initial, layer_name, index)
+                for index, role in enumerate(roles)}
+
+    def _initial(self, layer_name, index, shape, dtype=None):
+        return self._read(layer_name, index, shape, dtype)
+
+
+#: A Keras BatchNormalization layer's weights, in the order Keras stores them.
+_BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def _aligned_empty(shape, alignment=64):
