@@ -76,6 +76,8 @@ class ClassifyResult:
     report: str
     pipeline: object
     settings: dict
+    #: rows of the file without a label (-1: images at the top of the folder), left out of training
+    unlabelled: int = 0
 
     @property
     def mean(self):
@@ -92,6 +94,13 @@ def _labelled(data, path):
         raise InputError(f"{path} has no labels: put the images in one subfolder per class before extracting")
     X = data.features[mask].reshape(int(mask.sum()), -1).astype(np.float32)
     y = data.labels[mask]
+    unlabelled = int(len(mask) - mask.sum())
+    if unlabelled:  # said, not silently dropped (one line on stderr from the CLI)
+        import logging
+
+        logging.getLogger("vggfeat").warning(
+            f"{unlabelled} of {len(mask)} rows of {path} are unlabelled (images at the top of the folder, not in a "
+            "class subfolder) and were left out")
     present = np.unique(y)
     if len(present) < 2:
         raise InputError(f"{path} has one class only ({data.class_names[present[0]]}); a classifier needs two or more")
@@ -145,7 +154,8 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, norm
                                    target_names=[data.class_names[i] for i in labels], zero_division=0)
     settings = dict(data.attrs)
     settings["layer"] = data.layer
-    return ClassifyResult(scores, y_true, y_pred, list(data.class_names), report, fitted, settings)
+    return ClassifyResult(scores, y_true, y_pred, list(data.class_names), report, fitted, settings,
+                          unlabelled=int((data.labels < 0).sum()))
 
 
 def _fit(pipe, X, y, classifier):

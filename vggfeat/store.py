@@ -1052,7 +1052,10 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
     Args:
         path: a file written by `vggfeat extract`.
         layer: the layer as named at extraction (`fc7`); may be omitted when the file has one.
-        return_X_y: return `(features, labels)` only, as scikit-learn's loaders do.
+        return_X_y: return `(features, labels)` only, as scikit-learn's loaders do: the labelled rows
+            only. Unlabelled rows (label -1: images at the top of the folder, or with no label in a
+            list) are left out with a warning that says how many, so that scikit-learn never takes
+            -1 for a class; the Bunch (the default) keeps every row.
         verify: check every row read against its commit record's checksum (CRC-32; costs about as
             much as reading the file once more from the page cache). Damaged rows raise
             `OutputError` naming them; `verify=False` skips the check.
@@ -1102,6 +1105,13 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
         warnings.warn(f"{path} is incomplete (the run was interrupted); `vggfeat extract --resume` completes it",
                       stacklevel=2)
     if return_X_y:
+        unlabelled = int(np.count_nonzero(labels < 0))
+        if unlabelled:
+            warnings.warn(f"{path}: {unlabelled} of {len(labels)} rows are unlabelled (label -1: images at the top "
+                          "of the folder, not in a class subfolder); return_X_y=True leaves them out "
+                          "(load_features(...) without it keeps every row)", UserWarning, stacklevel=2)
+            keep = labels >= 0
+            features, labels = features[keep], labels[keep]
         return features, labels
     return Bunch(features=features, labels=labels, paths=paths, class_names=class_names, failed=failed,
                  layer=layer, attrs=attrs)
