@@ -179,7 +179,7 @@ class ExtractorConfig:
 
     @property
     def weights_is_file(self) -> bool:
-        return self.weights not in _NAMED_WEIGHTS
+        return self.weights not in _NAMED_WEIGHTS and not self.weights.lower().startswith("timm:")
 
     def to_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -222,7 +222,8 @@ class ExtractorConfig:
                 scales = json.loads(scales)
             stored = a.get("weights", "imagenet")
             if weights is None:
-                weights = stored if stored in _NAMED_WEIGHTS else a.get("weights_path", stored)
+                named = stored in _NAMED_WEIGHTS or str(stored).lower().startswith("timm:")
+                weights = stored if named else a.get("weights_path", stored)
             seed = a.get("seed", 0) if stored == "random" else 0
             return cls(layers=layers, arch=a.get("arch"), weights=weights, weights_sha256=a.get("weights_sha256"),
                        seed=seed, form=a.get("form", "standard"), pooling=a.get("pooling", "avg"),

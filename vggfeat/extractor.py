@@ -272,6 +272,7 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
     """
     from .errors import WeightsError
     from .weights import file_sha256, imagenet_file, inspect_keras_file, read_weight_file_layout
+    from . import torch_weights
 
     if config.multiscale:
         config = config.replace(input_size=max(config.scales), scales=None, flip=False, aggregate="mean", l2=False)
@@ -290,6 +291,18 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
             described = "with imagenet weights"
             _, _, _, path = imagenet_file(arch, needs_top)
         name = w
+    elif torch_weights.handles(w):  # torchvision/timm: a .safetensors file or timm:NAME (a .pth is refused)
+        found = torch_weights.check(w, config.arch, fetch=fetch)
+        arch, path, name = found["arch"], found["path"], found["name"]
+        described = f"with {name} weights" if torch_weights.is_timm_name(w) else f"from {name}"
+        if needs_top and not found["has_top"]:
+            raise WeightsError(f"weight file {name} has no fc6/fc7/fc8 weights; use a conv layer or "
+                               "--fully-convolutional")
+        has_top = needs_top
+        base_size = found["base_size"] if needs_top else 224
+        if config.weights_sha256 and path and file_sha256(path) != config.weights_sha256:
+            raise WeightsError(f"{w} is not the weight file these settings were made with (its SHA-256 "
+                               f"is {file_sha256(path)[:12]}..., the settings say {config.weights_sha256[:12]}...)")
     else:
         path = w
         name = os.path.basename(path)

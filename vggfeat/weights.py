@@ -841,9 +841,12 @@ def describe_weights(path, arch=None) -> dict:
     reported. Without it, a file whose tensors fit several configurations and that does not record its
     own (vgg11 and vgg11-lrn: LRN has no weights) is reported as the first, with `also_fits` and a `note`
     saying so."""
+    from . import torch_weights
     from .specs import fc_input_side
 
     path = os.fspath(path)
+    if torch_weights.handles(path):  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
+        return torch_weights.describe(path, arch)
     if not os.path.isfile(path):
         raise WeightsError(f"weight file not found: {path}")
     base = os.path.basename(path)
@@ -875,7 +878,11 @@ def describe_weights(path, arch=None) -> dict:
 def arch_note(weights, arch=None) -> str | None:
     """A note when a weight file fits several architectures, records none and none was chosen (vgg11 and
     vgg11-lrn: LRN has no weights, so the file cannot tell); None otherwise. Reads shapes only."""
+    from . import torch_weights
+
     if arch is not None or str(weights) in ("imagenet", "random") or str(weights).endswith(".keras"):
+        return None
+    if torch_weights.handles(weights):  # torch's vgg11 has no LRN twin
         return None
     try:
         meta = describe_weights(weights)
@@ -948,6 +955,11 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
         model = _load_h5_file(spec.name, path, include_top, input_size, dtype, form)
         return model, WeightsInfo("imagenet", "imagenet", path=path)
 
+    from . import torch_weights
+
+    if torch_weights.handles(w):  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
+        return torch_weights.load_torch_network(arch, w, include_top=include_top, input_size=input_size,
+                                                dtype=dtype, form=form)
     path = os.fspath(weights)
     if not os.path.exists(path):
         raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
