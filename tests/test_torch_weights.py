@@ -467,3 +467,44 @@ def test_mistakes_are_found_before_tensorflow(files, tmp_path):
     assert "holds a vgg11-bn network (timm layout), not vgg16" in lines[0]
     assert "x.pth is a pickled PyTorch file" in lines[1]
     assert lines[2:] == ["vgg11-bn", "[]"]
+
+
+def _write_raw(path, tensors):
+    """A safetensors file written by hand: {name: (dtype, shape, bytes)} (for BF16, which NumPy lacks)."""
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
+
+
+def test_chunked_conversion_and_bfloat16(tmp_path, files):
+    """Tensors are converted a slice of output units at a time (the same values whatever the slice), and
+    bfloat16 tensors are widened to float32."""
+    state, path = files[("vgg11", "torchvision")]
+    layout = tw.read_torch_layout(path)
+    whole, sliced = tw._SafetensorsSource(layout), tw._SafetensorsSource(layout, chunk_bytes=1 << 16)
+    for layer, role, shape in (("fc1", "kernel", (SIDE * SIDE * 512, 4096)), ("fc1", "kernel", (SIDE, SIDE, 512, 4096)),
+                               ("fc2", "kernel", (4096, 4096)), ("block3_conv2", "kernel", (3, 3, 256, 256)),
+                               ("predictions", "bias", (CLASSES,))):
+        a = np.asarray(whole._initial(layer, role, shape))
+        b = np.asarray(sliced._initial(layer, role, shape))
+        assert a.shape == shape and np.array_equal(a, b), (layer, role)
+    expected = state["classifier.0.weight"].reshape(4096, 512, SIDE, SIDE).transpose(2, 3, 1, 0).reshape(-1, 4096)
+    np.testing.assert_array_equal(np.asarray(whole._initial("fc1", "kernel", expected.shape)), expected)
+
+    trunk = {k: v for k, v in state.items() if k.startswith("features.")}
+    bf16 = trunk["features.0.weight"].view(np.uint32) >> 16  # the top half of each float32
+    tensors = {k: ("F32", v.shape, v.tobytes()) for k, v in trunk.items()}
+    tensors["features.0.weight"] = ("BF16", bf16.shape, bf16.astype("<u2").tobytes())
+    raw = tmp_path / "bf16.safetensors"
+    _write_raw(raw, tensors)
+    layout = tw.read_torch_layout(raw)
+    assert layout.arch == "vgg11" and not layout.has_top
+    kernel = np.asarray(tw._SafetensorsSource(layout)._initial("block1_conv1", "kernel", (3, 3, 3, 64)))
+    widened = (bf16 << 16).astype(np.uint32).view(np.float32)
+    np.testing.assert_array_equal(kernel, widened.transpose(2, 3, 1, 0))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .buffers import adoptable, aligned_empty
 from .errors import WeightsError
 from .specs import ARCHS, BLOCK_WIDTHS, FC_WIDTH, MAX_CLASSES, conv_weight_shapes, get_arch
 
@@ -459,14 +460,32 @@ def to_keras(array, kind, side=None):
     return a
 
 
+def keras_shape(shape, kind, side=None) -> tuple:
+    """The shape `to_keras` gives a tensor of `shape`."""
+    shape = tuple(shape)
+    if kind in ("conv", "fc6_conv"):
+        return (shape[2], shape[3], shape[1], shape[0])
+    if kind == "fc6_linear":
+        return (side, side, BLOCK_WIDTHS[-1], shape[0])
+    if kind == "linear":
+        return (math.prod(shape[1:]), shape[0])
+    return shape
+
+
+#: Bytes of a tensor converted at a time (fc6 of VGG-16 is 411 MB: it is never held twice).
+_CHUNK_BYTES = 32 << 20
+
+
 class _SafetensorsSource:
     """A torchvision/timm safetensors file as a weight source for `build_vgg`: each variable is made from
-    its tensor, read when its layer is built (`safe_open`, one tensor at a time) and converted to Keras's
-    layout into one aligned float32 array, which a TensorFlow variable adopts without a copy."""
+    its tensor when its layer is built, converted to Keras's layout straight into one aligned float32 array
+    (which a TensorFlow variable adopts without a copy), a slice of output units at a time (`safe_open`'s
+    `get_slice`), so no tensor is held twice and no whole-file dict is made."""
 
-    def __init__(self, layout: TorchLayout):
+    def __init__(self, layout: TorchLayout, chunk_bytes=_CHUNK_BYTES):
         self.layout = layout
         self.base = os.path.basename(layout.path)
+        self.chunk_bytes = chunk_bytes
 
     def initializers(self, layer_name):
         roles = [role for (lname, role) in self.layout.tensors if lname == layer_name]
@@ -474,29 +493,40 @@ class _SafetensorsSource:
             raise WeightsError(f"weight file {self.base} has no weights for layer {layer_name} of {self.layout.arch}")
         return {f"{role}_initializer": functools.partial(self._initial, layer_name, role) for role in roles}
 
-    def read(self, name):
-        """One tensor as float32 NumPy."""
+    def _rows(self, handle, name, start, stop):
+        """Rows `start:stop` of a tensor (its first axis: output units) as float32."""
         entry = self.layout.entries[name]
         if entry.dtype == "BF16":  # NumPy has no bfloat16: widen the bits
-            raw = np.fromfile(self.layout.path, dtype="<u2", count=math.prod(entry.shape), offset=entry.start)
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry.shape)
-        from safetensors import safe_open
-
-        with safe_open(self.layout.path, framework="numpy") as f:
-            values = f.get_tensor(name)
+            per_row = math.prod(entry.shape[1:])
+            raw = np.fromfile(self.layout.path, dtype="<u2", count=(stop - start) * per_row,
+                              offset=entry.start + start * per_row * 2)
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape((stop - start,) + entry.shape[1:])
+        values = handle.get_slice(name)[start:stop]
         return values if values.dtype == np.float32 else values.astype(np.float32)
 
     def _initial(self, layer_name, role, shape, dtype=None):
-        from .weights import _adoptable, _aligned_empty
+        from safetensors import safe_open
 
         name, kind = self.layout.tensors[(layer_name, role)]
-        values = to_keras(self.read(name), kind, self.layout.fc6_side)
+        entry = self.layout.entries[name]
+        side = self.layout.fc6_side
         shape = tuple(int(d) for d in shape)
-        if math.prod(shape) != values.size:
-            raise WeightsError(f"weight file {self.base}: {name} gives {values.shape}, {self.layout.arch} needs {shape}")
-        out = _aligned_empty(shape)
-        np.copyto(out.reshape(values.shape), values)  # C order: (H, W, I, O) flattens to Keras's Dense rows
-        return _adoptable(out, dtype)
+        if math.prod(shape) != math.prod(entry.shape):
+            raise WeightsError(f"weight file {self.base}: {name} has shape {entry.shape}, {self.layout.arch} "
+                               f"needs {shape}")
+        out = aligned_empty(shape)
+        target = out.reshape(keras_shape(entry.shape, kind, side))  # a view: C order, Keras's Dense rows
+        rows = entry.shape[0]
+        step = max(1, self.chunk_bytes // max(1, 4 * math.prod(entry.shape[1:])))
+        with safe_open(self.layout.path, framework="numpy") as handle:
+            for start in range(0, rows, step):
+                stop = min(rows, start + step)
+                values = to_keras(self._rows(handle, name, start, stop), kind, side)
+                if kind == "vector":
+                    target[start:stop] = values
+                else:
+                    target[..., start:stop] = values
+        return adoptable(out, dtype)
 
 
 def resolve(weights, *, download=True):
@@ -547,10 +577,10 @@ def _check_name_fits(display, layout):
 
 def load_torch_network(arch=None, weights=None, *, include_top=True, input_size=224, dtype=None, form="standard"):
     """Build the network a torchvision/timm file (or timm name) holds, each variable made from its tensor,
-    straight in `form` (`standard`, `dense`, `fully_conv`). Returns `(model, WeightsInfo)` with the torch
-    preprocessing."""
+    straight in `form` (`standard`, `dense`, `fully_conv`). Returns `(model, name, path, named)`: the name
+    to record (the file's base name, or `timm:NAME`), the file read, and whether it was a timm name (these
+    weights want the `PREPROCESSING` of this module)."""
     from .models import build_vgg
-    from .weights import WeightsInfo, file_sha256
 
     path, display, repo = resolve(weights)
     layout = read_torch_layout(path, arch, display)
@@ -571,11 +601,7 @@ def load_torch_network(arch=None, weights=None, *, include_top=True, input_size=
         model = build_vgg(name, form="fully_conv", dtype=dtype, seed=source)
     else:
         model = build_vgg(name, include_top=False, input_size=input_size, dtype=dtype, seed=source)
-    if repo is not None:
-        info = WeightsInfo("timm", display, preprocessing=PREPROCESSING, path=path)
-    else:
-        info = WeightsInfo("file", display, preprocessing=PREPROCESSING, path=path, sha256=file_sha256(path))
-    return model, info
+    return model, display, path, repo is not None
 
 
 def check(weights, arch=None, *, fetch=True) -> dict:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from .buffers import adoptable as _adoptable
+from .buffers import aligned_empty as _aligned_empty
 from .config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from .errors import VggfeatError, WeightsError
 from .specs import ARCHS, BLOCK_WIDTHS, FC_WIDTH, MAX_CLASSES, conv_weight_shapes, get_arch, paper_name
@@ -958,8 +960,10 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     from . import torch_weights
 
     if torch_weights.handles(w):  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
-        return torch_weights.load_torch_network(arch, w, include_top=include_top, input_size=input_size,
-                                                dtype=dtype, form=form)
+        model, name, path, named = torch_weights.load_torch_network(arch, w, include_top=include_top,
+                                                                    input_size=input_size, dtype=dtype, form=form)
+        return model, WeightsInfo("timm" if named else "file", name, preprocessing=torch_weights.PREPROCESSING,
+                                  path=path, sha256=None if named else file_sha256(path))
     path = os.fspath(weights)
     if not os.path.exists(path):
         raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
@@ -1099,27 +1103,3 @@ class _LegacyH5Source:
 
 #: A Keras BatchNormalization layer's weights, in the order Keras stores them.
 _BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
-
-
-def _aligned_empty(shape, alignment=64):
-    """A float32 array whose data starts on a 64-byte boundary (what TensorFlow's CPU tensors need in order
-    to use a buffer they did not allocate)."""
-    n = math.prod(shape)
-    raw = np.empty(n * 4 + alignment, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % alignment
-    return raw[offset:offset + n * 4].view(np.float32).reshape(shape)
-
-
-def _adoptable(values, dtype):
-    """`values` as the initial value of a variable: on TensorFlow a tensor sharing the array's memory
-    (DLPack), which the variable takes over as its own buffer, so loading needs no second copy."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow" or (dtype is not None and str(dtype) != "float32"):
-        return values
-    import tensorflow as tf
-
-    try:
-        return tf.experimental.dlpack.from_dlpack(values.__dlpack__())
-    except Exception:  # noqa: BLE001 - an older NumPy or TensorFlow: the variable copies the array
-        return values
