@@ -178,9 +178,11 @@ def model_options(func):
     """Options that choose the network and its weights, shared by several commands."""
     options = [
         arch_option,
-        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
+        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|timm:NAME|PATH",
                      help="Keras's ImageNet weights (vgg16/vgg19; downloaded once), random weights from "
-                          "--seed, or a .h5 / .weights.h5 / .keras file."),
+                          "--seed, a .h5 / .weights.h5 / .keras file, or (extract) torchvision's ImageNet weights: "
+                          "timm:vgg11 .. timm:vgg19_bn (from the Hugging Face cache, downloaded once) or a "
+                          "torchvision/timm .safetensors file."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed of --weights random."),
     ]
     for option in reversed(options):

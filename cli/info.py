@@ -23,8 +23,9 @@ def _fmt_count(n):
 
 @click.command("info")
 @arch_option
-@click.option("--weights", default=None, metavar="PATH",
-              help="Describe the network in a weight file or a fine-tuned .keras model (its classes too).")
+@click.option("--weights", default=None, metavar="PATH|timm:NAME",
+              help="Describe the network in a weight file, a fine-tuned .keras model (its classes too), a "
+                   "torchvision/timm .safetensors file or a timm name (its preprocessing too).")
 @input_size_option("Side of the square input (default: the weight file's, else 224).")
 @click.option("--dense", is_flag=True, help="The paper's dense form: fc6 as a 7x7 conv, fc7/fc8 as 1x1 convs.")
 @click.option("--classes", default=None, type=click.IntRange(1, MAX_CLASSES),
@@ -65,7 +66,7 @@ def info_command(arch, weights, input_size, dense, classes, as_json):
         return
     form = "dense form" if dense else "standard form"
     click.echo(f"{spec.name} (configuration {spec.letter}), {form}, input {input_size}x{input_size}x3")
-    for key in ("weights", "class_names", "preprocessing", "note"):
+    for key in ("weights", "source", "class_names", "preprocessing", "note"):
         if meta.get(key):
             value = meta[key] if not isinstance(meta[key], list) else ", ".join(meta[key])
             click.echo(f"{key}: {value}")
