@@ -508,3 +508,8 @@ def test_chunked_conversion_and_bfloat16(tmp_path, files):
     kernel = np.asarray(tw._SafetensorsSource(layout)._initial("block1_conv1", "kernel", (3, 3, 3, 64)))
     widened = (bf16 << 16).astype(np.uint32).view(np.float32)
     np.testing.assert_array_equal(kernel, widened.transpose(2, 3, 1, 0))
+
+    half = dict(trunk, **{"features.0.weight": trunk["features.0.weight"].astype(np.float16)})
+    layout = tw.read_torch_layout(write(tmp_path, half, "f16.safetensors"))
+    kernel = np.asarray(tw._SafetensorsSource(layout)._initial("block1_conv1", "kernel", (3, 3, 3, 64)))
+    np.testing.assert_array_equal(kernel, half["features.0.weight"].astype(np.float32).transpose(2, 3, 1, 0))

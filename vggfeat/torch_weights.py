@@ -15,7 +15,8 @@ Two `--weights` values reach this module:
 The architecture is read from the tensors: convolutions are numbered by their position in torch's `features`
 Sequential, where a max pool separates the blocks and batch norm (when present) sits between a convolution and
 its ReLU. Every tensor's shape is checked from the file's header (8 bytes of length, then JSON) before Keras is
-imported. Kernels are converted to Keras's layout as each layer is built (one tensor read at a time): conv
+imported. Kernels are converted to Keras's layout as each layer is built (one tensor read at a time, a slice of
+output units at a time, from the offsets of the checked header; no PyTorch and no memory map): conv
 `(O, I, H, W)` -> `(H, W, I, O)`, linear `(out, in)` -> `(in, out)`, and fc6 reordered from torch's (C, H, W)
 flatten to Keras's (H, W, C) -- the operation timm's and keras-hub's converters perform.
 
@@ -479,8 +480,8 @@ _CHUNK_BYTES = 32 << 20
 class _SafetensorsSource:
     """A torchvision/timm safetensors file as a weight source for `build_vgg`: each variable is made from
     its tensor when its layer is built, converted to Keras's layout straight into one aligned float32 array
-    (which a TensorFlow variable adopts without a copy), a slice of output units at a time (`safe_open`'s
-    `get_slice`), so no tensor is held twice and no whole-file dict is made."""
+    (which a TensorFlow variable adopts without a copy), a slice of output units at a time, so no tensor is
+    held twice and no whole-file dict is made."""
 
     def __init__(self, layout: TorchLayout, chunk_bytes=_CHUNK_BYTES):
         self.layout = layout
@@ -493,20 +494,25 @@ class _SafetensorsSource:
             raise WeightsError(f"weight file {self.base} has no weights for layer {layer_name} of {self.layout.arch}")
         return {f"{role}_initializer": functools.partial(self._initial, layer_name, role) for role in roles}
 
-    def _rows(self, handle, name, start, stop):
-        """Rows `start:stop` of a tensor (its first axis: output units) as float32."""
+    def _rows(self, name, start, stop):
+        """Rows `start:stop` of a tensor (its first axis: output units) as float32, read from the offsets the
+        checked header gives (`np.fromfile`: into process memory only what is asked; a memory map of the
+        file, as `safe_open` makes, adds the file's pages to the peak RSS: 1716 vs 1389 MB loading VGG-16)."""
         entry = self.layout.entries[name]
+        per_row = math.prod(entry.shape[1:])
+        size = _ITEMSIZE[entry.dtype]
+        dtype = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}[entry.dtype]
+        raw = np.fromfile(self.layout.path, dtype=dtype, count=(stop - start) * per_row,
+                          offset=entry.start + start * per_row * size)
+        if raw.size != (stop - start) * per_row:
+            raise WeightsError(f"weight file {self.base}: {name} is truncated")
         if entry.dtype == "BF16":  # NumPy has no bfloat16: widen the bits
-            per_row = math.prod(entry.shape[1:])
-            raw = np.fromfile(self.layout.path, dtype="<u2", count=(stop - start) * per_row,
-                              offset=entry.start + start * per_row * 2)
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape((stop - start,) + entry.shape[1:])
-        values = handle.get_slice(name)[start:stop]
-        return values if values.dtype == np.float32 else values.astype(np.float32)
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        elif entry.dtype != "F32":
+            raw = raw.astype(np.float32)
+        return raw.reshape((stop - start,) + entry.shape[1:])
 
     def _initial(self, layer_name, role, shape, dtype=None):
-        from safetensors import safe_open
-
         name, kind = self.layout.tensors[(layer_name, role)]
         entry = self.layout.entries[name]
         side = self.layout.fc6_side
@@ -518,14 +524,13 @@ class _SafetensorsSource:
         target = out.reshape(keras_shape(entry.shape, kind, side))  # a view: C order, Keras's Dense rows
         rows = entry.shape[0]
         step = max(1, self.chunk_bytes // max(1, 4 * math.prod(entry.shape[1:])))
-        with safe_open(self.layout.path, framework="numpy") as handle:
-            for start in range(0, rows, step):
-                stop = min(rows, start + step)
-                values = to_keras(self._rows(handle, name, start, stop), kind, side)
-                if kind == "vector":
-                    target[start:stop] = values
-                else:
-                    target[..., start:stop] = values
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            values = to_keras(self._rows(name, start, stop), kind, side)
+            if kind == "vector":
+                target[start:stop] = values
+            else:
+                target[..., start:stop] = values
         return adoptable(out, dtype)
 
 
