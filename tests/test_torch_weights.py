@@ -513,3 +513,23 @@ def test_chunked_conversion_and_bfloat16(tmp_path, files):
     layout = tw.read_torch_layout(write(tmp_path, half, "f16.safetensors"))
     kernel = np.asarray(tw._SafetensorsSource(layout)._initial("block1_conv1", "kernel", (3, 3, 3, 64)))
     np.testing.assert_array_equal(kernel, half["features.0.weight"].astype(np.float32).transpose(2, 3, 1, 0))
+
+
+def test_extract_with_a_cached_timm_name(tmp_path, files, hf_home, image_folder):
+    """`timm:NAME` found in the Hugging Face cache (offline): extracted with torch preprocessing, recorded by
+    name (no file path), the same features as the file itself."""
+    import shutil
+
+    import vggfeat
+
+    state, path = files[("vgg11-bn", "timm")]
+    cached = hf_cache(hf_home, "vgg11_bn.tv_in1k", {})
+    shutil.copyfile(path, cached)
+    by_name, by_file = tmp_path / "name.h5", tmp_path / "file.h5"
+    vggfeat.extract([image_folder], by_name, ["fc7"], weights="timm:vgg11_bn", progress=False)
+    vggfeat.extract([image_folder], by_file, ["fc7"], weights=path, progress=False)
+    attrs = vggfeat.read_attrs(by_name)
+    assert attrs["weights"] == "timm:vgg11_bn" and attrs["preprocessing"] == "torch" and attrs["arch"] == "vgg11-bn"
+    assert "weights_path" not in attrs
+    np.testing.assert_allclose(vggfeat.load_features(by_name, "fc7").features,
+                               vggfeat.load_features(by_file, "fc7").features, rtol=1e-6)
