@@ -460,13 +460,18 @@ def test_mistakes_are_found_before_tensorflow(files, tmp_path):
         "    try:\n        check_extractor(ExtractorConfig(layers=['fc7'], weights=w, arch=arch))\n"
         "    except WeightsError as e:\n        print(e)\n"
         f"print(check_extractor(ExtractorConfig(layers=['fc7', 'pool5'], weights={bn!r})).arch)\n"
+        "check = check_extractor(ExtractorConfig(layers=['fc7'], weights='timm:vgg13'), fetch=False)\n"
+        "print(check.loading())\n"
+        "try:\n    check.fetch()\nexcept WeightsError as e:\n    print(str(e)[:40])\n"
         "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'jax') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     lines = out.strip().splitlines()
     assert "holds a vgg11-bn network (timm layout), not vgg16" in lines[0]
     assert "x.pth is a pickled PyTorch file" in lines[1]
-    assert lines[2:] == ["vgg11-bn", "[]"]
+    assert lines[2:] == ["vgg11-bn", "loading vgg13 with timm:vgg13.tv_in1k weights...",
+                         "cannot get timm:vgg13.tv_in1k: model.saf", "[]"]
 
 
 def _write_raw(path, tensors):

@@ -239,16 +239,22 @@ class ExtractorCheck:
     weights in words (`weights`), the weight file to read (`path`: a file, or Keras's cached ImageNet
     file), and the Keras names of the layers."""
 
-    def __init__(self, arch, weights, path, keras_layers, include_top=True):
+    def __init__(self, arch, weights, path, keras_layers, include_top=True, timm_name=None):
         self.arch, self.weights, self.path, self.keras_layers = arch, weights, path, keras_layers
         self.include_top = include_top
+        self.timm_name = timm_name
 
     def fetch(self) -> "ExtractorCheck":
-        """Download Keras's ImageNet file now if it is not cached (nothing to do for other weights)."""
+        """Download Keras's ImageNet file, or a `timm:NAME` file into the Hugging Face cache, now if it is not
+        cached (nothing to do for other weights), and check what a downloaded timm file holds."""
         if self.weights == "with imagenet weights":
             from .weights import imagenet_weights_path
 
             self.path = imagenet_weights_path(self.arch, self.include_top)
+        elif self.timm_name and self.path is None:
+            from . import torch_weights
+
+            self.path = torch_weights.check(self.timm_name, self.arch)["path"]
         return self
 
     def loading(self) -> str:
@@ -363,7 +369,8 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
     if config.form != "standard" and config.resize == "short" and config.pooling == "none":
         raise InputError(f"layer {config.layers[0]} gives maps whose size depends on each image's shape; use "
                          "--pooling avg or max, or a fixed geometry (--resize crop or squash)")
-    check = ExtractorCheck(arch, described, path, keras_layers, needs_top)
+    check = ExtractorCheck(arch, described, path, keras_layers, needs_top,
+                           timm_name=w if torch_weights.is_timm_name(w) else None)
     return check.fetch() if fetch else check
 
 

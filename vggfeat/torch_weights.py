@@ -190,9 +190,10 @@ def timm_weights_path(weights) -> str:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     raise WeightsError(
         f"cannot get {TIMM_PREFIX}{repo.split('/', 1)[1]}: {fname} of the Hugging Face repository {repo} is not in "
-        f"the Hugging Face cache ({cache}) and downloading it failed ({reason}); on a machine with network run "
-        f"`huggingface-cli download {repo} {fname}` and copy its cache folder models--timm--{repo.split('/', 1)[1]} "
-        f"into {cache}, or pass --weights PATH to a local copy of the .safetensors file"
+        f"the Hugging Face cache ({cache}) and downloading it failed ({reason}); on a machine with network fetch "
+        f"https://huggingface.co/{repo}/resolve/main/{fname} and pass --weights PATH to it, or run "
+        f"`hf download {repo} {fname}` there and copy the cache folder models--timm--{repo.split('/', 1)[1]} into "
+        f"{cache}"
     )
 
 
