@@ -12,8 +12,9 @@ from ._common import output_options, reports_errors
 @click.option("--layer", default=None, help="Layer in the file (default: the only one).")
 @click.option("--classifier", type=click.Choice(["linear-svm", "logreg", "knn"]), default="linear-svm",
               show_default=True, help="linear-svm is the paper's choice.")
-@click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Regularisation of linear-svm/logreg (> 0).")
+@click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Inverse regularisation of linear-svm/logreg (> 0). Default: 10 for linear-svm, 100 for "
+                   "logreg, suited to L2-normalised rows (see docs/benchmarks.md).")
 @click.option("--neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="k of knn.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Scale each feature vector to unit L2 norm first (a Normalizer step of the pipeline).")

@@ -46,15 +46,24 @@ TRUSTED_TYPES = [
 ]
 
 
-def make_classifier(kind="linear-svm", C=1.0, normalize=True, neighbors=5):
+#: The default C of each linear classifier, chosen for L2-normalised rows (benchmarks/classifier_defaults.py,
+#: docs/benchmarks.md): on unit-norm fc7 rows the class differences are small, and C=1 regularises so
+#: strongly that logistic regression (whose intercept is not penalised) predicted one class for everything.
+DEFAULT_C = {"linear-svm": 10.0, "logreg": 100.0}
+
+
+def make_classifier(kind="linear-svm", C=None, normalize=True, neighbors=5):
     """The paper's post-processing and classifier as one pipeline: L2 normalisation (`Normalizer`),
-    then a linear SVM (default), logistic regression or k-NN."""
+    then a linear SVM (default), logistic regression or k-NN. `C` None: `DEFAULT_C[kind]` (10 for
+    linear-svm, 100 for logreg), suited to unit-norm rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer
     from sklearn.svm import LinearSVC
 
+    if C is None and kind in DEFAULT_C:
+        C = DEFAULT_C[kind]
     if kind == "linear-svm":
         clf = LinearSVC(C=C, max_iter=10000)
     elif kind == "logreg":
@@ -107,7 +116,7 @@ def _labelled(data, path):
     return X, y
 
 
-def classify(features_path, layer="fc7", *, classifier="linear-svm", C=1.0, normalize=True, neighbors=5, cv=5,
+def classify(features_path, layer="fc7", *, classifier="linear-svm", C=None, normalize=True, neighbors=5, cv=5,
              test_size=None, seed=0):
     """Cross-validate (or hold out `test_size`) a classifier on stored features, then fit it on all
     the labelled rows (on the training part with `test_size`).
