@@ -54,14 +54,20 @@ from ._common import (input_options, input_size_option, model_options, output_op
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="With --engine ray: images per Ray Data block, the unit of work and of retry "
                    "(default: 8 batches).")
+@click.option("--label-field", default=None, metavar="FIELD",
+              help="With tar shards: the field of each sample's .json holding its label (a class index or name; "
+                   "a.b for a nested field). Default: the sample's .cls.")
+@click.option("--class-names", default=None, metavar="NAMES|FILE",
+              help="With tar shards: class names, comma-separated or a file with one a line, that labels refer to.")
 @click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
 @quiet_option
 @reports_errors
 def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
                     input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
-                    workers, ray_workers, address, gpus_per_worker, block_size, resume, overwrite, strict, quiet):
+                    workers, ray_workers, address, gpus_per_worker, block_size, label_field, class_names, resume, overwrite,
+                    strict, quiet):
     """Extract features of images in INPUTS (folders, scanned recursively; image files; lists of image
-    files, .txt or .csv) into OUTPUT.
+    files, .txt or .csv; WebDataset tar shards, shards/{00000..00009}.tar; s3://bucket/prefix/) into OUTPUT.
 
     Images in first-level subfolders get the subfolder's name as class label (a CSV list's `label`
     column does the same). Every mistake (inputs, output, settings, weights, layers) is reported before
@@ -94,7 +100,8 @@ def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, p
                           flip=flip, aggregate=aggregate, l2=l2, dtype=dtype, compression=compression,
                           batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict, engine=engine,
                           address=address, gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
-                          ray_workers=ray_workers, extensions=ext or None, exclude=exclude)
+                          ray_workers=ray_workers, extensions=ext or None, exclude=exclude, class_names=class_names,
+                          label_field=label_field)
     try:
         quiet_backend()
     except KeyboardInterrupt:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .config import ExtractorConfig
 from .errors import ExtractFailed, ExtractInterrupted, InputError, OutputError
-from .images import MAX_PIXELS, scan_images
+from .images import MAX_PIXELS
+from .shards import ShardInputs, is_shard_input, is_url, scan_inputs
 from .stream import iter_features
 
 ENGINES = ("local", "ray")
@@ -110,13 +111,15 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
             workers=None, resume=False, overwrite=False, strict=False, progress=None, max_pixels=MAX_PIXELS,
             extractor=None, on_batch=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
-            block_size=None, extensions=None, exclude=()):
+            block_size=None, extensions=None, exclude=(), class_names=None, label_field=None):
     """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
 
     Args:
         inputs: one or more folders (scanned recursively, sorted; first-level subfolders are classes),
             image files and/or list files (`.txt`: one path per line; `.csv`: a header naming `path`
-            and optionally `label`; see `vggfeat.images.scan_images`).
+            and optionally `label`; see `vggfeat.images.scan_images`); or tar shards (WebDataset:
+            `shards/00000.tar`, `shards/{00000..00009}.tar`) and URLs (`s3://bucket/prefix/`,
+            `s3://bucket/x.tar`), streamed shard by shard (local engine; see `vggfeat.shards`).
         output: the `.h5` file to write.
         layers, arch, weights, seed, pooling, form, input_size, resize, precision, scales, flip,
             aggregate, l2: the settings that decide the features (see `ExtractorConfig`); or pass
@@ -144,6 +147,10 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
         block_size: images per Ray Data block, the unit of work and of retry (default 8 batches).
         extensions: which file name extensions count as images in folders (default `IMAGE_EXTENSIONS`).
         exclude: glob patterns of images to leave out (see `scan_images`).
+        class_names: with shards, the class names (a list, a file with one a line, or a comma-separated
+            string) that `.cls` indices or `label_field` values refer to.
+        label_field: with shards, the field of each sample's `.json` that holds its label (an index or
+            a class name; `a.b` for a nested field); default: the sample's `.cls`.
 
     `extract` is `prepare_extract(...)` (every check that needs no Keras) followed by `.run()`.
 
@@ -163,7 +170,7 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
                           batch_size=batch_size, workers=workers, resume=resume, overwrite=overwrite, strict=strict,
                           max_pixels=max_pixels, extractor=extractor, engine=engine, address=address,
                           ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, block_size=block_size,
-                          extensions=extensions, exclude=exclude)
+                          extensions=extensions, exclude=exclude, class_names=class_names, label_field=label_field)
     return job.run(progress=progress, on_batch=on_batch)
 
 
@@ -210,7 +217,8 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
                     flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
                     workers=None, resume=False, overwrite=False, strict=False, max_pixels=MAX_PIXELS,
                     extractor=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
-                    block_size=None, extensions=None, exclude=()) -> ExtractJob:
+                    block_size=None, extensions=None, exclude=(), class_names=None,
+                    label_field=None) -> ExtractJob:
     """Check every argument of `extract` without Keras, in well under a second for a folder of
     thousands of images, and return the `ExtractJob` that runs it: the settings, the output (refused
     when it exists without `resume`/`overwrite`, when its folder is missing or cannot be written), the
@@ -243,6 +251,10 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
         raise InputError(f"batch size must be at least 1. Received: {batch_size}")
     runner = make_engine(engine, workers=workers, address=address, ray_workers=ray_workers,
                          gpus_per_worker=gpus_per_worker, block_size=block_size)
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if runner.name != "local" and any(is_shard_input(g) for g in given):
+        raise InputError("the Ray engine reads folders, image files and lists; tar shards and URLs (s3://...) "
+                         "need --engine local for now")
     if extractor is not None and runner.name != "local":
         raise InputError("the Ray engine builds the extractor on each worker from its config; pass the config, "
                          "not an extractor")
@@ -261,7 +273,8 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
             check = check_extractor(config, fetch=False)
         if resume and check is not None and os.path.exists(output):
             _check_resume(output, config, check, inputs, dtype)
-        images = scan_images(inputs, extensions=extensions, exclude=exclude)
+        images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
+                             label_field=label_field)
         log.info(images.found())
         if check is not None:
             check.fetch()  # Keras's ImageNet file, when it is not cached yet
@@ -275,8 +288,10 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
 
 
 def _inputs_attr(inputs) -> str:
-    return json.dumps([os.path.abspath(os.fspath(p)) for p in (
-        [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)])
+    from .shards import _safe_url
+
+    return json.dumps([_safe_url(p) if is_url(p) else os.path.abspath(p) for p in (
+        os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs))])
 
 
 def _check_resume(output, config, check, inputs, dtype):
@@ -328,7 +343,8 @@ def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype,
     output_shapes = extractor.output_shapes
     start = time.perf_counter()
     done = set(writer.written_paths())
-    skipped = sum(1 for p in images.paths if p in done)
+    # rows of shards are known only as they are read: every row already written is one of them
+    skipped = len(done) if isinstance(images, ShardInputs) else sum(1 for p in images.paths if p in done)
     report = {}
     complete = False
     try:

@@ -18,7 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .errors import ExtractFailed, ImageError
-from .images import MAX_PIXELS, ImageList, load_image, scan_images
+from .images import MAX_PIXELS, ImageList, load_image
+from .shards import Sample, ShardInputs, as_image_source, iter_samples, scan_inputs
 
 
 @dataclass
@@ -86,7 +87,7 @@ class _DecodePool:
                 return
             job.started = time.monotonic()
             try:
-                job.result = load_image(job.file, self.geometry, max_pixels=self.max_pixels)
+                job.result = load_image(as_image_source(job.file), self.geometry, max_pixels=self.max_pixels)
             except ImageError as exc:
                 job.result = exc
             except Exception as exc:  # load_image turns every image problem into ImageError; this is a bug
@@ -95,7 +96,11 @@ class _DecodePool:
 
     def submit(self, file):
         job = _Job(file)
-        self.queue.put(job)
+        if isinstance(file, ImageError):  # failed before decoding (a damaged shard member...)
+            job.result = file
+            job.done.set()
+        else:
+            self.queue.put(job)
         return job
 
     def close(self):
@@ -104,22 +109,24 @@ class _DecodePool:
             self.queue.put(None)
 
 
-def _decode_in_order(files, geometry, workers, depth, max_pixels, timeout=DECODE_TIMEOUT):
-    """Yield (index, array or ImageError) in input order, decoding up to `depth` images ahead.
+def _decode_in_order(samples, geometry, workers, depth, max_pixels, timeout=DECODE_TIMEOUT):
+    """Yield (sample, array or ImageError) in input order, decoding up to `depth` images ahead.
 
-    A decode running longer than `timeout` seconds yields an ImageError for its image. The wait
-    wakes up often, so Ctrl-C (and SIGTERM, which the CLI turns into the same) stops it promptly.
+    `samples`: `Sample`s whose `data` is a path, bytes (an image file's content) or an `ImageError`
+    (failed already). A decode running longer than `timeout` seconds yields an ImageError for its
+    image. The wait wakes up often, so Ctrl-C (and SIGTERM, which the CLI turns into the same) stops
+    it promptly.
     """
     pool = _DecodePool(workers, geometry, max_pixels)
     try:
         pending = deque()
-        it = iter(enumerate(files))
-        for i, f in it:
-            pending.append((i, pool.submit(f)))
+        it = iter(samples)
+        for s in it:
+            pending.append((s, pool.submit(s.data)))
             if len(pending) >= depth:
                 break
         while pending:
-            i, job = pending.popleft()
+            s, job = pending.popleft()
             while not job.done.wait(0.25):
                 if job.started is not None and time.monotonic() - job.started > timeout:
                     job.result = ImageError(f"decoding took longer than {timeout:g} s (abandoned)")
@@ -128,25 +135,69 @@ def _decode_in_order(files, geometry, workers, depth, max_pixels, timeout=DECODE
             result = job.result
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt[0], pool.submit(nxt[1])))
-            yield i, result
+                pending.append((nxt, pool.submit(nxt.data)))
+            yield s, result
     finally:
         pool.close()
 
 
-def _to_list(images: ImageList | list | str, extensions=None, exclude=()):
-    if isinstance(images, ImageList):
+def _to_list(images: ImageList | ShardInputs | list | str, extensions=None, exclude=(), class_names=None,
+             label_field=None):
+    if isinstance(images, (ImageList, ShardInputs)):
         return images
-    return scan_images(images, extensions=extensions, exclude=exclude)
+    return scan_inputs(images, extensions=extensions, exclude=exclude, class_names=class_names,
+                       label_field=label_field)
+
+
+def _prefetch(iterable, size):
+    """Run `iterable` on a daemon thread, up to `size` items ahead (reading shards while the model
+    runs); its exceptions come out here. Closing the generator stops the thread at its next item."""
+    q = queue.Queue(maxsize=max(1, size))
+    stop = threading.Event()
+    end = object()
+
+    def work():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.25)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((end, exc))
+
+    threading.Thread(target=work, name="vggfeat-shard-reader", daemon=True).start()
+    try:
+        while True:
+            try:
+                item, exc = q.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(), progress=None, strict=False,
-                  max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, extensions=None, exclude=(), **config):
+                  max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, extensions=None, exclude=(), class_names=None,
+                  label_field=None, **config):
     """Yield `FeatureBatch`es of the images in `inputs`, in input order, holding only a few batches.
 
     Args:
         inputs: folders, image files and/or lists of images (`.txt`, `.csv`), or an `ImageList` from
-            `scan_images`; `extensions` and `exclude` as for `scan_images`.
+            `scan_images`; `extensions` and `exclude` as for `scan_images`. Or tar shards (WebDataset:
+            `shards/00000.tar`, `shards/{00000..00009}.tar`) and URLs (`s3://bucket/prefix/`), streamed
+            shard by shard (see `vggfeat.shards`), with labels from `.cls` or the JSON field
+            `label_field`, and `class_names` (a list, a file or a comma-separated string).
         extractor: a `FeatureExtractor` or `MultiScaleExtractor`, or an `ExtractorConfig` to build one;
             None: built from `config`, the fields of `ExtractorConfig` (layers, arch, weights, seed,
             form, pooling, input_size, resize, precision, scales, flip, aggregate, l2).
@@ -163,7 +214,7 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
     """
     from .config import ExtractorConfig
 
-    images = _to_list(inputs, extensions, exclude)
+    images = _to_list(inputs, extensions, exclude, class_names, label_field)
     if extractor is not None and config:
         raise TypeError(f"pass either an extractor or its settings, not both: {sorted(config)}")
     if extractor is None:
@@ -173,25 +224,30 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
 
         extractor = build_extractor(extractor, batch_size=batch_size)
     skip = set(skip)
-    todo = [i for i, p in enumerate(images.paths) if p not in skip]
     bs = extractor.batch_size
     workers = workers or default_workers()
-    files = [images.files[i] for i in todo]
-    bar = progress_bar(len(todo), progress)
+    depth = 2 * bs + workers
+    if isinstance(images, ShardInputs):
+        samples = _prefetch(iter_samples(images, frozenset(skip)), depth)
+        total = None
+    else:
+        todo = [i for i, p in enumerate(images.paths) if p not in skip]
+        samples = (Sample(images.paths[i], images.labels[i], images.files[i]) for i in todo)
+        total = len(todo)
+    bar = progress_bar(total, progress)
     try:
         pending_paths, pending_labels, pending_images, failed = [], [], [], []
-        for j, result in _decode_in_order(files, extractor.geometry, workers, depth=2 * bs + workers,
-                                          max_pixels=max_pixels, timeout=decode_timeout):
-            i = todo[j]
+        for sample, result in _decode_in_order(samples, extractor.geometry, workers, depth=depth,
+                                               max_pixels=max_pixels, timeout=decode_timeout):
             if isinstance(result, ImageError):
-                failed.append((images.paths[i], str(result)))
+                failed.append((sample.path, str(result)))
                 if strict:
                     if pending_paths or failed:
                         yield _run(extractor, pending_paths, pending_labels, pending_images, failed)
-                    raise ExtractFailed(f"cannot read {images.paths[i]}: {result} (--strict)")
+                    raise ExtractFailed(f"cannot read {sample.path}: {result} (--strict)")
             else:
-                pending_paths.append(images.paths[i])
-                pending_labels.append(images.labels[i])
+                pending_paths.append(sample.path)
+                pending_labels.append(sample.label)
                 pending_images.append(result)
             if len(pending_paths) >= bs:
                 batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
@@ -204,6 +260,8 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
             yield batch
     finally:
         bar.close()
+        if hasattr(samples, "close"):
+            samples.close()
 
 
 def _run(extractor, paths, labels, images, failed):

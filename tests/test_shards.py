@@ -1,0 +1,290 @@
+"""WebDataset tar shards and S3 inputs: streamed shard by shard, rows `SHARD/KEY.ext`, faults recorded."""
+
+import io
+import json
+import os
+import socket
+import tarfile
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CLASSES, draw, run_cli
+from vggfeat import FeatureExtractor, extract, load_features
+from vggfeat.errors import ExtractInterrupted, InputError
+from vggfeat.shards import expand_braces, scan_inputs
+
+SECRET = "vggfeat-test-secret-key"
+
+
+@pytest.fixture(scope="module")
+def fx():
+    return FeatureExtractor("vgg11", "random", ["fc7", "pool5"], input_size=32, batch_size=4)
+
+
+def png(i, size=(40, 36)):
+    colour, kind = list(CLASSES.values())[i % 3]
+    buf = io.BytesIO()
+    Image.fromarray(draw(kind, colour, size, seed=i)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_tar(path, members):
+    """A tar of (name, bytes) members, in that order."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with tarfile.open(path, "w") as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+def dataset(root, shards=2, per_shard=3):
+    """`shards` WebDataset shards under root/shards (KEY.png, KEY.cls, KEY.json) and the same images as
+    loose files under root/loose; returns {key: (png bytes, label)}."""
+    images = {}
+    for s in range(shards):
+        members = []
+        for j in range(per_shard):
+            i = s * per_shard + j
+            key = f"{i:06d}"
+            data, label = png(i), i % 3
+            images[key] = (data, label)
+            members += [(f"{key}.png", data), (f"{key}.cls", f"{label}\n".encode()),
+                        (f"{key}.json", json.dumps({"key": key, "cls": list(CLASSES)[label]}).encode())]
+        write_tar(os.path.join(root, "shards", f"{s:05d}.tar"), members)
+    os.makedirs(os.path.join(root, "loose"), exist_ok=True)
+    for key, (data, _) in images.items():
+        with open(os.path.join(root, "loose", f"{key}.png"), "wb") as f:
+            f.write(data)
+    return images
+
+
+def test_brace_notation_expands_in_order():
+    assert expand_braces("s/{00008..00011}.tar") == ["s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
+    assert expand_braces("{a,b}/{0..1}.tar") == ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    with pytest.raises(InputError, match="goes downwards"):
+        expand_braces("{5..1}.tar")
+
+
+def test_shards_give_the_rows_and_features_of_the_same_loose_files(tmp_path, monkeypatch, fx):
+    images = dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    s = extract(["shards/{00000..00001}.tar"], tmp_path / "s.h5", extractor=fx, progress=False)
+    f = extract(["loose"], tmp_path / "f.h5", extractor=fx, progress=False)
+    assert (s.written, s.failed, f.written) == (6, 0, 6)
+    for layer in ("fc7", "pool5"):
+        a, b = load_features(tmp_path / "s.h5", layer), load_features(tmp_path / "f.h5", layer)
+        keys = sorted(images)
+        assert list(a.paths) == [f"shards/{int(k) // 3:05d}.tar/{k}.png" for k in keys]
+        assert list(b.paths) == [f"{k}.png" for k in keys]
+        np.testing.assert_array_equal(a.features, b.features)
+    assert list(a.labels) == [images[k][1] for k in keys] and a.class_names == []
+    assert list(b.labels) == [-1] * 6
+
+
+def test_labels_from_a_json_field_and_class_names(tmp_path, monkeypatch, fx):
+    images = dataset(tmp_path, shards=1)
+    monkeypatch.chdir(tmp_path)
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+    extract(["shards/00000.tar"], tmp_path / "j.h5", extractor=fx, progress=False, label_field="cls",
+            class_names=str(names))
+    data = load_features(tmp_path / "j.h5", "pool5")
+    assert data.class_names == list(CLASSES) and list(data.labels) == [images[k][1] for k in sorted(images)]
+    with pytest.raises(InputError, match="for tar shards"):
+        scan_inputs(["loose"], label_field="cls")
+
+
+def test_hostile_shards_are_recorded_and_every_good_image_extracted(tmp_path, monkeypatch, fx):
+    monkeypatch.chdir(tmp_path)
+    good = [png(i) for i in range(8)]
+    write_tar("h/a.tar", [("k0.png", good[0]), ("k0.cls", b"1"),
+                          ("k1.png", good[1]),  # no label file: label -1
+                          ("k2.png", b"this is text, not a PNG"), ("k2.cls", b"2"),  # a non-image member
+                          ("k3.png", good[2][:150]), ("k3.cls", b"0"),  # a corrupt (cut) image
+                          ("k4.txt", b"a caption and nothing else"),  # a sample without image
+                          ("k5.png", good[3]), ("k5.cls", b"2")])
+    write_tar("h/trunc_full.tar", [("t0.png", good[4]), ("t0.cls", b"0"), ("t1.png", good[5]), ("t1.cls", b"1")])
+    raw = open("h/trunc_full.tar", "rb").read()
+    cut = raw.index(good[5]) + len(good[5]) // 2  # the tar ends inside t1.png's data
+    open("h/trunc.tar", "wb").write(raw[:cut])
+    os.remove("h/trunc_full.tar")
+    open("h/empty.tar", "wb").close()
+    write_tar("h/nomember.tar", [])
+    open("h/nottar.tar", "wb").write(b"PK\x03\x04 a zip, say, not a tar" * 40)
+    write_tar("h/z.tar", [("z0.png", good[6]), ("z0.cls", b"0")])
+    shards = ["h/a.tar", "h/trunc.tar", "h/empty.tar", "h/nomember.tar", "h/nottar.tar", "h/z.tar"]
+    summary = extract(shards, tmp_path / "h.h5", extractor=fx, progress=False)
+    data = load_features(tmp_path / "h.h5", "pool5")
+    assert list(data.paths) == ["h/a.tar/k0.png", "h/a.tar/k1.png", "h/a.tar/k5.png", "h/trunc.tar/t0.png",
+                                "h/z.tar/z0.png"]
+    assert list(data.labels) == [1, -1, 2, 0, 0]
+    failed = dict(data.failed)
+    assert summary.written == 5 and summary.failed == len(failed) == 7
+    assert "not an image" in failed["h/a.tar/k2.png"]
+    assert "cannot decode" in failed["h/a.tar/k3.png"] or "truncated" in failed["h/a.tar/k3.png"]
+    assert "no image in this sample (members: .txt)" in failed["h/a.tar/k4"]
+    assert failed["h/trunc.tar/t1.png"].startswith("truncated member")
+    assert failed["h/empty.tar"] == "empty shard (0 bytes)"
+    assert failed["h/nomember.tar"] == "empty shard: a tar with no member"
+    assert failed["h/nottar.tar"].startswith("not a tar file")
+    # each good image's features are its own, as from the file
+    alone = fx.predict([np.asarray(Image.open(io.BytesIO(good[3])).convert("RGB").resize((32, 32)))])
+    assert alone["pool5"].shape[1:] == data.features.shape[1:]
+    loose = tmp_path / "k5.png"
+    loose.write_bytes(good[3])
+    extract([str(loose)], tmp_path / "one.h5", extractor=fx, progress=False)
+    np.testing.assert_array_equal(load_features(tmp_path / "one.h5", "pool5").features[0], data.features[2])
+
+
+def test_a_brace_range_with_gaps_records_the_missing_shards(tmp_path, monkeypatch, fx):
+    dataset(tmp_path, shards=2)
+    monkeypatch.chdir(tmp_path)
+    s = extract(["shards/{00000..00002}.tar"], tmp_path / "g.h5", extractor=fx, progress=False)
+    assert (s.written, s.failed) == (6, 1)
+    assert dict(load_features(tmp_path / "g.h5", "fc7").failed) == {
+        "shards/00002.tar": "shard not found (named by the brace range)"}
+
+
+def test_resume_continues_shard_rows(tmp_path, monkeypatch, fx):
+    dataset(tmp_path, shards=3, per_shard=4)
+    monkeypatch.chdir(tmp_path)
+    full = tmp_path / "full.h5"
+    extract(["shards/{00000..00002}.tar"], full, extractor=fx, progress=False)
+    part = tmp_path / "part.h5"
+    calls = []
+
+    def stop(batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ExtractInterrupted):
+        extract(["shards/{00000..00002}.tar"], part, extractor=fx, progress=False, on_batch=stop)
+    with h5py.File(part) as f:
+        assert 0 < f["paths"].shape[0] < 12
+    summary = extract(["shards/{00000..00002}.tar"], part, extractor=fx, progress=False, resume=True)
+    assert summary.skipped > 0 and summary.written == 12 - summary.skipped
+    a, b = load_features(full, "fc7"), load_features(part, "fc7")
+    assert list(a.paths) == list(b.paths) and list(a.labels) == list(b.labels)
+    np.testing.assert_array_equal(a.features, b.features)
+
+
+def _one_line_error(result, output):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert not os.path.exists(output)
+    return lines[0]
+
+
+FAST_CLI = ["--arch", "vgg11", "--weights", "random", "--input-size", "32", "-q"]
+
+
+def test_bad_local_shard_inputs_are_one_line_errors(tmp_path):
+    dataset(tmp_path, shards=1)
+    out = tmp_path / "o.h5"
+    line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/{{00005..00009}}.tar", "-o", out, *FAST_CLI), out)
+    assert "no shard matches" in line and "none exists" in line
+    line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/00000.tar", "--engine", "ray", "-o", out,
+                                   *FAST_CLI), out)
+    assert "need --engine local" in line
+    line = _one_line_error(run_cli("extract", f"{tmp_path}/loose", "--label-field", "cls", "-o", out, *FAST_CLI), out)
+    assert "for tar shards" in line
+    line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/00009.tar", "-o", out, *FAST_CLI), out)
+    assert "input not found" in line
+
+
+# ---- S3: a real S3-protocol server (moto's server mode) on 127.0.0.1 ------------------------------------
+
+@pytest.fixture(scope="module")
+def s3_server():
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[s3]')")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "vggfeat-test", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()  # a filesystem made under other settings is not reused
+    return env
+
+
+def _upload(endpoint, bucket, files):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=bucket)
+    for key, path in files:
+        with open(path, "rb") as f:
+            s3.put_object(Bucket=bucket, Key=key, Body=f.read())
+
+
+def test_s3_shards_and_loose_images_equal_the_local_files(tmp_path, monkeypatch, s3_env, fx):
+    dataset(tmp_path, shards=2)
+    write_tar(str(tmp_path / "shards" / "sub" / "00002.tar"), [("x.png", png(20)), ("x.cls", b"1")])
+    loose = ["loose/000001.png", "loose/000004.png"]
+    files = [("data/shards/00000.tar", tmp_path / "shards/00000.tar"),
+             ("data/shards/00001.tar", tmp_path / "shards/00001.tar"),
+             ("data/shards/sub/00002.tar", tmp_path / "shards/sub/00002.tar"),
+             ("data/notes.md", tmp_path / "shards/00000.tar")]  # neither shard nor image: not listed
+    files += [(f"data/{p}", tmp_path / p) for p in loose]
+    _upload(s3_env["AWS_ENDPOINT_URL"], "vgg-data", files)
+    monkeypatch.chdir(tmp_path)
+    local = extract(loose + ["shards/00000.tar", "shards/00001.tar", "shards/sub/00002.tar"], tmp_path / "local.h5",
+                    extractor=fx, progress=False)
+    remote = extract(["s3://vgg-data/data/"], tmp_path / "s3.h5", extractor=fx, progress=False)
+    assert (remote.written, remote.failed) == (local.written, local.failed) == (9, 0)
+    for layer in ("fc7", "pool5"):
+        a, b = load_features(tmp_path / "local.h5", layer), load_features(tmp_path / "s3.h5", layer)
+        assert list(a.paths) == sorted(a.paths) and list(b.paths) == list(a.paths)
+        assert list(b.labels) == list(a.labels)
+        np.testing.assert_array_equal(b.features, a.features)
+    assert b.attrs["root"] == "s3://vgg-data/data/" and json.loads(b.attrs["inputs"]) == ["s3://vgg-data/data/"]
+    # single objects and brace ranges of objects, named as given
+    one = extract(["s3://vgg-data/data/shards/{00000..00001}.tar"], tmp_path / "b.h5", extractor=fx, progress=False)
+    c = load_features(tmp_path / "b.h5", "pool5")
+    assert one.written == 6 and c.paths[0] == "s3://vgg-data/data/shards/00000.tar/000000.png"
+    np.testing.assert_array_equal(c.features, load_features(tmp_path / "local.h5", "pool5").features[2:8])
+    with h5py.File(tmp_path / "s3.h5") as f:
+        text = json.dumps({k: str(v) for k, v in f.attrs.items()})
+    assert SECRET not in text and "vggfeat-test" not in text and s3_env["AWS_ENDPOINT_URL"] not in text
+
+
+def test_s3_bad_inputs_are_one_line_errors(tmp_path, s3_env):
+    _upload(s3_env["AWS_ENDPOINT_URL"], "vgg-there", [("x/a.png", _file(tmp_path, "a.png", png(1)))])
+    out = tmp_path / "o.h5"
+    line = _one_line_error(run_cli("extract", "s3://no-such-bucket/data/", "-o", out, *FAST_CLI, env=s3_env), out)
+    assert "s3://no-such-bucket/data/" in line and ("not exist" in line or "not found" in line)
+    line = _one_line_error(run_cli("extract", "s3://vgg-there/x/{00000..00003}.tar", "-o", out, *FAST_CLI,
+                                   env=s3_env), out)
+    assert "no shard matches" in line
+    line = _one_line_error(run_cli("extract", "s3://vgg-there/x/missing.tar", "-o", out, *FAST_CLI, env=s3_env), out)
+    assert "input not found" in line
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(s3_env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    line = _one_line_error(run_cli("extract", "s3://vgg-there/x/", "-o", out, *FAST_CLI, env=env), out)
+    assert "cannot reach the storage endpoint" in line
+    assert SECRET not in line
+
+
+def _file(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
