@@ -366,7 +366,8 @@ def test_cached_timm_file_is_found_without_network(hf_home):
     assert tw.timm_weights_path("timm:vgg11_bn") == cached
     meta = tw.describe("timm:vgg11_bn")
     assert meta["arch"] == "vgg11-bn" and meta["source"] == "huggingface.co/timm/vgg11_bn.tv_in1k"
-    with pytest.raises(WeightsError, match=r"timm:vgg11_bn.tv_in1k holds a vgg11-bn network \(convolutions only\), not vgg13-bn"):
+    with pytest.raises(WeightsError,
+                       match=r"timm:vgg11_bn.tv_in1k holds a vgg11-bn network \(convolutions only\), not vgg13-bn"):
         tw.describe("timm:vgg11_bn", "vgg13-bn")
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .buffers import adoptable, aligned_empty
+from .config import MAX_INPUT_SIZE
 from .errors import WeightsError
 from .specs import ARCHS, BLOCK_WIDTHS, FC_WIDTH, MAX_CLASSES, conv_weight_shapes, get_arch
 
@@ -60,7 +61,7 @@ _TIMM_NAME = re.compile(r"(vgg(11|13|16|19)(_bn)?)(?:\.([a-z0-9_]+))?")
 _MAX_HEADER = 1 << 20
 _MAX_TENSORS = 1000
 #: The largest pool5 side fc6 may be made for (an input of MAX_INPUT_SIZE).
-_MAX_FC6_SIDE = 4096 // 32
+_MAX_FC6_SIDE = MAX_INPUT_SIZE // 32
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
              "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
@@ -178,7 +179,8 @@ def timm_weights_path(weights) -> str:
     else:
         import logging
 
-        logging.getLogger("vggfeat").info(f"downloading {fname} of {repo} from the Hugging Face Hub into {cache} (once)")
+        logging.getLogger("vggfeat").info(f"downloading {fname} of {repo} from the Hugging Face Hub into {cache} "
+                                          "(once)")
         try:
             from huggingface_hub import hf_hub_download
 
@@ -281,7 +283,7 @@ _BN_TENSORS = (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_m
 class TorchLayout:
     """What a torchvision/timm safetensors file holds, every tensor's shape checked.
 
-    `layout` is `torchvision` or `timm`; `arch` the configuration (`vgg16-bn`); `fc6_side` pool5's side fc6
+    `layout` is `torchvision`, `timm`, or `features only` (no fc6-fc8: the two layouts are the same); `arch` the configuration (`vgg16-bn`); `fc6_side` pool5's side fc6
     was made for (7: 224x224 input) when the file has fc6-fc8; `tensors` maps `(keras layer, role)` to
     `(tensor name, kind)`, kind being how it becomes a Keras weight (`conv`, `fc6_linear`, `fc6_conv`,
     `linear`, `vector`)."""
