@@ -22,7 +22,8 @@ class FeatureExtractor:
     Args:
         arch: `vgg11`, `vgg11-lrn`, `vgg13`, `vgg16c`, `vgg16`, `vgg19` (or A..E); None takes it from
             the weight file, else vgg16.
-        weights: `imagenet`, `random`, or a path (`.h5`, `.weights.h5`, `.keras`).
+        weights: `imagenet`, `random`, `timm:NAME` (torchvision's ImageNet weights from the Hugging Face
+            cache), or a path (`.h5`, `.weights.h5`, `.keras`, or a torchvision/timm `.safetensors`).
         layers: layer names, Keras or paper spelling (`fc7`, `fc6`, `conv5_3`, `pool5`...).
             Outputs are taken after the ReLU.
         pooling: `avg`, `max` or `none`: global pooling of spatial maps (conv layers; FC layers of

@@ -8,6 +8,8 @@
 - a path: the legacy `.h5` file that `keras.applications` downloads (with or without top), a Keras 3
   `.weights.h5`, or a whole `.keras` model (a fine-tuned one, say), loaded in Keras's safe mode.
 - `random`: Glorot-uniform kernels from a seed; the same seed gives the same weights.
+- torchvision's and timm's weights (`timm:NAME`, `PATH.safetensors`; `.pth` refused): `vggfeat.torch_weights`,
+  which `load_network` and `describe_weights` hand them to.
 """
 
 from __future__ import annotations
@@ -923,7 +925,8 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
 
     Args:
         arch: configuration name or letter; None means "from the weight file", else vgg16.
-        weights: `imagenet`, `random`, or a path to `.h5` / `.weights.h5` / `.keras`.
+        weights: `imagenet`, `random`, `timm:NAME`, or a path to `.h5` / `.weights.h5` / `.keras` /
+            `.safetensors` (torchvision's or timm's layout; their preprocessing is `torch`).
         seed: seed for `random`.
         include_top: whether fc6-fc8 are needed. With a weight file this is decided by the file
             (a file without top cannot give fc layers: asking for them is an error).
