@@ -99,7 +99,7 @@ def test_labels_from_a_json_field_and_class_names(tmp_path, monkeypatch, fx):
         scan_inputs(["loose"], label_field="cls")
 
 
-def test_hostile_shards_are_recorded_and_every_good_image_extracted(tmp_path, monkeypatch, fx):
+def test_hostile_shards_are_recorded_and_every_good_image_extracted(tmp_path, monkeypatch, fx, caplog):
     monkeypatch.chdir(tmp_path)
     good = [png(i) for i in range(8)]
     write_tar("h/a.tar", [("k0.png", good[0]), ("k0.cls", b"1"),
@@ -123,6 +123,7 @@ def test_hostile_shards_are_recorded_and_every_good_image_extracted(tmp_path, mo
     assert list(data.paths) == ["h/a.tar/k0.png", "h/a.tar/k1.png", "h/a.tar/k5.png", "h/trunc.tar/t0.png",
                                 "h/z.tar/z0.png"]
     assert list(data.labels) == [1, -1, 2, 0, 0]
+    assert "1 shard images had no usable label (no .cls" in caplog.text
     failed = dict(data.failed)
     assert summary.written == 5 and summary.failed == len(failed) == 7
     assert "not an image" in failed["h/a.tar/k2.png"]
@@ -141,6 +142,46 @@ def test_hostile_shards_are_recorded_and_every_good_image_extracted(tmp_path, mo
     np.testing.assert_array_equal(load_features(tmp_path / "one.h5", "pool5").features[0], data.features[2])
 
 
+class _NoSeek(io.RawIOBase):
+    """A file that can only be read forward, as a network stream: any seek or tell fails."""
+
+    def __init__(self, path, log):
+        self.f, self.log = open(path, "rb"), log
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        self.log.append(n)
+        return n
+
+    def seekable(self):
+        return False
+
+    def seek(self, *a):
+        raise OSError("not seekable")
+
+    def tell(self):
+        raise OSError("not seekable")
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+def test_a_shard_is_streamed_forward_only(tmp_path, monkeypatch, fx):
+    images = dataset(tmp_path, shards=2)
+    monkeypatch.chdir(tmp_path)
+    import vggfeat.shards
+
+    reads = []
+    monkeypatch.setattr(vggfeat.shards, "_open", lambda url: _NoSeek(url, reads))
+    s = extract(["shards/{00000..00001}.tar"], tmp_path / "n.h5", extractor=fx, progress=False)
+    assert (s.written, s.failed) == (6, 0) and sum(reads) == sum(os.path.getsize(f"shards/{i:05d}.tar") for i in (0, 1))
+    assert list(load_features(tmp_path / "n.h5", "fc7").labels) == [images[k][1] for k in sorted(images)]
+
+
 def test_a_brace_range_with_gaps_records_the_missing_shards(tmp_path, monkeypatch, fx):
     dataset(tmp_path, shards=2)
     monkeypatch.chdir(tmp_path)
@@ -150,28 +191,43 @@ def test_a_brace_range_with_gaps_records_the_missing_shards(tmp_path, monkeypatc
         "shards/00002.tar": "shard not found (named by the brace range)"}
 
 
-def test_resume_continues_shard_rows(tmp_path, monkeypatch, fx):
-    dataset(tmp_path, shards=3, per_shard=4)
+def test_resume_does_not_read_complete_shards_again(tmp_path, monkeypatch, fx):
+    dataset(tmp_path, shards=5, per_shard=4)
+    write_tar(str(tmp_path / "shards" / "00001.tar"), [("bad.png", b"not a png"), ("bad.cls", b"1")]
+              + [(n, open(tmp_path / "loose" / n, "rb").read()) for n in ("000004.png", "000005.png")])
     monkeypatch.chdir(tmp_path)
+    import vggfeat.shards
+
+    opened = []
+    real_open = vggfeat.shards._open
+    monkeypatch.setattr(vggfeat.shards, "_open", lambda url: opened.append(url) or real_open(url))
+    inputs = ["shards/{00000..00004}.tar"]
     full = tmp_path / "full.h5"
-    extract(["shards/{00000..00002}.tar"], full, extractor=fx, progress=False)
+    extract(inputs, full, extractor=fx, progress=False, batch_size=4)
     part = tmp_path / "part.h5"
     calls = []
 
     def stop(batch):
         calls.append(batch)
-        if len(calls) == 2:
+        if len(calls) == 4:  # rows of shards 0-3 are written (in commits of a whole chunk or at the stop)
             raise KeyboardInterrupt
 
     with pytest.raises(ExtractInterrupted):
-        extract(["shards/{00000..00002}.tar"], part, extractor=fx, progress=False, on_batch=stop)
+        extract(inputs, part, extractor=fx, progress=False, on_batch=stop)
     with h5py.File(part) as f:
-        assert 0 < f["paths"].shape[0] < 12
-    summary = extract(["shards/{00000..00002}.tar"], part, extractor=fx, progress=False, resume=True)
-    assert summary.skipped > 0 and summary.written == 12 - summary.skipped
+        written = [p.decode() for p in f["paths"][:]]
+    assert 0 < len(written) < 18
+    last = max(int(p.split("/")[1][:5]) for p in written)
+    assert last >= 2  # shard 1, with its failure, is one of those not read again
+    opened.clear()
+    summary = extract(inputs, part, extractor=fx, progress=False, resume=True)
+    # the shards before the last one with a written row were complete: not opened again
+    assert opened == [f"shards/{i:05d}.tar" for i in range(last, 5)] and last >= 1
+    assert summary.skipped == len(written) and summary.written == 18 - len(written)
     a, b = load_features(full, "fc7"), load_features(part, "fc7")
     assert list(a.paths) == list(b.paths) and list(a.labels) == list(b.labels)
     np.testing.assert_array_equal(a.features, b.features)
+    assert a.failed == b.failed == [("shards/00001.tar/bad.png", "not an image Pillow can identify")]
 
 
 def _one_line_error(result, output):

@@ -338,6 +338,8 @@ def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype,
     settings["inputs"] = _inputs_attr(inputs)
     if images.root:
         settings["root"] = images.root
+    if resume and isinstance(images, ShardInputs) and os.path.exists(output):
+        images.previous_failed = _failed_of(output)  # kept for the shards that are not read again
     writer = _open_output(output, extractor, images, settings, resume=resume, overwrite=overwrite, dtype=dtype,
                           compression=compression)
     output_shapes = extractor.output_shapes
@@ -371,6 +373,18 @@ def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype,
     if total_rows == 0 and failed:
         raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
     return summary
+
+
+def _failed_of(output) -> dict:
+    """{path: reason} under /failed of an existing output ({} when it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(output, "r") as f:
+            return dict(zip((p.decode() if isinstance(p, bytes) else p for p in f["failed/paths"][:]),
+                            (r.decode() if isinstance(r, bytes) else r for r in f["failed/reasons"][:])))
+    except Exception:  # noqa: BLE001 - a damaged file: the writer decides; its shards are read again
+        return {}
 
 
 def _interrupted_account(output, rows, replacing):

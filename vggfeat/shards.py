@@ -275,6 +275,8 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
                 prefix = shown.rstrip("/") + "/"
             for url, rel in listed:
                 kind = "shard" if is_shard_name(rel) else "image"
+                if kind == "image" and _excluded(exclude, rel, rel.rsplit("/", 1)[-1]):
+                    continue
                 sources.append(Source(kind, url, escape_path(prefix + rel)))
             continue
         if is_url(given):
@@ -329,7 +331,7 @@ class _Labels:
         self.class_names = list(class_names)
         self.index = {c: i for i, c in enumerate(self.class_names)}
         self.label_field = label_field
-        self.unlabelled = 0
+        self.unlabelled = self.labelled = 0
 
     def __call__(self, members: dict) -> int:
         """The label of a sample from its `.cls` (an integer) or, with `label_field`, its `.json`;
@@ -350,6 +352,7 @@ class _Labels:
         if label is None:
             self.unlabelled += 1
             return -1
+        self.labelled += 1
         return label
 
     def _of(self, value):
@@ -461,10 +464,41 @@ def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=froz
         yield Sample(name, -1, ImageError("empty shard: a tar with no member"))
 
 
+def _last_source_with_rows(sources, done) -> int:
+    """The index of the last source that has a row in `done` (-1: none)."""
+    index = {s.name: i for i, s in enumerate(sources)}
+    last = -1
+    for p in done:
+        if p in index:
+            last = max(last, index[p])
+            continue
+        k = p.find("/")
+        while k > 0:
+            i = index.get(p[:k])
+            if i is not None:
+                last = max(last, i)
+                break
+            k = p.find("/", k + 1)
+    return last
+
+
 def iter_samples(inputs: ShardInputs, skip=frozenset()):
-    """Every `Sample` of the inputs, in order: shard by shard, member by member."""
+    """Every `Sample` of the inputs, in order: shard by shard, member by member.
+
+    Resuming (`skip`: the rows already written), a shard before the last source that has a written row
+    was read to its end by the earlier run (rows are written in order), so it is not read again: its
+    failures of that run (`inputs.previous_failed`, {row: reason}) are given again as they were."""
     labels = _Labels(inputs.class_names, inputs.label_field)
-    for s in inputs.sources:
+    complete_before = _last_source_with_rows(inputs.sources, skip) if skip else -1
+    previous = getattr(inputs, "previous_failed", None) or {}
+    inputs.shards_skipped = 0
+    for i, s in enumerate(inputs.sources):
+        if s.kind == "shard" and i < complete_before:
+            inputs.shards_skipped += 1
+            for p, reason in previous.items():
+                if p == s.name or p.startswith(s.name + "/"):
+                    yield Sample(p, -1, ImageError(reason))
+            continue
         if s.kind == "shard":
             yield from iter_shard(s, extensions=inputs.extensions, exclude=inputs.exclude, labels=labels, skip=skip)
         elif s.name in skip:
@@ -478,7 +512,17 @@ def iter_samples(inputs: ShardInputs, skip=frozenset()):
             yield Sample(s.name, -1, data)
         else:
             yield Sample(s.name, -1, s.url)
-    inputs.unlabelled = labels.unlabelled
+    import logging
+
+    if inputs.shards_skipped:
+        logging.getLogger("vggfeat").info("resumed: %d shards read to their end by the earlier run were not "
+                                          "read again", inputs.shards_skipped)
+    if labels.unlabelled and (labels.labelled or inputs.label_field or inputs.class_names):
+
+        where = f"field {inputs.label_field!r} of its .json" if inputs.label_field else ".cls"
+        logging.getLogger("vggfeat").warning(
+            "%d shard images had no usable label (no %s, or a value outside the class names): stored with "
+            "label -1", labels.unlabelled, where)
 
 
 def as_image_source(data):
