@@ -344,3 +344,78 @@ def _file(tmp_path, name, data):
     p = tmp_path / name
     p.write_bytes(data)
     return p
+
+
+class _Requests:
+    """Counts the requests the S3 server answers (werkzeug logs one line for each)."""
+
+    def __init__(self):
+        import logging
+
+        self.lines = []
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.lines.append(record.getMessage())
+        logging.getLogger("werkzeug").addHandler(self.handler)
+        logging.getLogger("werkzeug").setLevel(logging.INFO)
+
+    def gets(self, key):
+        return sum(1 for line in self.lines if f"GET /{key} " in line)
+
+    def close(self):
+        import logging
+
+        logging.getLogger("werkzeug").removeHandler(self.handler)
+
+
+def test_kill_9_then_resume_reads_no_complete_shard_again(tmp_path, s3_env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    n_shards, per_shard = 24, 16
+    files = []
+    for s in range(n_shards):
+        path = tmp_path / f"{s:05d}.tar"
+        write_tar(str(path), [m for i in range(per_shard) for m in
+                              ((f"{s * per_shard + i:06d}.png", png(s * per_shard + i)), (f"{s * per_shard + i:06d}.cls",
+                                                                                           str(i % 3).encode()))])
+        files.append((f"d/{s:05d}.tar", path))
+    _upload(s3_env["AWS_ENDPOINT_URL"], "vgg-kill", files)
+    args = ["extract", "s3://vgg-kill/d/", "--layer", "fc7", "--workers", "1", "--batch-size", "8", *FAST_CLI]
+    whole = tmp_path / "whole.h5"
+    assert run_cli(*args, "-o", whole, env=s3_env).returncode == 0
+    out = tmp_path / "killed.h5"
+    env = dict(os.environ, **s3_env)
+    proc = subprocess.Popen([sys.executable, "-m", "vggfeat_cli", *args, "-o", str(out)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows, deadline = 0, time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with h5py.File(out, "r", locking=False) as f:
+                rows = f["paths"].shape[0]
+        except Exception:  # noqa: BLE001 - not created yet, or caught mid-write
+            rows = 0
+        if rows >= 64:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 64 <= rows < n_shards * per_shard, "the run ended before it could be killed mid-way"
+    with h5py.File(out, "r", locking=False) as f:
+        written = [p.decode() for p in f["paths"][:]]
+    last = max(int(p[:5]) for p in written)
+    requests = _Requests()
+    try:
+        result = run_cli(*args, "-o", out, "--resume", env=s3_env)
+    finally:
+        requests.close()
+    assert result.returncode == 0, result.stderr
+    for s in range(n_shards):
+        assert requests.gets(f"vgg-kill/d/{s:05d}.tar") == (0 if s < last else 1), (s, last)
+    a, b = load_features(whole, "fc7"), load_features(out, "fc7")
+    assert list(a.paths) == list(b.paths) and len(a.paths) == n_shards * per_shard
+    assert list(a.labels) == list(b.labels)
+    np.testing.assert_array_equal(a.features, b.features)
