@@ -7,12 +7,21 @@ Inputs are image file paths or images as arrays, never a numeric feature matrix.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import ImageError, InputError
 from .images import load_image, prepare_array
+
+
+#: networks built by VGGFeaturizer, by parameters (most recently used last)
+_BUILT = OrderedDict()
+_BUILT_MAX = 2
+_BUILT_LOCK = threading.Lock()
 
 
 class VGGFeaturizer(TransformerMixin, BaseEstimator):
@@ -70,9 +79,30 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
                                aggregate=self.aggregate, l2=self.l2)
 
     def _build(self):
+        """The network of these parameters: built once and shared by every featurizer with equal
+        parameters (the clones `GridSearchCV` fits), so that its compiled forward pass is reused
+        instead of traced again for every fit. The `_BUILT_MAX` most recently used ones are kept."""
         from .extractor import build_extractor
 
-        return build_extractor(self.config(), batch_size=self.batch_size)
+        key = self._cache_key()
+        with _BUILT_LOCK:
+            extractor = _BUILT.pop(key, None)
+            if extractor is None:
+                extractor = build_extractor(self.config(), batch_size=self.batch_size)
+            _BUILT[key] = extractor  # most recently used last
+            while len(_BUILT) > _BUILT_MAX:
+                _BUILT.popitem(last=False)
+        return extractor
+
+    def _cache_key(self):
+        import os
+
+        params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.get_params().items()))
+        weights = self.weights
+        if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):  # a file edited in place is new
+            st = os.stat(weights)
+            return params + (("weights_file", os.path.abspath(weights), st.st_mtime_ns, st.st_size),)
+        return params
 
     def fit(self, X=None, y=None):
         """Build the network (no learning happens: the weights are fixed). Returns self."""
