@@ -419,3 +419,34 @@ def test_kill_9_then_resume_reads_no_complete_shard_again(tmp_path, s3_env):
     assert list(a.paths) == list(b.paths) and len(a.paths) == n_shards * per_shard
     assert list(a.labels) == list(b.labels)
     np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_s3_wrong_credentials_are_a_one_line_error(tmp_path, s3_server):
+    """A second server that checks signatures (moto's INITIAL_NO_AUTH_ACTION_COUNT=0): unknown keys."""
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (f"from moto.server import ThreadedMotoServer as T; import time; T(ip_address='127.0.0.1', port={port}, "
+            f"verbose=False).start(); time.sleep(600)")
+    server = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "nobody",
+               "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+        out = tmp_path / "o.h5"
+        line = _one_line_error(run_cli("extract", "s3://vgg-data/d/", "-o", out, *FAST_CLI, env=env), out)
+        assert "access denied" in line and "check the credentials" in line and SECRET not in line
+    finally:
+        server.kill()
+        server.wait()
