@@ -9,7 +9,10 @@ Examples:
     >>> data = vggfeat.load_features("features.h5", layer="fc7")       # doctest: +SKIP
 """
 
+from . import _quiet
 from ._version import __version__
+
+_quiet.install()  # vggfeat's first import of Keras runs without TensorFlow's C++ start-up lines
 
 # public name -> module that defines it. What a user calls; everything else stays in its module
 # (vggfeat.errors, vggfeat.images, vggfeat.models, vggfeat.store...).

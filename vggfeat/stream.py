@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -270,9 +269,7 @@ def _run(extractor, paths, labels, images, failed):
 
 
 def progress_bar(total, progress, desc="extract"):
-    from tqdm.auto import tqdm
+    """See `vggfeat.progress.progress_bar`: no bar at all (and no tqdm) when progress is off."""
+    from .progress import progress_bar as bar
 
-    if progress is None:
-        progress = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1, desc=desc)
+    return bar(total, progress, desc)
