@@ -9,10 +9,10 @@ Examples:
     >>> data = vggfeat.load_features("features.h5", layer="fc7")       # doctest: +SKIP
 """
 
-from . import _quiet
 from ._version import __version__
+from .quiet import install as _quiet_keras_import
 
-_quiet.install()  # vggfeat's first import of Keras runs without TensorFlow's C++ start-up lines
+_quiet_keras_import()  # vggfeat's first import of Keras runs without TensorFlow's C++ start-up lines
 
 # public name -> module that defines it. What a user calls; everything else stays in its module
 # (vggfeat.errors, vggfeat.images, vggfeat.models, vggfeat.store...).
