@@ -20,29 +20,39 @@ from ._common import output_options, reports_errors
               help="Scale each feature vector to unit L2 norm first (a Normalizer step of the pipeline).")
 @click.option("--cv", type=int, default=5, show_default=True, help="Stratified K-fold cross-validation.")
 @click.option("--test-size", type=float, default=None, help="Hold out this fraction instead of --cv.")
+@click.option("--test", "test", type=click.Path(dir_okay=False), default=None, metavar="OTHER.h5",
+              help="Train on all of FEATURES and score on this other features file instead of --cv (it must be "
+                   "extracted with the same settings: architecture, weights, layer, geometry...; checked first).")
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
               help="Seed of the folds / split.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
 @output_options("Save the fitted pipeline with the extraction settings (.skops).", resume=False,
                 required=False, overwrite_help="Replace an existing --output.")
 @reports_errors
-def classify_command(features, layer, classifier, C, neighbors, normalize, cv, test_size, seed, plot, output, overwrite):
+def classify_command(features, layer, classifier, C, neighbors, normalize, cv, test_size, test, seed, plot, output,
+                     overwrite):
     """Train a classifier on the features in FEATURES (a file of `vggfeat extract`) and report its
     accuracy: per fold and mean +/- std, and a classification report.
 
     \b
-    Example: vggfeat classify features.h5 --layer fc7 --cv 5 --plot confusion.png -o clf.skops
+    Examples:
+      vggfeat classify features.h5 --layer fc7 --cv 5 --plot confusion.png -o clf.skops
+      vggfeat classify train.h5 --test test.h5 -o clf.skops
     """
     from vggfeat.classifier import check_output, classify, plot_confusion, save_classifier
 
     if output:
         check_output(output, overwrite=overwrite)  # before the work, not only when saving
     result = classify(features, layer, classifier=classifier, C=C, normalize=normalize, neighbors=neighbors, cv=cv,
-                      test_size=test_size, seed=seed)
-    how = f"held-out {test_size:g}" if test_size else f"{cv}-fold cross-validation"
+                      test_size=test_size, seed=seed, test=test)
+    if test:
+        how = f"trained on {features}, scored on {test}"
+    else:
+        how = f"held-out {test_size:g}" if test_size else f"{cv}-fold cross-validation"
+    held_out = test_size or test
     click.echo(f"{classifier}{' + L2 normalisation' if normalize else ''} on {result.settings['layer']} ({len(result.y_true)} "
-               f"{'test ' if test_size else ''}samples, {how})")
-    if not test_size:
+               f"{'test ' if held_out else ''}samples, {how})")
+    if not held_out:
         for i, s in enumerate(result.fold_scores, 1):
             click.echo(f"  fold {i}: accuracy {s:.4f}")
     click.echo(f"accuracy: {result.mean:.4f} +/- {result.std:.4f}")

@@ -116,10 +116,37 @@ def _labelled(data, path):
     return X, y
 
 
+def check_same_features(train_path, test_path, layer=None) -> None:
+    """Refuse (`InputError`, one line naming every differing setting) to score a classifier trained on
+    `train_path` on `test_path` when the two files were not extracted with the same feature settings: the
+    `ExtractorConfig` of each (architecture, weights by identity, seed, form, pooling, input size, resize,
+    precision, scales... as `extract --resume` compares them) for `layer`, plus the preprocessing and the
+    stored dtype. Reads the files' attributes only."""
+    from .config import ExtractorConfig
+    from .store import read_attrs
+
+    a, b = read_attrs(train_path), read_attrs(test_path)
+    mine = ExtractorConfig.from_attrs(a, source=str(train_path))
+    theirs = ExtractorConfig.from_attrs(b, source=str(test_path))
+    if layer is not None:
+        mine, theirs = mine.replace(layers=(layer,)), theirs.replace(layers=(layer,))
+    diffs = [(name, x, y) for name, x, y in mine.differing(theirs) if name != "layers"]
+    for key in ("preprocessing", "dtype"):
+        if a.get(key) != b.get(key):
+            diffs.append((key, a.get(key), b.get(key)))
+    if diffs:
+        said = "; ".join(f"{name}={x!r} in {os.path.basename(os.fspath(train_path))}, {y!r} in "
+                         f"{os.path.basename(os.fspath(test_path))}" for name, x, y in diffs)
+        raise InputError(f"{test_path} was extracted with other feature settings than {train_path}, so a "
+                         f"classifier trained on one cannot be scored on the other: {said}")
+
+
 def classify(features_path, layer="fc7", *, classifier="linear-svm", C=None, normalize=True, neighbors=5, cv=5,
-             test_size=None, seed=0):
+             test_size=None, seed=0, test=None):
     """Cross-validate (or hold out `test_size`) a classifier on stored features, then fit it on all
-    the labelled rows (on the training part with `test_size`).
+    the labelled rows (on the training part with `test_size`). With `test`, another features file made
+    with the same feature settings (`check_same_features`, checked first): fit on all of `features_path`,
+    score on the labelled rows of `test` (its classes matched to the training classes by name).
 
     Returns:
         `ClassifyResult` with per-fold accuracies, predictions, a classification report, the fitted
@@ -129,12 +156,33 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=None, nor
     from sklearn.metrics import accuracy_score, classification_report
     from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 
+    if test is not None:
+        if test_size is not None:
+            raise InputError("--test and --test-size both choose the test rows; pass one of them")
+        check_same_features(features_path, test, layer)
     data = load_features(features_path, layer)
     X, y = _labelled(data, features_path)
     pipe = make_classifier(classifier, C=C, normalize=normalize, neighbors=neighbors)
     counts = np.bincount(y)
     counts = counts[counts > 0]
-    if test_size is not None:
+    class_names = list(data.class_names)
+    if test is not None:
+        other = load_features(test, data.layer)
+        mask = other.labels >= 0
+        if not mask.any():
+            raise InputError(f"{test} has no labels to score on: put its images in one subfolder per class")
+        Xte = other.features[mask].reshape(int(mask.sum()), -1).astype(np.float32)
+        if Xte.shape[1] != X.shape[1]:
+            raise InputError(f"{test} holds {Xte.shape[1]:,} values per row of {data.layer}, {features_path} "
+                             f"{X.shape[1]:,}")
+        for name in other.class_names:  # a test class the training never saw: every prediction of it is wrong
+            if name not in class_names:
+                class_names.append(name)
+        yte = np.array([class_names.index(other.class_names[i]) for i in other.labels[mask]], dtype=np.int64)
+        fitted = _fit(clone(pipe), X, y, classifier)
+        pred = fitted.predict(Xte)
+        scores, y_true, y_pred = [accuracy_score(yte, pred)], yte, pred
+    elif test_size is not None:
         if not 0 < test_size < 1:
             raise InputError(f"--test-size must be between 0 and 1. Received: {test_size}")
         try:
@@ -158,12 +206,12 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=None, nor
         scores = [accuracy_score(y[test], y_pred[test]) for _, test in folds.split(X, y)]
         y_true = y
         fitted = _fit(clone(pipe), X, y, classifier)
-    labels = sorted(np.unique(y))
+    labels = sorted(np.unique(np.concatenate([y, y_true])))
     report = classification_report(y_true, y_pred, labels=labels,
-                                   target_names=[data.class_names[i] for i in labels], zero_division=0)
+                                   target_names=[class_names[i] for i in labels], zero_division=0)
     settings = dict(data.attrs)
     settings["layer"] = data.layer
-    return ClassifyResult(scores, y_true, y_pred, list(data.class_names), report, fitted, settings,
+    return ClassifyResult(scores, y_true, y_pred, class_names, report, fitted, settings,
                           unlabelled=int((data.labels < 0).sum()))
 
 
@@ -313,9 +361,12 @@ def load_classifier(path):
     Returns:
         `(pipeline, settings, class_names)`.
     """
+    from .prediction import KINDS, classifier_kind
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"classifier file not found: {path}")
+    if classifier_kind(path) != "skops":  # one line saying what each kind of file is, not skops internals
+        raise InputError(f"{path} is a Keras model (of `vggfeat finetune`), not a skops classifier: "
+                         f"load it with vggfeat.prediction.load_predictor; --classifier takes {KINDS}")
     _check_archive(path)
     import skops.io as sio  # (scikit-learn with it: a second's import, after the cheap checks)
 
@@ -399,17 +450,22 @@ def config_for(settings, weights=None):
 
 
 def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=()):
-    """Every check of `predict_images` that needs no Keras: the classifier file (a path, or what
-    `load_classifier` returned), its settings and the weights (`config_for`), and the inputs. Says
+    """Every check of `predict_images` that needs no Keras: the classifier (a path to a `.skops` or a
+    fine-tuned `.keras` file, or what `load_classifier` / `vggfeat.prediction.load_predictor` returned), its
+    settings and the weights (`config_for`; a `ModelClassifier` brings its own), and the inputs. Says
     what it found and what it loads next on the `vggfeat` logger (INFO). Returns the `ImageList` to
     pass to `predict_images`."""
     import logging
 
     from .extractor import check_extractor
     from .images import scan_images
+    from .prediction import ModelClassifier, check_model_predict
 
-    loaded = classifier if isinstance(classifier, tuple) else load_classifier(classifier)
-    check = check_extractor(config_for(loaded[1], weights), fetch=False)  # the weight file, the layer
+    loaded = _loaded(classifier)
+    if isinstance(loaded, ModelClassifier):
+        check = check_model_predict(loaded, fetch=False)
+    else:
+        check = check_extractor(config_for(loaded[1], weights), fetch=False)  # the weight file, the layer
     images = scan_images(inputs, extensions=extensions, exclude=exclude)
     log = logging.getLogger("vggfeat")
     log.info(images.found())
@@ -417,20 +473,54 @@ def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=
     return images
 
 
+def _loaded(classifier):
+    from .prediction import ModelClassifier, load_predictor
+
+    if isinstance(classifier, (tuple, ModelClassifier)):
+        return classifier
+    return load_predictor(classifier)
+
+
 def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None,
                    extensions=None, exclude=()):
-    """Classify images with a classifier file (a path, or what `load_classifier` returned for it).
+    """Classify images with a classifier: a `.skops` file of `vggfeat classify -o`, a `.keras` model of
+    `vggfeat finetune -o` (its fc8 predicts), or what `load_classifier` / `vggfeat.prediction.load_predictor`
+    returned (a `ModelClassifier` also stands for ImageNet top-k).
     `inputs`: folders, image files, lists of images (see `scan_images`, with `extensions` and
     `exclude`), or the `ImageList` `check_predict` returned. Yields one dict per image, in input order:
-    `path`, `label`, `score`, per-class probabilities (`p_<class>`) where the classifier has them, and
-    `error` (the reason, for images that cannot be read). The inputs and weights are checked before
-    the network is built."""
+    `path`, `true_label` (only when the inputs have classes: the image's class subfolder or list label, empty
+    where it has none), `label`, `score`, further columns by classifier kind, and `error` (the reason, for
+    images that cannot be read; their other values are empty).
+
+    `score` is, for a skops classifier with `predict_proba` (logreg; knn: the share of the k neighbours that
+    vote for `label`), the probability of `label`, followed by `p_<class>` for every class; for the linear
+    SVM (no probabilities), its decision value for `label` (the largest one-vs-rest margin; the margin's
+    absolute value with two classes): larger is more confident, but it is not a probability. For a fine-tuned
+    model, fc8's softmax probability (and `p_<class>`); for ImageNet, `label_2`, `score_2`... follow up to
+    `top_k`. The inputs and weights are checked before the network is built."""
     from .images import ImageList, scan_images
+    from .prediction import ModelClassifier, predict_with_model
+
+    loaded = _loaded(classifier_path)
+    images = inputs if isinstance(inputs, ImageList) else scan_images(inputs, extensions=extensions, exclude=exclude)
+    if isinstance(loaded, ModelClassifier):
+        rows = predict_with_model(loaded, images, batch_size=batch_size, workers=workers, progress=progress)
+    else:
+        rows = _predict_skops(loaded, images, weights, batch_size, workers, progress)
+    truth = dict(zip(images.paths, images.labels)) if images.class_names else None
+    for path, row in rows:
+        if truth is None:
+            yield {"path": path, **row}
+        else:
+            label = truth.get(path, -1)
+            yield {"path": path, "true_label": images.class_names[label] if label >= 0 else "", **row}
+
+
+def _predict_skops(loaded, images, weights, batch_size, workers, progress):
+    """`(path, row)` pairs of a skops classifier, in input order."""
     from .stream import iter_features
 
-    loaded = classifier_path if isinstance(classifier_path, tuple) else load_classifier(classifier_path)
     pipeline, settings, class_names = loaded
-    images = inputs if isinstance(inputs, ImageList) else scan_images(inputs, extensions=extensions, exclude=exclude)
     fx = extractor_for(settings, weights, batch_size)
     layer = settings["layer"]
     if fx.feature_dims[layer] != pipeline.n_features_in_:
@@ -452,11 +542,12 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
                 decision = pipeline.decision_function(X)
                 score = decision.max(axis=1) if decision.ndim == 2 else np.abs(decision)
             for i, p in enumerate(batch.paths):
-                row = {"path": p, "label": class_names[int(pred[i])], "score": float(score[i]), "error": ""}
+                row = {"label": class_names[int(pred[i])], "score": float(score[i])}
                 for j, column in enumerate(proba_columns):
                     row[column] = float(proba[i, j])
+                row["error"] = ""
                 rows[p] = row
         # keep input order: failures sit where their image was
         for p in sorted([*rows, *failed], key=position.__getitem__):
-            yield rows.get(p) or {"path": p, "label": "", "score": "", **dict.fromkeys(proba_columns, ""),
-                                  "error": failed[p]}
+            yield p, rows.get(p) or {"label": "", "score": "", **dict.fromkeys(proba_columns, ""),
+                                     "error": failed[p]}

@@ -237,6 +237,11 @@ class ExtractorConfig:
 
     def differences(self, other: "ExtractorConfig") -> list:
         """`name=value` pairs of the settings that differ, for one error message (weights by identity)."""
+        return [f"{name}={theirs!r} in the file, {mine!r} now" for name, mine, theirs in self.differing(other)]
+
+    def differing(self, other: "ExtractorConfig") -> list:
+        """`(name, value here, value in other)` of every setting that differs (weight files by identity:
+        the same SHA-256 under another path is the same weights)."""
         out = []
         for f in fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
@@ -245,7 +250,7 @@ class ExtractorConfig:
                 if self.weights_sha256 and self.weights_sha256 == other.weights_sha256:
                     continue
             if mine != theirs:
-                out.append(f"{f.name}={theirs!r} in the file, {mine!r} now")
+                out.append((f.name, mine, theirs))
         return out
 
 

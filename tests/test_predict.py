@@ -1,0 +1,235 @@
+"""predict with a fine-tuned model and ImageNet top-k, its CSV on a terminal, true labels, accuracy and the
+summary; classify --test on another features file (issue 14, points 2 and 3)."""
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, make_folder
+from vggfeat_cli.main import cli
+
+SMALL = dict(arch="vgg11", weights="random", input_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    make_folder(str(root / "train"), per_class=4)
+    make_folder(str(root / "new"), per_class=2, size=(56, 44))
+    return root
+
+
+@pytest.fixture(scope="module")
+def finetuned(place):
+    """A model of `vggfeat finetune` (vgg11 at 32 px, from random weights), fc8 its three-class classifier."""
+    from vggfeat import finetune
+
+    out = place / "mine.keras"
+    finetune(place / "train", out, epochs=4, optimizer="adam", lr=3e-4, val_split=None, batch_size=4,
+             augment="none", verbose=0, **SMALL)
+    return out
+
+
+def _pixels(files, size):
+    """The images as vggfeat's predict reads them (crop geometry at `size`), as float32 for Keras."""
+    from vggfeat.images import Geometry, load_image
+
+    return np.stack([load_image(str(f), Geometry("crop", size)) for f in files]).astype("float32")
+
+
+def test_predict_with_a_finetuned_model_gives_its_own_argmax(place, finetuned):
+    import keras
+
+    from vggfeat.weights import read_keras_metadata
+
+    out = place / "tuned.csv"
+    result = CliRunner().invoke(cli, ["predict", "--classifier", str(finetuned), str(place / "new"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = read_keras_metadata(finetuned)["class_names"]
+    assert list(rows[0]) == ["path", "true_label", "label", "score", "p_circles", "p_squares", "p_stripes", "error"]
+    model = keras.saving.load_model(finetuned, compile=False)
+    x = keras.applications.vgg16.preprocess_input(_pixels([place / "new" / r["path"] for r in rows], 32))
+    proba = np.asarray(model.predict_on_batch(x))
+    assert [r["label"] for r in rows] == [names[i] for i in proba.argmax(axis=1)]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], proba.max(axis=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([[float(r[f"p_{n}"]) for n in names] for r in rows], proba, rtol=1e-4, atol=1e-6)
+    assert [r["true_label"] for r in rows] == [r["path"].split("/")[0] for r in rows]
+    right = sum(r["label"] == r["true_label"] for r in rows)
+    assert f"6 rows written to {out} (0 failed)" in result.stderr
+    assert f"accuracy {right / 6:.4f} ({right} of 6 labelled images)" in result.stderr
+
+
+def test_predict_imagenet_top_k_names_from_keras_class_index(place, tmp_path, monkeypatch):
+    """A keras.applications VGG16 (random weights, 32 px) saved in Keras's ImageNet file layout; the class
+    index (this test's names, in Keras's format) in a temporary Keras cache."""
+    import keras
+
+    from test_weights import save_legacy_h5
+    from vggfeat import prediction
+
+    keras.utils.set_random_seed(5)
+    model = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3))
+    weights = save_legacy_h5(model, tmp_path / "vgg16_imagenet_layout.h5")
+    cache = tmp_path / "keras_home" / "models"
+    cache.mkdir(parents=True)
+    index = json.dumps({str(i): [f"n{i:08d}", f"thing_{i}"] for i in range(1000)}).encode()
+    (cache / "imagenet_class_index.json").write_bytes(index)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    name, _, _ = prediction.IMAGENET_CLASS_INDEX  # this index, not Keras's: its own MD5, no download
+    monkeypatch.setattr(prediction, "IMAGENET_CLASS_INDEX", (name, "http://127.0.0.1:9/x", hashlib.md5(index).hexdigest()))
+
+    result = CliRunner().invoke(cli, ["predict", "--weights", weights, "--top-k", "3", str(place / "new")])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["path", "true_label", "label", "score", "label_2", "score_2", "label_3", "score_3",
+                             "error"]
+    x = keras.applications.vgg16.preprocess_input(_pixels([place / "new" / r["path"] for r in rows], 32))
+    proba = np.asarray(model.predict_on_batch(x))
+    top = np.argsort(-proba, axis=1)[:, :3]
+    assert [[r["label"], r["label_2"], r["label_3"]] for r in rows] == [[f"thing_{i}" for i in t] for t in top]
+    np.testing.assert_allclose([[float(r["score"]), float(r["score_2"]), float(r["score_3"])] for r in rows],
+                               np.take_along_axis(proba, top, axis=1), rtol=1e-4, atol=1e-7)
+    # the folder's classes are not ImageNet's: said, no accuracy of 0
+    assert "no accuracy: the inputs' classes (circles, squares, stripes) are not the classifier's" in result.stderr
+
+
+def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place, tmp_path):
+    from test_early_checks import run_light
+
+    (tmp_path / "notes.txt").write_text("not a classifier\n")
+    report, stderr = run_light("predict", "--classifier", "notes.txt", str(place / "new"), cwd=tmp_path)
+    lines = stderr.strip().splitlines()
+    assert report == {"code": 2, "heavy": []} and len(lines) == 1, stderr
+    assert lines[0].startswith("Error: notes.txt is not a classifier vggfeat can use: --classifier takes a "
+                               "classifier file of `vggfeat classify -o` (.skops"), lines[0]
+    assert "a model of `vggfeat finetune -o` (.keras" in lines[0]
+
+    report, stderr = run_light("predict", str(place / "new"), "--weights", "random", cwd=tmp_path)
+    assert report == {"code": 2, "heavy": []}, stderr
+    assert "predict without --classifier gives ImageNet's classes, so it needs ImageNet weights" in stderr
+
+    home = tmp_path / "home"
+    report, stderr = run_light("predict", str(place / "new"), "--weights", "imagenet", cwd=tmp_path,
+                               env={"KERAS_HOME": str(home)})
+    lines = stderr.strip().splitlines()
+    assert report == {"code": 2, "heavy": []} and len(lines) == 1, stderr
+    assert re.match(r"Error: cannot get ImageNet's class names: imagenet_class_index\.json is not in .*home/models "
+                    r"and downloading it failed \(.*\); fetch https://storage\.googleapis\.com/download\.tensorflow"
+                    r"\.org/data/imagenet_class_index\.json on a machine with network and put it in", lines[0]), lines[0]
+    assert not home.exists() or os.listdir(home / "models") == []
+
+
+def _on_terminal(args, *, stdout_too=True):
+    """Run the CLI with stderr (and stdout when `stdout_too`) on a pseudo-terminal of 100 columns; returns
+    (exit code, what the terminal received, stdout when it was a pipe)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "vggfeat_cli", *map(str, args)], cwd=REPO, stdin=subprocess.DEVNULL,
+                         stdout=slave if stdout_too else subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    received = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        received.append(data)
+    piped = p.stdout.read().decode() if p.stdout else None
+    p.wait(timeout=300)
+    os.close(master)
+    return p.returncode, b"".join(received).decode(errors="replace"), piped
+
+
+def test_predict_csv_on_a_terminal_is_intact_and_the_bar_goes_where_the_csv_does_not(place, finetuned):
+    args = ["predict", "--classifier", finetuned, place / "new", "--batch-size", "2"]
+    code, screen, _ = _on_terminal(args)
+    assert code == 0, screen
+    # the terminal turns each line end into CR LF: the CSV's own CR LF arrives as CR CR LF
+    lines = screen.replace("\r\r\n", "\n").replace("\r\n", "\n").split("\n")
+    header = "path,true_label,label,score,p_circles,p_squares,p_stripes,error"
+    assert header in lines, screen
+    rows = [line for line in lines if ".png" in line]
+    row = re.compile(r"(circles|squares|stripes)/img_00[01]\.png,(circles|squares|stripes),"
+                     r"(circles|squares|stripes),[0-9.e-]+(,[0-9.e-]+){3},$")
+    assert len(rows) == 6 and all(row.fullmatch(r) for r in rows), screen
+    assert "\r" not in "\n".join(lines[lines.index(header):]), screen  # nothing drawn over the table
+
+    # CSV to a pipe, stderr a terminal: the bar is shown there, the CSV is whole
+    code, screen, piped = _on_terminal(args, stdout_too=False)
+    assert code == 0, screen
+    assert "6/6" in screen and "%|" in screen
+    assert len(list(csv.DictReader(io.StringIO(piped)))) == 6
+
+
+@pytest.fixture(scope="module")
+def skops_classifier(place):
+    from vggfeat import extract
+    from vggfeat.classifier import classify, save_classifier
+
+    extract([place / "train"], place / "train.h5", ["fc7"], progress=False, **SMALL)
+    save_classifier(classify(place / "train.h5", "fc7", classifier="logreg", cv=2), place / "clf.skops")
+    return place / "clf.skops"
+
+
+def test_predict_skops_true_labels_accuracy_and_summary(place, skops_classifier, tmp_path):
+    mixed = tmp_path / "mixed"
+    make_folder(str(mixed), per_class=2, size=(56, 44))
+    (mixed / "broken.jpg").write_bytes(b"nope")
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(cli, ["predict", "--classifier", str(skops_classifier), str(mixed), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "true_label", "label", "score", "p_circles", "p_squares", "p_stripes", "error"]
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["broken.jpg"]["true_label"] == "" and by_path["broken.jpg"]["error"]
+    good = [r for r in rows if r["label"]]
+    assert [r["true_label"] for r in good] == [r["path"].split("/")[0] for r in good]
+    for r in good:  # logreg: score is the probability of the label
+        assert float(r["score"]) == pytest.approx(float(r[f"p_{r['label']}"]))
+    right = sum(r["label"] == r["true_label"] for r in good)
+    assert f"7 rows written to {out} (1 failed)" in result.stderr
+    assert f"accuracy {right / 6:.4f} ({right} of 6 labelled images)" in result.stderr
+    quiet = CliRunner().invoke(cli, ["predict", "--classifier", str(skops_classifier), str(mixed), "-o",
+                                     str(tmp_path / "q.csv"), "-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_classify_test_scores_on_another_features_file_made_alike(place, skops_classifier, tmp_path):
+    from vggfeat import extract, load_features
+    from vggfeat.classifier import make_classifier
+
+    extract([place / "new"], tmp_path / "new.h5", ["fc7"], progress=False, **SMALL)
+    result = CliRunner().invoke(cli, ["classify", str(place / "train.h5"), "--test", str(tmp_path / "new.h5")])
+    assert result.exit_code == 0, result.output
+    train, test = load_features(place / "train.h5", "fc7"), load_features(tmp_path / "new.h5", "fc7")
+    expected = make_classifier("linear-svm").fit(train.features, train.labels).score(test.features, test.labels)
+    assert f"(6 test samples, trained on {place / 'train.h5'}, scored on {tmp_path / 'new.h5'})" in result.stdout
+    assert f"accuracy: {expected:.4f} +/- 0.0000" in result.stdout and "fold" not in result.stdout
+
+    extract([place / "new"], tmp_path / "other.h5", ["fc7"], progress=False, **{**SMALL, "seed": 1})
+    refused = CliRunner().invoke(cli, ["classify", str(place / "train.h5"), "--test", str(tmp_path / "other.h5")])
+    assert refused.exit_code == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "other feature settings" in lines[0]
+    assert "seed=0 in train.h5, 1 in other.h5" in lines[0]
+    both = CliRunner().invoke(cli, ["classify", str(place / "train.h5"), "--test", str(tmp_path / "new.h5"),
+                                    "--test-size", "0.5"])
+    assert both.exit_code == 2 and "--test and --test-size" in both.stderr
