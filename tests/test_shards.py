@@ -450,3 +450,20 @@ def test_s3_wrong_credentials_are_a_one_line_error(tmp_path, s3_server):
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_local_folder_given_with_shards_is_listed_like_a_prefix(tmp_path, monkeypatch):
+    dataset(tmp_path, shards=2)
+    write_tar(str(tmp_path / "shards" / "a" / "00009.tar"), [("x.png", png(1))])
+    (tmp_path / "shards" / "notes.md").write_text("neither a shard nor an image")
+    (tmp_path / "shards" / "cover.PNG").write_bytes(png(2))
+    monkeypatch.chdir(tmp_path)
+    write_tar("more.tar", [("y.png", png(3))])
+    found = scan_inputs(["shards", "loose/000001.png", "more.tar"], exclude=["cover*"])
+    assert [(s.kind, s.name) for s in found.sources] == [
+        ("shard", "shards/00000.tar"), ("shard", "shards/00001.tar"), ("shard", "shards/a/00009.tar"),
+        ("image", "loose/000001.png"), ("shard", "more.tar")]
+    assert found.found() == "Found 4 shards and 1 loose image" and found.root is None
+    with pytest.raises(InputError, match="cannot be mixed"):
+        (tmp_path / "list.txt").write_text("loose/000001.png\n")
+        scan_inputs(["shards/00000.tar", "list.txt"])

@@ -288,9 +288,9 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
 
 
 def _inputs_attr(inputs) -> str:
-    from .shards import _safe_url
+    from .shards import safe_url
 
-    return json.dumps([_safe_url(p) if is_url(p) else os.path.abspath(p) for p in (
+    return json.dumps([safe_url(p) if is_url(p) else os.path.abspath(p) for p in (
         os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs))])
 
 

@@ -84,7 +84,7 @@ def expand_braces(pattern: str) -> list:
     return [head + p + rest for p in parts for rest in expand_braces(tail)]
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without any user:password@ part (never stored or shown)."""
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)
 
@@ -94,7 +94,7 @@ def _filesystem(url):
     try:
         import fsspec
     except ImportError:
-        raise InputError(f"reading {_safe_url(url)} needs fsspec: pip install \"vggfeat[s3]\"") from None
+        raise InputError(f"reading {safe_url(url)} needs fsspec: pip install \"vggfeat[s3]\"") from None
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as exc:
@@ -102,7 +102,7 @@ def _filesystem(url):
         need = "s3fs" if proto in ("s3", "s3a") else (getattr(exc, "name", None) or f"fsspec's {proto} filesystem")
         raise InputError(f"reading {proto}:// URLs needs {need}: pip install \"vggfeat[s3]\"") from None
     except ValueError as exc:
-        raise InputError(f"cannot read {_safe_url(url)}: {_reason(exc)}") from None
+        raise InputError(f"cannot read {safe_url(url)}: {_reason(exc)}") from None
 
 
 def _reason(exc) -> str:
@@ -144,6 +144,8 @@ class ShardInputs:
     exclude: tuple = ()
     root: str | None = None
     excluded: int = 0
+    previous_failed: dict = field(default_factory=dict)  # resuming: {row: reason} of the earlier run
+    shards_skipped: int = 0  # resuming: shards not read again
 
     @property
     def shards(self) -> int:
@@ -182,7 +184,7 @@ def read_class_names(value) -> list:
 
 
 def _display(given: str) -> str:
-    return given.replace(os.sep, "/") if not is_url(given) else _safe_url(given)
+    return given.replace(os.sep, "/") if not is_url(given) else safe_url(given)
 
 
 def _list_prefix(given, extensions):
@@ -192,16 +194,18 @@ def _list_prefix(given, extensions):
         try:
             found = fs.find(path, detail=False)
         except Exception as exc:  # noqa: BLE001 - every filesystem error is the input's
-            raise InputError(f"cannot list {_safe_url(given)}: {_reason(exc)}") from None
+            raise InputError(f"cannot list {safe_url(given)}: {_reason(exc)}") from None
         base = path.rstrip("/") + "/"
         proto = given.split("://", 1)[0]
         out = [(f"{proto}://{p}", p[len(base):]) for p in sorted(found) if p.startswith(base)]
     else:
-        from .images import _walk_sorted
-
         top = os.path.abspath(given)
-        out = [(p, os.path.relpath(p, top).replace(os.sep, "/"))
-               for p in _walk_sorted(top, tuple(extensions) + (".tar", ".tgz", ".tar.gz"))]
+        out = []
+        for folder, dirs, names in os.walk(top):  # links to folders are not followed
+            dirs.sort()
+            out.extend((p, os.path.relpath(p, top).replace(os.sep, "/"))
+                       for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p))
+        out.sort(key=lambda item: item[1].split("/"))
     return [(u, r) for u, r in out if is_shard_name(r) or is_image_name(r, extensions)]
 
 
@@ -221,7 +225,7 @@ def _existing(urls) -> set:
         except FileNotFoundError:
             listed = set()
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot list {_safe_url(parent)}/: {_reason(exc)}") from None
+            raise InputError(f"cannot list {safe_url(parent)}/: {_reason(exc)}") from None
         out.update(u for u in names if u.rsplit("/", 1)[-1] in listed)
     return out
 
@@ -377,9 +381,10 @@ def _open(url):
 
 
 def _excluded(patterns, *names):
-    from .images import _excluded as excluded
+    """As for folders (`scan_images`): a glob pattern matches a name, in any letter case."""
+    import fnmatch
 
-    return bool(patterns) and excluded(patterns, *names)
+    return any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n.lower(), p.lower()) for p in patterns for n in names)
 
 
 def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=frozenset()):
@@ -490,7 +495,7 @@ def iter_samples(inputs: ShardInputs, skip=frozenset()):
     failures of that run (`inputs.previous_failed`, {row: reason}) are given again as they were."""
     labels = _Labels(inputs.class_names, inputs.label_field)
     complete_before = _last_source_with_rows(inputs.sources, skip) if skip else -1
-    previous = getattr(inputs, "previous_failed", None) or {}
+    previous = inputs.previous_failed or {}
     inputs.shards_skipped = 0
     for i, s in enumerate(inputs.sources):
         if s.kind == "shard" and i < complete_before:
