@@ -31,6 +31,24 @@ s = extract(sys.argv[1:-1], sys.argv[-1], ["fc7"], arch="vgg11", weights="random
 print(json.dumps({"written": s.written, "failed": s.failed, "seconds": s.seconds}))
 """
 
+# the input path alone, without Keras: scan, read (shards streamed), decode to 224x224 on the threads
+READ_ONLY = r"""
+import json, sys, time
+from vggfeat.images import Geometry
+from vggfeat.shards import ShardInputs, Sample, iter_samples, scan_inputs
+from vggfeat.stream import _decode_in_order, _prefetch, default_workers
+t = time.perf_counter()
+inputs = scan_inputs(sys.argv[1:-1])
+if isinstance(inputs, ShardInputs):
+    samples = _prefetch(iter_samples(inputs), 64)
+else:
+    samples = (Sample(p, l, f) for f, p, l in zip(inputs.files, inputs.paths, inputs.labels))
+ok = bad = 0
+for _, r in _decode_in_order(samples, Geometry("crop", 224), default_workers(), 64 + default_workers(), 89478485):
+    ok, bad = (ok + 1, bad) if not isinstance(r, Exception) else (ok, bad + 1)
+print(json.dumps({"written": ok, "failed": bad, "seconds": time.perf_counter() - t}))
+"""
+
 
 def make_data(root, n, per_shard, size):
     rng = np.random.default_rng(0)
@@ -62,8 +80,8 @@ def make_data(root, n, per_shard, size):
     return [files], [os.path.join(shards, f"{{00000..{n_shards - 1:05d}}}.tar")]
 
 
-def run_once(inputs, output):
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *inputs, output], stdout=subprocess.PIPE,
+def run_once(inputs, output, code=CHILD):
+    proc = subprocess.Popen([sys.executable, "-c", code, *inputs, output], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""))
     out = proc.stdout.read()
@@ -86,16 +104,19 @@ def main():
     size = tuple(int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as root:
         files, shards = make_data(root, args.images, args.per_shard, size)
-        results = {"files": [], "shards": []}
+        modes = {"files, extract": (files, CHILD), "shards, extract": (shards, CHILD),
+                 "files, read+decode only": (files, READ_ONLY), "shards, read+decode only": (shards, READ_ONLY)}
+        results = {name: [] for name in modes}
         for r in range(args.runs):
-            for name, inputs in (("files", files), ("shards", shards)):
-                res = run_once(inputs, os.path.join(root, f"{name}.h5"))
+            for name, (inputs, code) in modes.items():
+                res = run_once(inputs, os.path.join(root, "out.h5"), code)
                 assert res["written"] == args.images and res["failed"] == 0, res
                 results[name].append(res)
-                print(f"run {r + 1} {name:6s}: {res['images_per_s']:7.1f} images/s, peak RSS "
+                print(f"run {r + 1} {name:25s}: {res['images_per_s']:7.1f} images/s, peak RSS "
                       f"{res['peak_rss_mib']:.0f} MiB", flush=True)
-    print(f"\n{args.images} JPEGs {size[0]}x{size[1]}, {args.per_shard} per shard, vgg11 random 32x32 fc7, "
-          f"batch 64, {os.cpu_count()} CPUs; median of {args.runs} runs")
+    print(f"\n{args.images} JPEGs {size[0]}x{size[1]}, {args.per_shard} per shard; extract: vgg11 random 32x32 "
+          f"fc7, batch 64; read+decode only: to 224x224 crop, no model; {os.cpu_count()} CPUs; median of "
+          f"{args.runs} runs")
     print("| input | images/s | peak RSS (MiB) |")
     print("|---|---|---|")
     for name, rs in results.items():
