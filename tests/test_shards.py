@@ -253,6 +253,8 @@ def test_bad_local_shard_inputs_are_one_line_errors(tmp_path):
     assert "for tar shards" in line
     line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/00009.tar", "-o", out, *FAST_CLI), out)
     assert "input not found" in line
+    line = _one_line_error(run_cli("extract", f"{tmp_path}/shards", "-o", out, *FAST_CLI), out)
+    assert "holds tar shards: name them" in line
 
 
 # ---- S3: a real S3-protocol server (moto's server mode) on 127.0.0.1 ------------------------------------

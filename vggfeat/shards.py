@@ -250,7 +250,14 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
         if class_names is not None or label_field is not None:
             raise InputError("--class-names and --label-field (class_names, label_field) are for tar shards "
                              "(.tar, s3://...); folders take classes from their subfolders")
-        return scan_images(given_list, extensions=extensions, exclude=exclude)
+        try:
+            return scan_images(given_list, extensions=extensions, exclude=exclude)
+        except InputError as exc:
+            tars = [g for g in given_list if os.path.isdir(g) and any(is_shard_name(n) for n in os.listdir(g))]
+            if not str(exc).startswith("no images found") or not tars:
+                raise
+            raise InputError(f"{exc}; {tars[0]} holds tar shards: name them ({tars[0].rstrip(os.sep)}/*.tar or "
+                             f"the brace notation, {tars[0].rstrip(os.sep)}/{{00000..00009}}.tar)") from None
     extensions = normalize_extensions(extensions)
     exclude = tuple([exclude] if isinstance(exclude, str) else [str(p) for p in (exclude or ())])
     sources, root = [], None
