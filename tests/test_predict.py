@@ -110,14 +110,24 @@ def test_predict_imagenet_top_k_names_from_keras_class_index(place, tmp_path, mo
 
 def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place, tmp_path):
     from test_early_checks import run_light
+    from vggfeat.prediction import KINDS
 
     (tmp_path / "notes.txt").write_text("not a classifier\n")
     report, stderr = run_light("predict", "--classifier", "notes.txt", str(place / "new"), cwd=tmp_path)
     lines = stderr.strip().splitlines()
     assert report == {"code": 2, "heavy": []} and len(lines) == 1, stderr
-    assert lines[0].startswith("Error: notes.txt is not a classifier vggfeat can use: --classifier takes a "
+    assert lines[0].startswith("Error: notes.txt is not a classifier vggfeat can use (not a zip archive): "
+                               "--classifier takes a "
                                "classifier file of `vggfeat classify -o` (.skops"), lines[0]
     assert "a model of `vggfeat finetune -o` (.keras" in lines[0]
+
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:  # a zip archive, but of neither kind
+        z.writestr("readme.txt", "hello")
+    report, stderr = run_light("predict", "--classifier", "other.zip", str(place / "new"), cwd=tmp_path)
+    assert report == {"code": 2, "heavy": []}, stderr
+    assert stderr.strip() == f"Error: other.zip is not a classifier vggfeat can use: --classifier takes {KINDS}"
 
     report, stderr = run_light("predict", str(place / "new"), "--weights", "random", cwd=tmp_path)
     assert report == {"code": 2, "heavy": []}, stderr

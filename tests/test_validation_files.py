@@ -422,15 +422,17 @@ def test_classifier_still_predicts_when_untouched(classifier_file):
 
 
 def test_truncated_flipped_and_foreign_classifier_files(classifier_file, tmp_path, no_network):
+    from vggfeat.prediction import KINDS  # what each kind of --classifier file is, and which command makes it
+
     data = (classifier_file / "clf.skops").read_bytes()
     cut = tmp_path / "cut.skops"
     cut.write_bytes(data[: len(data) // 2])
     one_line_error(run("predict", "--classifier", cut, classifier_file / "images", "-q"),
-                   f"{cut} is not a skops classifier file (not a zip archive)")
+                   f"{cut} is not a classifier vggfeat can use (not a zip archive): --classifier takes {KINDS}")
     foreign = tmp_path / "foreign.skops"
     foreign.write_bytes(b"\x80\x04K\x01.")  # a pickle
     one_line_error(run("predict", "--classifier", foreign, classifier_file / "images", "-q"),
-                   f"{foreign} is not a skops classifier file (not a zip archive)")
+                   f"{foreign} is not a classifier vggfeat can use (not a zip archive): --classifier takes {KINDS}")
     # flip one byte in the middle of each member's data: every flip is a one-line error
     with zipfile.ZipFile(classifier_file / "clf.skops") as z:
         members = [i for i in z.infolist() if i.compress_size > 8]

@@ -59,7 +59,8 @@ def classifier_kind(path) -> str:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
-        names = set()
+        raise InputError(f"{path} is not a classifier vggfeat can use (not a zip archive): --classifier takes "
+                         f"{KINDS}") from None
     if {"config.json", "model.weights.h5"} <= names:
         return "keras"
     if "schema.json" in names:
@@ -93,25 +94,16 @@ def imagenet_class_index_path() -> str:
     Raises:
         WeightsError: not cached and cannot be downloaded; the message says where to put the file.
     """
-    import logging
-
-    from .weights import _download, _file_digest, keras_cache_dir
+    from .weights import keras_cache_dir, keras_cache_file
 
     fname, url, md5 = IMAGENET_CLASS_INDEX
-    target = os.path.join(keras_cache_dir(), fname)
-    log = logging.getLogger("vggfeat")
-    if os.path.isfile(target):
-        if _file_digest(target, "md5") == md5:
-            return target
-        log.warning(f"{target} does not have the expected MD5 (a partial or damaged download); downloading it again")
     try:
-        _download(url, target, md5, log)
+        return keras_cache_file(fname, url, md5)
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means the same thing to the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
             f"cannot get ImageNet's class names: {fname} is not in {keras_cache_dir()} and downloading it failed "
             f"({reason}); fetch {url} on a machine with network and put it in {keras_cache_dir()}") from None
-    return target
 
 
 def imagenet_class_names(path=None) -> list:

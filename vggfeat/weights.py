@@ -141,17 +141,10 @@ def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
         WeightsError: no ImageNet weights for `arch`, or the file is not cached and cannot be downloaded
             (the message names the file, the URL, the folder to put it in, and `--weights PATH`).
     """
-    import logging
-
-    fname, url, md5, target = imagenet_file(arch, include_top)
+    fname, url, md5, _ = imagenet_file(arch, include_top)
     spec = get_arch(arch)
-    log = logging.getLogger("vggfeat")
-    if os.path.isfile(target):
-        if _file_digest(target, "md5") == md5:
-            return target
-        log.warning(f"{target} does not have the expected MD5 (a partial or damaged download); downloading it again")
     try:
-        _download(url, target, md5, log)
+        return keras_cache_file(fname, url, md5)
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means the same thing to the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
@@ -159,6 +152,22 @@ def imagenet_weights_path(arch: str, include_top: bool = True) -> str:
             f"downloading it failed ({reason}); fetch {url} on a machine with network and put it in "
             f"{keras_cache_dir()}, or pass --weights PATH to a local copy"
         ) from None
+
+
+def keras_cache_file(fname, url, md5) -> str:
+    """Path of `fname` in Keras's cache (`keras_cache_dir()`), fetched from `url` once: a cached file is
+    checked against `md5` (once per process), one that fails the check is fetched again; the download
+    (urllib, no Keras) goes to a temporary file beside it, renamed into place when complete and checked.
+    Progress on the `vggfeat` logger. Raises whatever the download raised (callers say it in one line)."""
+    import logging
+
+    target = os.path.join(keras_cache_dir(), fname)
+    log = logging.getLogger("vggfeat")
+    if os.path.isfile(target):
+        if _file_digest(target, "md5") == md5:
+            return target
+        log.warning(f"{target} does not have the expected MD5 (a partial or damaged download); downloading it again")
+    _download(url, target, md5, log)
     return target
 
 
