@@ -469,3 +469,22 @@ def test_a_local_folder_given_with_shards_is_listed_like_a_prefix(tmp_path, monk
     with pytest.raises(InputError, match="cannot be mixed"):
         (tmp_path / "list.txt").write_text("loose/000001.png\n")
         scan_inputs(["shards/00000.tar", "list.txt"])
+
+
+def test_iter_features_reads_shards_and_names_a_duplicate_member(tmp_path, monkeypatch, fx):
+    from vggfeat import iter_features
+
+    monkeypatch.chdir(tmp_path)
+    write_tar("d.tar", [("a.png", png(0)), ("a.json", b'{"y": {"name": "squares"}}'), ("b.png", png(1)),
+                        ("a.png", png(2))])
+    batches = list(iter_features(["d.tar"], fx, label_field="y.name", class_names="circles,squares,stripes",
+                                 progress=False))
+    paths = [p for b in batches for p in b.paths]
+    labels = [x for b in batches for x in b.labels]
+    failed = [f for b in batches for f in b.failed]
+    assert paths == ["d.tar/a.png", "d.tar/b.png"] and labels == [1, -1]
+    assert len(failed) == 1 and failed[0][0].startswith("d.tar/a.png (member ")
+    assert failed[0][1] == "duplicate member name in the shard"
+    first = np.concatenate([b.features["pool5"] for b in batches])[0]
+    alone = list(iter_features(["d.tar"], fx, progress=False, skip={"d.tar/b.png"}))
+    np.testing.assert_array_equal(np.concatenate([b.features["pool5"] for b in alone]), first[None])

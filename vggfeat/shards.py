@@ -411,6 +411,7 @@ def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=froz
         yield Sample(name, -1, ImageError(f"cannot open shard: {_reason(exc)}"))
         return
     members = 0
+    seen = set()
     current, group = None, {}
     order = []  # (ext, member name) of the current key, in member order
 
@@ -425,6 +426,10 @@ def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=froz
         label = labels(group)
         for ext, n in images:
             row = escape_path(f"{name}/{n}")
+            if row in seen:  # a second member of the same name: one row per name
+                yield Sample(row + f" (member {members})", -1, ImageError("duplicate member name in the shard"))
+                continue
+            seen.add(row)
             if row in skip or _excluded(exclude, n, n.rsplit("/", 1)[-1]):
                 continue
             yield Sample(row, label, group[ext])
