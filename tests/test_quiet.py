@@ -64,3 +64,23 @@ def test_a_log_level_the_user_set_is_kept(tmp_path):
     r = run(tmp_path, env={"TF_CPP_MIN_LOG_LEVEL": "1"})
     assert r.returncode == 0, r.stderr
     assert "level: 1" in r.stdout
+
+
+def test_first_extract_in_a_jupyter_kernel_writes_nothing_to_the_cell(tmp_path, monkeypatch):
+    """A real kernel (ipykernel forwards what C++ writes on descriptor 2 to the cell): nothing on stdout/stderr.
+    Before, the cell showed the absl/oneDNN/CUDA lines twice (import and device discovery)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tests')!r})\n"
+            "from conftest import make_folder\n"
+            f"make_folder({str(tmp_path / 'images')!r}, per_class=2)\n"
+            "import vggfeat\n"
+            f"vggfeat.extract([{str(tmp_path / 'images')!r}], {str(tmp_path / 'f.h5')!r}, ['fc7'], arch='vgg11', "
+            "weights='random', input_size=32, progress=False)\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                            ).execute()
+    streams = [o for o in nb.cells[0].outputs if o["output_type"] == "stream"]
+    assert streams == []
+    assert [o["output_type"] for o in nb.cells[0].outputs] == ["execute_result"]  # the ExtractSummary
