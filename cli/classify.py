@@ -50,8 +50,8 @@ def classify_command(features, layer, classifier, C, neighbors, normalize, cv, t
     else:
         how = f"held-out {test_size:g}" if test_size else f"{cv}-fold cross-validation"
     held_out = test_size or test
-    click.echo(f"{classifier}{' + L2 normalisation' if normalize else ''} on {result.settings['layer']} ({len(result.y_true)} "
-               f"{'test ' if held_out else ''}samples, {how})")
+    click.echo(f"{classifier}{' + L2 normalisation' if normalize else ''} on {result.settings['layer']} "
+               f"({len(result.y_true)} {'test ' if held_out else ''}samples, {how})")
     if not held_out:
         for i, s in enumerate(result.fold_scores, 1):
             click.echo(f"  fold {i}: accuracy {s:.4f}")

@@ -46,8 +46,8 @@ def predict_command(inputs, ext, exclude, classifier, weights, top_k, output, ov
     import itertools
     import sys
 
-    from vggfeat.classifier import check_output, check_predict, predict_images
-    from vggfeat.prediction import PredictionTally, class_names_of, load_predictor
+    from vggfeat.classifier import check_output, check_predict, load_predictor, predict_images
+    from vggfeat.prediction import PredictionTally, class_names_of
 
     if output:
         check_output(output, overwrite=overwrite)

@@ -91,7 +91,8 @@ def test_predict_imagenet_top_k_names_from_keras_class_index(place, tmp_path, mo
     (cache / "imagenet_class_index.json").write_bytes(index)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     name, _, _ = prediction.IMAGENET_CLASS_INDEX  # this index, not Keras's: its own MD5, no download
-    monkeypatch.setattr(prediction, "IMAGENET_CLASS_INDEX", (name, "http://127.0.0.1:9/x", hashlib.md5(index).hexdigest()))
+    monkeypatch.setattr(prediction, "IMAGENET_CLASS_INDEX",
+                        (name, "http://127.0.0.1:9/x", hashlib.md5(index).hexdigest()))
 
     result = CliRunner().invoke(cli, ["predict", "--weights", weights, "--top-k", "3", str(place / "new")])
     assert result.exit_code == 0, result.output
@@ -108,7 +109,7 @@ def test_predict_imagenet_top_k_names_from_keras_class_index(place, tmp_path, mo
     assert "no accuracy: the inputs' classes (circles, squares, stripes) are not the classifier's" in result.stderr
 
 
-def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place, tmp_path):
+def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place, tmp_path, finetuned, skops_classifier):
     from test_early_checks import run_light
     from vggfeat.prediction import KINDS
 
@@ -129,6 +130,15 @@ def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place,
     assert report == {"code": 2, "heavy": []}, stderr
     assert stderr.strip() == f"Error: other.zip is not a classifier vggfeat can use: --classifier takes {KINDS}"
 
+    report, stderr = run_light("predict", "--classifier", finetuned, str(place / "new"), "--weights", "imagenet",
+                               cwd=tmp_path)
+    assert report == {"code": 2, "heavy": []}, stderr
+    assert stderr.strip() == "Error: mine.keras is a whole model with its own weights; drop --weights"
+    report, stderr = run_light("predict", "--classifier", skops_classifier, str(place / "new"), "--top-k", "3",
+                               cwd=tmp_path)
+    assert report == {"code": 2, "heavy": []}, stderr
+    assert stderr.strip().startswith("Error: --top-k needs a classifier with one score per class")
+
     report, stderr = run_light("predict", str(place / "new"), "--weights", "random", cwd=tmp_path)
     assert report == {"code": 2, "heavy": []}, stderr
     assert "predict without --classifier gives ImageNet's classes, so it needs ImageNet weights" in stderr
@@ -140,7 +150,8 @@ def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place,
     assert report == {"code": 2, "heavy": []} and len(lines) == 1, stderr
     assert re.match(r"Error: cannot get ImageNet's class names: imagenet_class_index\.json is not in .*home/models "
                     r"and downloading it failed \(.*\); fetch https://storage\.googleapis\.com/download\.tensorflow"
-                    r"\.org/data/imagenet_class_index\.json on a machine with network and put it in", lines[0]), lines[0]
+                    r"\.org/data/imagenet_class_index\.json on a machine with network and put it in",
+                    lines[0]), lines[0]
     assert not home.exists() or os.listdir(home / "models") == []
 
 

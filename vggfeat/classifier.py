@@ -366,7 +366,7 @@ def load_classifier(path):
     path = os.fspath(path)
     if classifier_kind(path) != "skops":  # one line saying what each kind of file is, not skops internals
         raise InputError(f"{path} is a Keras model (of `vggfeat finetune`), not a skops classifier: "
-                         f"load it with vggfeat.prediction.load_predictor; --classifier takes {KINDS}")
+                         f"load it with vggfeat.classifier.load_predictor; --classifier takes {KINDS}")
     _check_archive(path)
     import skops.io as sio  # (scikit-learn with it: a second's import, after the cheap checks)
 
@@ -401,6 +401,31 @@ def load_classifier(path):
             classes.min() < 0 or classes.max() >= len(names):
         raise InputError(f"{path}: the classifier's classes do not match its {len(names)} class names")
     return pipeline, settings, list(names)
+
+
+def load_predictor(classifier=None, *, weights=None, arch=None, top_k=None):
+    """What `predict` classifies with, checked without Keras:
+
+    - a `.skops` file of `vggfeat classify -o`: `load_classifier`'s `(pipeline, settings, class_names)`;
+    - a `.keras` model of `vggfeat finetune -o`: a `ModelClassifier` predicting with its fc8 (`top_k`
+      default 1);
+    - no classifier: ImageNet's top-k (`top_k` default 5) with ImageNet `weights` (`load_imagenet`).
+
+    Anything else is refused in one line saying what each kind of file is and which command makes it."""
+    from .prediction import classifier_kind, load_finetuned, load_imagenet
+
+    if classifier is None:
+        return load_imagenet(weights, arch, 5 if top_k is None else top_k)
+    kind = classifier_kind(classifier)
+    if kind == "keras":
+        if weights is not None:
+            raise InputError(f"{os.path.basename(os.fspath(classifier))} is a whole model with its own weights; "
+                             "drop --weights")
+        return load_finetuned(classifier, 1 if top_k is None else top_k)
+    if top_k not in (None, 1):
+        raise InputError("--top-k needs a classifier with one score per class: a .keras model of "
+                         "`vggfeat finetune`, or ImageNet weights without --classifier")
+    return load_classifier(classifier)
 
 
 def _first_line(exc):
@@ -451,7 +476,7 @@ def config_for(settings, weights=None):
 
 def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=()):
     """Every check of `predict_images` that needs no Keras: the classifier (a path to a `.skops` or a
-    fine-tuned `.keras` file, or what `load_classifier` / `vggfeat.prediction.load_predictor` returned), its
+    fine-tuned `.keras` file, or what `load_classifier` / `load_predictor` returned), its
     settings and the weights (`config_for`; a `ModelClassifier` brings its own), and the inputs. Says
     what it found and what it loads next on the `vggfeat` logger (INFO). Returns the `ImageList` to
     pass to `predict_images`."""
@@ -474,7 +499,7 @@ def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=
 
 
 def _loaded(classifier):
-    from .prediction import ModelClassifier, load_predictor
+    from .prediction import ModelClassifier
 
     if isinstance(classifier, (tuple, ModelClassifier)):
         return classifier
@@ -484,7 +509,7 @@ def _loaded(classifier):
 def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None,
                    extensions=None, exclude=()):
     """Classify images with a classifier: a `.skops` file of `vggfeat classify -o`, a `.keras` model of
-    `vggfeat finetune -o` (its fc8 predicts), or what `load_classifier` / `vggfeat.prediction.load_predictor`
+    `vggfeat finetune -o` (its fc8 predicts), or what `load_classifier` / `load_predictor`
     returned (a `ModelClassifier` also stands for ImageNet top-k).
     `inputs`: folders, image files, lists of images (see `scan_images`, with `extensions` and
     `exclude`), or the `ImageList` `check_predict` returned. Yields one dict per image, in input order:

@@ -1,11 +1,11 @@
 """Predictions from a network's own fc8: a model written by `vggfeat finetune` (its fc8 is the classifier,
 its class names stored with it), or ImageNet weights (ImageNet's 1000 classes, named by Keras's class index).
 
-`load_predictor` tells the two kinds of `--classifier` file apart (a skops classifier of `vggfeat classify -o`,
-a `.keras` model of `vggfeat finetune -o`) and refuses anything else in one line saying what each kind is.
-Everything is checked without Keras; the class index is fetched like Keras's ImageNet weights (urllib, into
-Keras's cache, with Keras's MD5), so an offline machine hears about a missing file before TensorFlow loads.
-"""
+`classifier_kind` tells the two kinds of `--classifier` file apart (a skops classifier of `vggfeat classify
+-o`, a `.keras` model of `vggfeat finetune -o`) and refuses anything else in one line saying what each kind is;
+`vggfeat.classifier.load_predictor` loads either, or ImageNet's top-k. Everything is checked without Keras;
+the class index is fetched like Keras's ImageNet weights (urllib, into Keras's cache, with Keras's MD5), so an
+offline machine hears about a missing file before TensorFlow loads."""
 
 from __future__ import annotations
 
@@ -150,31 +150,6 @@ def _top_k(k, n):
     return int(min(k, n))
 
 
-def load_predictor(classifier=None, *, weights=None, arch=None, top_k=None):
-    """What `predict` classifies with, checked without Keras:
-
-    - a `.skops` file of `vggfeat classify -o`: `load_classifier`'s `(pipeline, settings, class_names)`;
-    - a `.keras` model of `vggfeat finetune -o`: a `ModelClassifier` predicting with its fc8 (`top_k`
-      default 1);
-    - no classifier: ImageNet's top-k (`top_k` default 5) with ImageNet `weights` (`load_imagenet`).
-
-    Anything else is refused in one line saying what each kind of file is and which command makes it."""
-    if classifier is None:
-        return load_imagenet(weights, arch, 5 if top_k is None else top_k)
-    kind = classifier_kind(classifier)
-    if kind == "keras":
-        if weights is not None:
-            raise InputError(f"{os.path.basename(os.fspath(classifier))} is a whole model with its own weights; "
-                             "drop --weights")
-        return load_finetuned(classifier, 1 if top_k is None else top_k)
-    if top_k not in (None, 1):
-        raise InputError("--top-k needs a classifier with one score per class: a .keras model of "
-                         "`vggfeat finetune`, or ImageNet weights without --classifier")
-    from .classifier import load_classifier
-
-    return load_classifier(classifier)
-
-
 def check_model_predict(model: ModelClassifier, fetch=True):
     """The checks `check_predict` makes of a `ModelClassifier` without Keras (weights, fc8); returns the
     `ExtractorCheck` (whose `loading()` says what is built next)."""
@@ -279,6 +254,6 @@ def class_names_of(loaded) -> list:
     return list(loaded.class_names) if isinstance(loaded, ModelClassifier) else list(loaded[2])
 
 
-__all__ = ["PredictionTally", "class_names_of", "IMAGENET_CLASS_INDEX", "ModelClassifier", "check_model_predict", "classifier_kind",
-           "imagenet_class_index_path", "imagenet_class_names", "load_finetuned", "load_imagenet", "load_predictor",
-           "model_columns", "predict_with_model"]
+__all__ = ["IMAGENET_CLASS_INDEX", "KINDS", "ModelClassifier", "PredictionTally", "check_model_predict",
+           "class_names_of", "classifier_kind", "imagenet_class_index_path", "imagenet_class_names", "load_finetuned",
+           "load_imagenet", "model_columns", "predict_with_model"]
