@@ -313,6 +313,10 @@ def test_s3_shards_and_loose_images_equal_the_local_files(tmp_path, monkeypatch,
         assert list(b.labels) == list(a.labels)
         np.testing.assert_array_equal(b.features, a.features)
     assert b.attrs["root"] == "s3://vgg-data/data/" and json.loads(b.attrs["inputs"]) == ["s3://vgg-data/data/"]
+    # a prefix written without its final slash is the same prefix
+    nos = scan_inputs(["s3://vgg-data/data"])
+    assert nos.root == "s3://vgg-data/data/" and [x.name for x in nos.sources] == list(b.paths[:2]) + [
+        "shards/00000.tar", "shards/00001.tar", "shards/sub/00002.tar"]
     # single objects and brace ranges of objects, named as given
     one = extract(["s3://vgg-data/data/shards/{00000..00001}.tar"], tmp_path / "b.h5", extractor=fx, progress=False)
     c = load_features(tmp_path / "b.h5", "pool5")

@@ -275,6 +275,14 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
             sources.extend(Source("shard", n, _display(n), missing=n not in there) for n in names)
             continue
         remote_prefix = is_url(given) and (given.endswith("/") or given.count("/") == 2)
+        if is_url(given) and not remote_prefix and not is_shard_name(given) and not is_image_name(given, extensions):
+            fs, path = _filesystem(given)
+            try:
+                remote_prefix = fs.isdir(path)  # a prefix written without its final slash
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"cannot read {shown}: {_reason(exc)}") from None
+            if remote_prefix:
+                given, shown = given + "/", shown + "/"
         if remote_prefix or (not is_url(given) and os.path.isdir(given)):
             listed = _list_prefix(given, extensions)
             if not listed:
@@ -292,14 +300,6 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
             continue
         if is_url(given):
             if not _existing([given]):
-                fs, path = _filesystem(given)
-                try:
-                    isdir = fs.isdir(path)
-                except Exception as exc:  # noqa: BLE001
-                    raise InputError(f"cannot read {shown}: {_reason(exc)}") from None
-                if isdir:  # a prefix written without its final slash
-                    sources.extend(s for s in scan_inputs([given + "/"], extensions=extensions).sources)
-                    continue
                 raise InputError(f"input not found: {shown}")
         elif not os.path.exists(given):
             raise InputError(f"input not found: {given}")
