@@ -254,3 +254,26 @@ def test_classify_test_scores_on_another_features_file_made_alike(place, skops_c
     both = CliRunner().invoke(cli, ["classify", str(place / "train.h5"), "--test", str(tmp_path / "new.h5"),
                                     "--test-size", "0.5"])
     assert both.exit_code == 2 and "--test and --test-size" in both.stderr
+
+
+def test_classify_test_matches_classes_by_name(place, skops_classifier, tmp_path):
+    """A test folder with a subset of the training classes (so other class indices) and a class the training
+    never saw: labels are matched by name, and the unseen class counts as wrong."""
+    from vggfeat import extract, load_features
+    from vggfeat.classifier import classify, make_classifier
+
+    classes = {"dots": ((200, 200, 40), "circle"), "stripes": ((40, 60, 220), "stripes"),
+               "squares": ((40, 200, 60), "square")}
+    make_folder(str(tmp_path / "some"), per_class=2, size=(56, 44), classes=classes)
+    extract([tmp_path / "some"], tmp_path / "some.h5", ["fc7"], progress=False, **SMALL)
+    result = classify(place / "train.h5", "fc7", test=tmp_path / "some.h5")
+    assert result.class_names == ["circles", "squares", "stripes", "dots"]
+    test = load_features(tmp_path / "some.h5", "fc7")
+    assert list(test.class_names) == ["dots", "squares", "stripes"]
+    expected = np.array([result.class_names.index(test.class_names[i]) for i in test.labels])
+    np.testing.assert_array_equal(result.y_true, expected)
+    train = load_features(place / "train.h5", "fc7")
+    pred = make_classifier("linear-svm").fit(train.features, train.labels).predict(test.features)
+    np.testing.assert_array_equal(result.y_pred, pred)
+    assert result.mean == pytest.approx(np.mean(pred == expected)) and 3 not in pred
+    assert "dots" in result.report
