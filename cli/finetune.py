@@ -47,17 +47,23 @@ from ._common import (input_size_option, model_options, precision_option, quiet_
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard logs here.")
 @click.option("--distribute", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
               help="mirrored: tf.distribute.MirroredStrategy over all local GPUs.")
+@click.option("--save-optimizer", is_flag=True,
+              help="Keep the optimizer's state in OUTPUT, to continue training it with Keras (about twice the "
+                   "size with sgd). Default: the network alone. (The checkpoints in OUTPUT.work keep it.)")
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch progress.")
 @reports_errors
 def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split, train_from, unfreeze_after, epochs,
                      batch_size, input_size, optimizer, lr, recipe, augment, class_weights, precision, patience,
-                     resume, overwrite, tensorboard, distribute, quiet):
+                     resume, overwrite, tensorboard, distribute, save_optimizer, quiet):
     """Fine-tune a VGG network on the class subfolders of TRAIN_DIR (or train it from scratch with
     --weights random) and save it as OUTPUT (.keras), with a CSV log and a PNG of the learning curves
     beside it. The saved model feeds `vggfeat extract --weights OUTPUT`.
 
     Checkpoints go to OUTPUT.work every epoch: an interrupted run continues with --resume, or starts
     again with --overwrite; an existing OUTPUT or OUTPUT.work is refused without one of them.
+
+    Before training it says what it found (images, classes, the training/validation split); at the end it
+    names the files it wrote. Epochs are numbered from 1 in the progress lines, the CSV log and the plot.
 
     \b
     Example: vggfeat finetune photos/ -o mine.keras --epochs 5 --input-size 224
@@ -71,7 +77,7 @@ def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split,
                            epochs=epochs, batch_size=batch_size, input_size=input_size, seed=seed,
                            optimizer=optimizer, lr=lr, recipe=recipe, augment=augment, class_weights=class_weights,
                            precision=precision, patience=patience, resume=resume, overwrite=overwrite,
-                           tensorboard=tensorboard, distribute=distribute)
+                           tensorboard=tensorboard, distribute=distribute, save_optimizer=save_optimizer)
     try:
         quiet_backend()
         history = job.run(verbose=0 if quiet else 2)
@@ -85,3 +91,19 @@ def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split,
     failed = len(getattr(history, "failed", {}))
     click.echo(f"saved {output} after {len(history.epoch) and history.epoch[-1] + 1} epochs: {metrics}"
                + (f"; {failed} images could not be read and were skipped" if failed else ""), err=True)
+    click.echo(_written(history.files, history.optimizer_saved, output + ".work"), err=True)
+
+
+def _written(files, optimizer_saved, work):
+    """The files a finished run wrote, one per line, and what became of its checkpoints."""
+    state = "with optimizer state" if optimizer_saved else "without optimizer state; --save-optimizer keeps it"
+    size = os.path.getsize(files["model"]) / 1e6
+    what = [(files["model"], f"the fine-tuned model ({size:.1f} MB, {state})"),
+            (files.get("curves"), "learning curves (loss and accuracy per epoch)"),
+            (files["log"], "CSV log, one row per epoch (numbered from 1)"),
+            (files.get("tensorboard"), "TensorBoard logs")]
+    what = [(path, text) for path, text in what if path]
+    width = max(len(path) for path, _ in what)
+    lines = ["wrote:"] + [f"  {path.ljust(width)}  {text}" for path, text in what]
+    lines.append(f"checkpoints ({work}) removed: the run is complete")
+    return "\n".join(lines)

@@ -3,6 +3,7 @@ each part of `finetune` on its own; nothing an earlier run left is removed befor
 
 import csv
 import os
+import re
 
 import h5py
 import keras
@@ -90,11 +91,14 @@ def test_resume_continues_from_the_saved_epoch_in_the_second_stage(train_dir, tm
         finetune(train_dir, out, epochs=3, unfreeze_after=1, callbacks=[_Interrupt()], **QUICK)
     assert not out.exists() and os.path.isdir(str(out) + ".work")
     assert os.path.exists(str(out) + ".work/stage1.weights.h5")
+    with h5py.File(str(out) + ".work/stage1.weights.h5") as f:  # the checkpoints keep the optimizer: resume needs it
+        assert "optimizer" in f and len(f["optimizer"]["vars"])
     history = finetune(train_dir, out, epochs=3, unfreeze_after=1, resume=True, **QUICK)
-    assert history.epoch == [2]
-    with open(str(out)[:-6] + ".log.csv") as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+    assert history.epoch == [2]  # Keras's index of the third epoch
+    with open(str(out)[:-6] + ".log.csv") as f:  # numbered as Keras's progress lines and the plot number them
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
     assert out.exists() and not os.path.exists(str(out) + ".work")
+    assert _weights_groups(out) == ["layers", "vars"]  # the final model without optimizer state
     assert sorted(os.listdir(tmp_path)) == ["r.curves.png", "r.keras", "r.log.csv"]  # no partial file left
 
 
@@ -377,12 +381,13 @@ def test_callbacks_of_each_stage(tmp_path):
     extra = keras.callbacks.Callback()
     cbs = make_callbacks(str(tmp_path / "w"), str(tmp_path / "log.csv"), patience=4, tensorboard=str(tmp_path / "tb"),
                          extra=[extra])
-    assert [type(c).__name__ for c in cbs] == ["BackupAndRestore", "CSVLogger", "EarlyStopping", "ReduceLROnPlateau",
+    assert [type(c).__name__ for c in cbs] == ["BackupAndRestore", "EpochLog", "EarlyStopping", "ReduceLROnPlateau",
                                                "TensorBoard", "Callback"]
+    assert isinstance(cbs[1], keras.callbacks.CSVLogger)
     assert cbs[0].backup_dir == str(tmp_path / "w" / "backup") and not cbs[1].append and cbs[-1] is extra
     assert (cbs[2].monitor, cbs[2].patience, cbs[3].monitor, cbs[3].patience) == ("val_loss", 4, "val_accuracy", 2)
     second = make_callbacks(str(tmp_path / "w"), str(tmp_path / "log.csv"), stage=2, validation=False, append=True)
-    assert [type(c).__name__ for c in second] == ["BackupAndRestore", "CSVLogger", "EarlyStopping",
+    assert [type(c).__name__ for c in second] == ["BackupAndRestore", "EpochLog", "EarlyStopping",
                                                   "ReduceLROnPlateau"]
     assert second[0].backup_dir == str(tmp_path / "w" / "backup-stage2") and second[1].append
     assert (second[2].monitor, second[3].monitor) == ("loss", "accuracy")
@@ -403,3 +408,94 @@ def test_the_cli_says_what_an_interruption_kept(train_dir, tmp_path, monkeypatch
     assert result.exit_code == 130
     assert result.output.strip() == (f"Error: interrupted; the finished epochs are kept in {out}.work; --resume "
                                      "continues the run")
+
+
+def _weights_groups(model_file):
+    """The top-level groups of a .keras file's weights (`optimizer` among them when it holds its state)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(model_file) as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+        return sorted(f.keys())
+
+
+def test_the_cli_says_the_dataset_first_and_names_the_files_it_wrote(train_dir, tmp_path):
+    """Found images and classes, then the split, then what is loaded, all before the first epoch; at the end
+    each file written, named; the CSV and the plot number epochs from 1, as Keras's progress lines do."""
+    from conftest import run_cli
+
+    out = tmp_path / "cli.keras"
+    result = run_cli("finetune", train_dir, "-o", out, "--arch", "vgg11", "--weights", "random", "--input-size", "32",
+                     "--batch-size", "8", "--augment", "none", "--epochs", "2", "--val-split", "0.25",
+                     "--tensorboard", tmp_path / "tb")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not re.match(r"[IEW]\d{4} |WARNING: All log", line)]
+    assert lines[:3] == ["Found 36 images in 3 classes: circles (12), squares (12), stripes (12)",
+                         "training on 27 images, validating on 9 (a stratified 0.25 of the images)",
+                         "loading vgg11 with random weights (seed 0)..."], result.stderr
+    assert len(lines) == 3 + 7 and "Epoch 1/2" in result.stdout  # (Keras prints its progress on stdout)
+    size = os.path.getsize(out) / 1e6
+    stem = str(tmp_path / "cli")
+    paths = [str(out), stem + ".curves.png", stem + ".log.csv", str(tmp_path / "tb")]
+    w = max(map(len, paths))
+    assert lines[-7].startswith(f"saved {out} after 2 epochs: "), result.stderr
+    assert lines[-6:] == [
+        "wrote:",
+        f"  {paths[0].ljust(w)}  the fine-tuned model ({size:.1f} MB, without optimizer state; --save-optimizer "
+        "keeps it)",
+        f"  {paths[1].ljust(w)}  learning curves (loss and accuracy per epoch)",
+        f"  {paths[2].ljust(w)}  CSV log, one row per epoch (numbered from 1)",
+        f"  {paths[3].ljust(w)}  TensorBoard logs",
+        f"checkpoints ({out}.work) removed: the run is complete"], result.stderr
+    assert all(os.path.exists(p) for p in paths) and not os.path.exists(f"{out}.work")
+    with open(stem + ".log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    assert _weights_groups(out) == ["layers", "vars"]
+    model = keras.saving.load_model(out)
+    assert not model.compiled  # the network alone: nothing of training is kept
+
+
+def test_the_saved_model_keeps_the_optimizer_only_when_asked(train_dir, tmp_path):
+    """--save-optimizer keeps SGD's momentum (one float per weight: twice the file), loaded back compiled with
+    its state; without it the file holds the same network, which predicts the same, at half the size."""
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype("float32")
+    both = {}
+    for keep in (False, True):
+        out = tmp_path / f"keep_{keep}.keras"
+        history = finetune(train_dir, out, epochs=1, val_split=None, save_optimizer=keep, **QUICK)
+        assert history.optimizer_saved is keep and history.files["model"] == str(out)
+        both[keep] = (os.path.getsize(out), keras.saving.load_model(out))
+    (small, bare), (large, full) = both[False], both[True]
+    assert _weights_groups(tmp_path / "keep_True.keras") == ["layers", "optimizer", "vars"]
+    assert _weights_groups(tmp_path / "keep_False.keras") == ["layers", "vars"]
+    assert full.compiled and full.optimizer.iterations.numpy() > 0 and not bare.compiled
+    assert 1.9 < large / small < 2.1, (large, small)
+    np.testing.assert_array_equal(bare.predict(x, verbose=0), full.predict(x, verbose=0))  # same seed, same run
+    from vggfeat.weights import read_keras_metadata
+
+    assert read_keras_metadata(tmp_path / "keep_False.keras")["arch"] == "vgg11"
+
+
+def test_the_curves_plot_the_logged_epoch_numbers_on_whole_number_ticks():
+    from vggfeat.finetuning import _curves_figure
+
+    rows = [{"epoch": str(e), "loss": str(1 / e), "accuracy": "0.5", "val_loss": "", "val_accuracy": ""}
+            for e in range(1, 8)]
+    fig = _curves_figure(rows)
+    for ax in fig.axes:
+        assert list(ax.lines[0].get_xdata()) == list(range(1, 8))
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_describe_split_names_classes_and_the_split():
+    from vggfeat.finetuning import describe_split
+
+    names = [f"c{i}" for i in range(10)]
+    data = (["f"] * 20, np.repeat(np.arange(10), 2), [], np.array([], dtype=int), names)
+    first, second = describe_split(data, show=3)
+    assert first == "Found 20 images in 10 classes: c0 (2), c1 (2), c2 (2) and 7 more"
+    assert second.startswith("training on 20 images, no validation images (--val-split 0)")
+    data = (["f"] * 4, np.array([0, 0, 1, 1]), ["v"] * 3, np.array([0, 1, 1]), ["a", "b"])
+    assert describe_split(data, val_dir="val/") == ["Found 4 images in 2 classes: a (2), b (2)",
+                                                    "training on 4 images, validating on 3 images of val/"]

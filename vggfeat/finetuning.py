@@ -275,6 +275,36 @@ def split_images(images, val_dir=None, val_split=None, seed=0):
     return list(tf_), np.asarray(ty), list(vf), np.asarray(vy), names
 
 
+def describe_split(data, *, val_dir=None, val_split=None, show=8) -> list[str]:
+    """What `split_images` found, in two lines (the first in Keras's words), said before training starts:
+
+    >>> data = (["a1", "a2", "a3", "b1", "b2", "b3"], np.array([0, 0, 0, 1, 1, 1]), ["a4", "b4"],
+    ...         np.array([0, 1]), ["cats", "dogs"])
+    >>> print("\\n".join(describe_split(data, val_split=0.25)))
+    Found 8 images in 2 classes: cats (4), dogs (4)
+    training on 6 images, validating on 2 (a stratified 0.25 of the images)
+
+    Past `show` classes, the rest are counted, not named."""
+    files, labels, vfiles, vlabels, names = data
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(names))
+    if not val_dir and len(vfiles):
+        counts = counts + np.bincount(np.asarray(vlabels, dtype=int), minlength=len(names))
+    named = ", ".join(f"{n} ({c})" for n, c in zip(names[:show], counts[:show]))
+    if len(names) > show:
+        named += f" and {len(names) - show} more"
+    total = len(files) + (0 if val_dir else len(vfiles))
+    first = f"Found {total} image{'s' * (total != 1)} in {len(names)} classes: {named}"
+    if val_dir:
+        second = f"training on {len(files)} images, validating on {len(vfiles)} images of {os.fspath(val_dir)}"
+    elif len(vfiles):
+        second = (f"training on {len(files)} images, validating on {len(vfiles)} (a stratified {val_split:g} of the "
+                  "images)")
+    else:
+        second = (f"training on {len(files)} images, no validation images (--val-split 0): early stopping and the "
+                  "learning-rate schedule follow the training loss and accuracy")
+    return [first, second]
+
+
 def inverse_frequency_weights(labels, n_classes) -> dict:
     """Weights by inverse class frequency, `{class: n / (n_classes * count)}` (absent classes left out)."""
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
@@ -450,7 +480,9 @@ def __getattr__(name):
 def make_callbacks(work, log_csv, *, stage=1, validation=True, patience=5, append=False, tensorboard=None,
                    extra=()) -> list:
     """The callbacks of one stage, in this order: a checkpoint every epoch (`BackupAndRestore` in
-    `work/backup`, `work/backup-stage2` for the second stage), the CSV log, early stopping on (validation)
+    `work/backup`, `work/backup-stage2` for the second stage), the CSV log (a Keras `CSVLogger` whose
+    epochs are numbered from 1, as Keras's progress lines and the learning-curves plot number them), early
+    stopping on (validation)
     loss, learning rate / 10 when (validation) accuracy stalls, TensorBoard when `tensorboard` names a
     folder, then `extra`."""
     import keras
@@ -458,7 +490,7 @@ def make_callbacks(work, log_csv, *, stage=1, validation=True, patience=5, appen
     prefix = "val_" if validation else ""
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(work, "backup" if stage == 1 else "backup-stage2")),
-        keras.callbacks.CSVLogger(log_csv, append=append),
+        _epoch_log_class()(log_csv, append=append),
         keras.callbacks.EarlyStopping(monitor=prefix + "loss", patience=patience, restore_best_weights=False),
         keras.callbacks.ReduceLROnPlateau(monitor=prefix + "accuracy", factor=0.1,
                                           patience=max(1, patience // 2), min_lr=1e-7),
@@ -466,6 +498,24 @@ def make_callbacks(work, log_csv, *, stage=1, validation=True, patience=5, appen
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(tensorboard))
     return callbacks + list(extra)
+
+
+_EPOCH_LOG = None
+
+
+def _epoch_log_class():
+    """`EpochLog`: Keras's `CSVLogger` writing epoch N of `model.fit` as N + 1 (Keras counts from 0 in its
+    callbacks, from 1 in its progress lines); made on first use, so that this module imports without Keras."""
+    global _EPOCH_LOG
+    if _EPOCH_LOG is None:
+        import keras
+
+        class EpochLog(keras.callbacks.CSVLogger):
+            def on_epoch_end(self, epoch, logs=None):
+                super().on_epoch_end(epoch + 1, logs)
+
+        _EPOCH_LOG = EpochLog
+    return _EPOCH_LOG
 
 
 #: In the work folder: the weights at the end of the first stage, written once it is complete, so that
@@ -511,10 +561,22 @@ def train(net, train_data, val_data, settings: FinetuneSettings, *, work, log_cs
 # ---------------------------------------------------------------------------------------------
 
 
-def save_model(net, output, metadata, *, work=None):
+def save_model(net, output, metadata, *, work=None, include_optimizer=False):
     """Write `net` and vggfeat's `metadata` to a temporary `.keras` file beside `output` (in `work` when
-    given), then rename it over `output`: an existing output is replaced only by a complete file."""
+    given), then rename it over `output`: an existing output is replaced only by a complete file.
+
+    Without `include_optimizer` the file holds the network alone, not compiled: Keras 3's `.keras` format
+    ignores `model.save(include_optimizer=False)` (only its legacy `.h5` writer reads it), so the model
+    saved is a functional model on the same layers and weights (no copy) that was never compiled. SGD's
+    momentum is one float per weight (Adam's state two), so this halves the file for SGD (a third for
+    Adam). With `include_optimizer` the compiled model is saved as it is, optimizer state included (to
+    continue training it with Keras)."""
+    import keras
+
     from .weights import write_keras_metadata
+
+    if not include_optimizer and getattr(net, "optimizer", None) is not None:
+        net = keras.Model(net.input, net.output, name=net.name)  # the same structure (one input, one output)
 
     output = os.fspath(output)
     folder = work or os.path.dirname(os.path.abspath(output))
@@ -540,13 +602,19 @@ def _number(text):
 def _learning_curves(csv_path, png_path):
     import csv
 
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
-
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    if rows:
+        _curves_figure(rows).savefig(png_path, dpi=100)
+
+
+def _curves_figure(rows):
+    """The learning curves of the CSV log's `rows` (dicts): loss and accuracy against the logged epoch
+    numbers, ticks on whole epochs only."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(r["epoch"]) for r in rows]  # numbered from 1 (`EpochLog`), as the plot shows them
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -557,10 +625,11 @@ def _learning_curves(csv_path, png_path):
             if points:
                 ax.plot([e for e, _ in points], [v for _, v in points], style, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.set_title(metric)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,7 +641,7 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
              train_from=None, unfreeze_after=None, epochs=10, batch_size=32, input_size=224, seed=0,
              optimizer="sgd", lr=None, weight_decay=None, recipe=None, augment="light", class_weights=True,
              precision="float32", patience=5, resume=False, overwrite=False, tensorboard=None,
-             distribute=None, workers=None, verbose=1, callbacks=None):
+             distribute=None, save_optimizer=False, workers=None, verbose=1, callbacks=None):
     """Fine-tune (or train from scratch) a VGG network on the class subfolders of `train_dir`.
 
     Every argument is checked (the images scanned, the weight file's layout read) before anything is
@@ -603,12 +672,17 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
             (only once every other argument has been checked).
         tensorboard: folder for TensorBoard logs.
         distribute: `mirrored` for `tf.distribute.MirroredStrategy` over all local GPUs.
+        save_optimizer: keep the optimizer's state in the saved model (to continue training it with
+            Keras; about twice the size with SGD). Default: the network alone, not compiled. (The
+            checkpoints in `<output>.work/`, which `resume` continues from, always keep it.)
         workers: threads that decode images (default: the CPUs, 2 to 8).
         callbacks: extra Keras callbacks.
 
     Returns:
-        The Keras `History` of the (last stage of) training, with `failed` (unreadable image -> reason).
-        Beside `output`: `<stem>.log.csv` and `<stem>.curves.png`.
+        The Keras `History` of the (last stage of) training, with `failed` (unreadable image -> reason)
+        and `files` (what was written: `model`, `curves`, `log`, and `tensorboard` when asked; paths).
+        Beside `output`: `<stem>.log.csv` (one row per epoch, numbered from 1) and `<stem>.curves.png`.
+        The work folder `<output>.work/` is removed once the model is saved.
     """
     if precision in _OLD_PRECISIONS:
         warnings.warn(f"precision={precision!r} is now precision={_OLD_PRECISIONS[precision]!r} (the name every "
@@ -620,7 +694,7 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
                            input_size=input_size, seed=seed, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                            recipe=recipe, augment=augment, class_weights=class_weights, precision=precision,
                            patience=patience, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
-                           distribute=distribute)
+                           distribute=distribute, save_optimizer=save_optimizer)
     return job.run(workers=workers, verbose=verbose, callbacks=callbacks)
 
 
@@ -638,24 +712,27 @@ class FinetuneJob:
     resume: bool = False
     overwrite: bool = False
     tensorboard: str | None = None
+    save_optimizer: bool = False
 
     def run(self, *, workers=None, verbose=1, callbacks=None):
         # Everything is checked: only now is an earlier run discarded.
         if self.overwrite:
             _remove(self.work)
         return _run(self.settings, self.plan, self.output, self.work, self.data, resume=self.resume,
-                    tensorboard=self.tensorboard, workers=workers, verbose=verbose, callbacks=callbacks)
+                    tensorboard=self.tensorboard, save_optimizer=self.save_optimizer, workers=workers,
+                    verbose=verbose, callbacks=callbacks)
 
 
 def prepare_finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, val_split=0.2,
                      train_from=None, unfreeze_after=None, epochs=10, batch_size=32, input_size=224, seed=0,
                      optimizer="sgd", lr=None, weight_decay=None, recipe=None, augment="light", class_weights=True,
                      precision="float32", patience=5, resume=False, overwrite=False, tensorboard=None,
-                     distribute=None) -> FinetuneJob:
+                     distribute=None, save_optimizer=False) -> FinetuneJob:
     """Check every argument of `finetune` without Keras (settings, output and work folder, images and
     classes, the weights' layout and the first layer that trains; Keras's ImageNet file is downloaded
     now if it is not cached) and return the `FinetuneJob` that runs it. Says what it found (`Found 12
-    images in 3 classes`) and what it loads next on the `vggfeat` logger (INFO). Nothing is written or
+    images in 3 classes: ...`, then the training/validation split, see `describe_split`) and what it loads
+    next on the `vggfeat` logger (INFO). Nothing is written or
     removed. Arguments as for `finetune`."""
     import logging
 
@@ -668,12 +745,8 @@ def prepare_finetune(train_dir, output, *, arch=None, weights="imagenet", val_di
     work = check_output(output, resume=resume, overwrite=overwrite)
     plan = plan_network(settings)
     data = split_images(train_dir, val_dir, settings.val_split, settings.seed)
-    files, _, vfiles, _, names = data
-    found = f"Found {len(files) + (0 if val_dir else len(vfiles))} images in {len(names)} classes"
-    if vfiles:
-        found += (f"; validation: {len(vfiles)} images in {val_dir}" if val_dir else
-                  f" ({len(files)} for training, {len(vfiles)} for validation)")
-    logging.getLogger("vggfeat").info(found)
+    for line in describe_split(data, val_dir=val_dir, val_split=settings.val_split):
+        logging.getLogger("vggfeat").info(line)
     if settings.weights == "imagenet":
         from .weights import imagenet_weights_path
 
@@ -681,10 +754,11 @@ def prepare_finetune(train_dir, output, *, arch=None, weights="imagenet", val_di
     what = {"imagenet": "with imagenet weights", "random": f"with random weights (seed {settings.seed})"}.get(
         settings.weights, f"from {os.path.basename(settings.weights)}")
     logging.getLogger("vggfeat").info(f"loading {plan.arch} {what}...")
-    return FinetuneJob(settings, plan, output, work, data, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
+    return FinetuneJob(settings, plan, output, work, data, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+                       save_optimizer=bool(save_optimizer))
 
 
-def _run(settings, plan, output, work, data, *, resume, tensorboard, workers, verbose, callbacks):
+def _run(settings, plan, output, work, data, *, resume, tensorboard, save_optimizer, workers, verbose, callbacks):
     import keras
 
     from .augment import augmentation
@@ -729,12 +803,19 @@ def _run(settings, plan, output, work, data, *, resume, tensorboard, workers, ve
         "arch": plan.arch, "class_names": class_names, "input_size": settings.input_size,
         "preprocessing": info.preprocessing, "base_weights": info.name, "augment": settings.augment,
         "failed_images": len(failed),
-    }, work=work)
+    }, work=work, include_optimizer=save_optimizer)
     shutil.rmtree(work, ignore_errors=True)
     _learning_curves(stem + ".log.csv", stem + ".curves.png")
+    history.files = {"model": output, "log": stem + ".log.csv"}
+    if os.path.exists(stem + ".curves.png"):
+        history.files["curves"] = stem + ".curves.png"
+    if tensorboard:
+        history.files["tensorboard"] = os.fspath(tensorboard)
+    history.optimizer_saved = bool(save_optimizer)
     return history
 
 
 __all__ = ["FinetuneJob", "FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output",
-           "compile_network", "finetune", "freeze", "inverse_frequency_weights", "make_callbacks", "make_optimizer",
-           "plan_network", "prepare_finetune", "save_model", "split_images", "train", "weights_layout"]
+           "compile_network", "describe_split", "finetune", "freeze", "inverse_frequency_weights", "make_callbacks",
+           "make_optimizer", "plan_network", "prepare_finetune", "save_model", "split_images", "train",
+           "weights_layout"]
