@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from safetensors.numpy import save_file
 
 from conftest import run_cli
+import vggfeat
 from vggfeat import torch_weights as tw
 from vggfeat.errors import WeightsError
 from vggfeat.specs import BLOCK_WIDTHS, get_arch
@@ -539,3 +540,24 @@ def test_extract_with_a_cached_timm_name(tmp_path, files, hf_home, image_folder)
     assert "weights_path" not in attrs
     np.testing.assert_allclose(vggfeat.load_features(by_name, "fc7").features,
                                vggfeat.load_features(by_file, "fc7").features, rtol=1e-6)
+
+
+def test_finetune_starts_from_torch_weights_with_their_preprocessing(tmp_path, files, image_folder):
+    # the conv units (batch norm included) and fc6/fc7 start from the file; the model records `torch`
+    import keras
+
+    state, path = files[("vgg11-bn", "timm")]
+    ref = keras_network("vgg11-bn", state)
+    out = tmp_path / "ft.keras"
+    vggfeat.finetune(image_folder, out, weights=path, input_size=SIZE, epochs=1, batch_size=4, augment="none",
+                     train_from="fc8", verbose=0, val_split=None)
+    from vggfeat.weights import read_keras_metadata
+
+    meta = read_keras_metadata(out)
+    assert meta["arch"] == "vgg11-bn" and meta["preprocessing"] == "torch"
+    tuned = keras.saving.load_model(out)
+    for name in ("block1_conv1", "block1_bn1", "block5_bn2", "fc1", "fc2"):
+        for got, want in zip(tuned.get_layer(name).get_weights(), ref.get_layer(name).get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    r = run_cli("finetune", image_folder, "-o", tmp_path / "x.keras", "--weights", path, "--arch", "vgg16")
+    assert r.returncode == 2 and "vgg11-bn" in r.stderr and not (tmp_path / "x.keras").exists(), r.stderr

@@ -17,12 +17,21 @@ def aligned_empty(shape, alignment=64):
     return raw[offset:offset + n * 4].view(np.float32).reshape(shape)
 
 
+#: Arrays from this size up are adopted (fc6 of VGG-16 at 224 is 411 MB); smaller ones are copied into
+#: TensorFlow's own memory. Measured (VGG-16 fc7 at 224, steady-state RSS after four batches of 32, glibc's
+#: mmap threshold fixed): adopting every array 2435 MB, arrays >= 100 MB 2310 MB; TensorFlow's kernels seem
+#: to need more working memory around variables whose buffers they did not allocate (docs/benchmarks.md).
+ADOPT_MIN_BYTES = 100 << 20
+
+
 def adoptable(values, dtype):
-    """`values` as the initial value of a variable: on TensorFlow a tensor sharing the array's memory
-    (DLPack), which the variable takes over as its own buffer, so loading needs no second copy."""
+    """`values` as the initial value of a variable: on TensorFlow, for large arrays, a tensor sharing the
+    array's memory (DLPack), which the variable takes over as its own buffer, so loading needs no second
+    copy of the largest tensors."""
     import keras
 
-    if keras.backend.backend() != "tensorflow" or (dtype is not None and str(dtype) != "float32"):
+    if keras.backend.backend() != "tensorflow" or (dtype is not None and str(dtype) != "float32") \
+            or values.nbytes < ADOPT_MIN_BYTES:
         return values
     import tensorflow as tf
 

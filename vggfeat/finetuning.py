@@ -343,6 +343,12 @@ def weights_layout(weights, arch=None) -> tuple[str, bool]:
         if w == "imagenet" and (name, True) not in IMAGENET_FILES:
             imagenet_weights_path(name, True)  # raises the one-line "no ImageNet weights for ..." error
         return name, w == "imagenet"
+    from .torch_weights import check as check_torch_weights
+    from .torch_weights import handles as is_torch_weights
+
+    if is_torch_weights(w):  # a torchvision/timm .safetensors file or timm:NAME (fetched when built)
+        held = check_torch_weights(w, arch, fetch=False)
+        return held["arch"], held["has_top"]
     path = os.fspath(weights)
     base = os.path.basename(path)
     if not os.path.exists(path):
