@@ -139,6 +139,13 @@ def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place,
     assert report == {"code": 2, "heavy": []}, stderr
     assert stderr.strip().startswith("Error: --top-k needs a classifier with one score per class")
 
+    report, stderr = run_light("predict", "--classifier", skops_classifier, "shards/{00000..00003}.tar",
+                               cwd=tmp_path)
+    assert report == {"code": 2, "heavy": []}, stderr
+    assert stderr.strip() == ("Error: shards/{00000..00003}.tar: predict reads folders, image files and lists; tar "
+                              "shards and s3:// inputs are read by extract (then classify its features), not by "
+                              "predict yet"), stderr
+
     report, stderr = run_light("predict", str(place / "new"), "--weights", "random", cwd=tmp_path)
     assert report == {"code": 2, "heavy": []}, stderr
     assert "predict without --classifier gives ImageNet's classes, so it needs ImageNet weights" in stderr

@@ -491,11 +491,23 @@ def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=
         check = check_model_predict(loaded, fetch=False)
     else:
         check = check_extractor(config_for(loaded[1], weights), fetch=False)  # the weight file, the layer
+    _refuse_shards(inputs)
     images = scan_images(inputs, extensions=extensions, exclude=exclude)
     log = logging.getLogger("vggfeat")
     log.info(images.found())
     log.info(check.fetch().loading())  # Keras's ImageNet file, downloaded now when it is not cached
     return images
+
+
+def _refuse_shards(inputs):
+    """predict reads folders, files and lists; tar shards and URLs are extract's for now (issue 16)."""
+    from .shards import is_shard_input
+
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    shard = next((g for g in given if isinstance(g, (str, os.PathLike)) and is_shard_input(g)), None)
+    if shard is not None:
+        raise InputError(f"{os.fspath(shard)}: predict reads folders, image files and lists; tar shards and "
+                         "s3:// inputs are read by extract (then classify its features), not by predict yet")
 
 
 def _loaded(classifier):
@@ -527,6 +539,8 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
     from .prediction import ModelClassifier, predict_with_model
 
     loaded = _loaded(classifier_path)
+    if not isinstance(inputs, ImageList):
+        _refuse_shards(inputs)
     images = inputs if isinstance(inputs, ImageList) else scan_images(inputs, extensions=extensions, exclude=exclude)
     if isinstance(loaded, ModelClassifier):
         rows = predict_with_model(loaded, images, batch_size=batch_size, workers=workers, progress=progress)
