@@ -127,11 +127,11 @@ def reports_errors(func):
         from vggfeat.errors import VggfeatError
 
         logger = logging.getLogger("vggfeat")
-        if not logger.handlers:
-            handler = logging.StreamHandler(sys.stderr)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
             handler.setFormatter(_LineFormatter())
             logger.addHandler(handler)
-            logger.propagate = False
+        logger.propagate = False
         level = logger.level
         previous = None
         if threading.current_thread() is threading.main_thread():
@@ -152,6 +152,22 @@ def reports_errors(func):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (not the stream of the first command
+    run in this process: click's test runner and notebooks swap it), as logging's own last resort does."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 class _LineFormatter(logging.Formatter):
