@@ -474,40 +474,32 @@ def config_for(settings, weights=None):
     return check_settings(settings, "the classifier's settings", weights=os.fspath(weights))
 
 
-def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=()):
+def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=(), class_names=None,
+                  label_field=None):
     """Every check of `predict_images` that needs no Keras: the classifier (a path to a `.skops` or a
     fine-tuned `.keras` file, or what `load_classifier` / `load_predictor` returned), its
-    settings and the weights (`config_for`; a `ModelClassifier` brings its own), and the inputs. Says
-    what it found and what it loads next on the `vggfeat` logger (INFO). Returns the `ImageList` to
-    pass to `predict_images`."""
+    settings and the weights (`config_for`; a `ModelClassifier` brings its own), and the inputs, read as
+    `extract` reads them (`vggfeat.shards.scan_inputs`: folders, files and lists; tar shards, brace ranges
+    and `s3://` prefixes, with `class_names` and `label_field` for their labels). Says what it found and
+    what it loads next on the `vggfeat` logger (INFO). Returns the `ImageList` (or, for shards and URLs,
+    the `ShardInputs`) to pass to `predict_images`."""
     import logging
 
     from .extractor import check_extractor
-    from .images import scan_images
     from .prediction import ModelClassifier, check_model_predict
+    from .shards import scan_inputs
 
     loaded = _loaded(classifier)
     if isinstance(loaded, ModelClassifier):
         check = check_model_predict(loaded, fetch=False)
     else:
         check = check_extractor(config_for(loaded[1], weights), fetch=False)  # the weight file, the layer
-    _refuse_shards(inputs)
-    images = scan_images(inputs, extensions=extensions, exclude=exclude)
+    images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
+                         label_field=label_field)
     log = logging.getLogger("vggfeat")
     log.info(images.found())
     log.info(check.fetch().loading())  # Keras's ImageNet file, downloaded now when it is not cached
     return images
-
-
-def _refuse_shards(inputs):
-    """predict reads folders, files and lists; tar shards and URLs are extract's for now (issue 16)."""
-    from .shards import is_shard_input
-
-    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    shard = next((g for g in given if isinstance(g, (str, os.PathLike)) and is_shard_input(g)), None)
-    if shard is not None:
-        raise InputError(f"{os.fspath(shard)}: predict reads folders, image files and lists; tar shards and "
-                         "s3:// inputs are read by extract (then classify its features), not by predict yet")
 
 
 def _loaded(classifier):
@@ -519,15 +511,19 @@ def _loaded(classifier):
 
 
 def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None,
-                   extensions=None, exclude=()):
+                   extensions=None, exclude=(), class_names=None, label_field=None):
     """Classify images with a classifier: a `.skops` file of `vggfeat classify -o`, a `.keras` model of
     `vggfeat finetune -o` (its fc8 predicts), or what `load_classifier` / `load_predictor`
     returned (a `ModelClassifier` also stands for ImageNet top-k).
-    `inputs`: folders, image files, lists of images (see `scan_images`, with `extensions` and
-    `exclude`), or the `ImageList` `check_predict` returned. Yields one dict per image, in input order:
+    `inputs`: what `extract` reads (`vggfeat.shards.scan_inputs`, with `extensions` and `exclude`): folders,
+    image files, lists of images; WebDataset tar shards (`shards/00000.tar`, `shards/{00000..00009}.tar`)
+    and URLs (`s3://bucket/prefix/`), streamed shard by shard, rows `SHARD/KEY.ext`, labels from `.cls` or
+    the `.json` field `label_field`, named by `class_names`; or the `ImageList` / `ShardInputs`
+    `check_predict` returned. Yields one dict per image, in input order:
     `path`, `true_label` (only when the inputs have classes: the image's class subfolder or list label, empty
-    where it has none), `label`, `score`, further columns by classifier kind, and `error` (the reason, for
-    images that cannot be read; their other values are empty).
+    where it has none; for shards always: the sample's class name, or its label index without
+    `class_names`), `label`, `score`, further columns by classifier kind, and `error` (the reason, for
+    images, members or shards that cannot be read; their other values are empty).
 
     `score` is, for a skops classifier with `predict_proba` (logreg; knn: the share of the k neighbours that
     vote for `label`), the probability of `label`, followed by `p_<class>` for every class; for the linear
@@ -535,19 +531,28 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
     absolute value with two classes): larger is more confident, but it is not a probability. For a fine-tuned
     model, fc8's softmax probability (and `p_<class>`); for ImageNet, `label_2`, `score_2`... follow up to
     `top_k`. The inputs and weights are checked before the network is built."""
-    from .images import ImageList, scan_images
+    from .images import ImageList
     from .prediction import ModelClassifier, predict_with_model
+    from .shards import ShardInputs, scan_inputs
 
     loaded = _loaded(classifier_path)
-    if not isinstance(inputs, ImageList):
-        _refuse_shards(inputs)
-    images = inputs if isinstance(inputs, ImageList) else scan_images(inputs, extensions=extensions, exclude=exclude)
+    if isinstance(inputs, (ImageList, ShardInputs)):
+        images = inputs
+    else:
+        images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
+                             label_field=label_field)
     if isinstance(loaded, ModelClassifier):
         rows = predict_with_model(loaded, images, batch_size=batch_size, workers=workers, progress=progress)
     else:
         rows = _predict_skops(loaded, images, weights, batch_size, workers, progress)
+    if isinstance(images, ShardInputs):  # labels come with the rows, as the shards are read
+        names = images.class_names
+        for path, label, row in rows:
+            truth = "" if label < 0 else (names[label] if names else str(label))
+            yield {"path": path, "true_label": truth, **row}
+        return
     truth = dict(zip(images.paths, images.labels)) if images.class_names else None
-    for path, row in rows:
+    for path, _, row in rows:
         if truth is None:
             yield {"path": path, **row}
         else:
@@ -556,7 +561,8 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
 
 
 def _predict_skops(loaded, images, weights, batch_size, workers, progress):
-    """`(path, row)` pairs of a skops classifier, in input order."""
+    """`(path, label, row)` of a skops classifier, in input order (`label`: the input's class index, -1 for
+    a failed image)."""
     from .stream import iter_features
 
     pipeline, settings, class_names = loaded
@@ -566,11 +572,9 @@ def _predict_skops(loaded, images, weights, batch_size, workers, progress):
         raise InputError(f"the classifier takes {pipeline.n_features_in_:,} features, but {layer} of "
                          f"{settings['arch']} with the stored settings gives {fx.feature_dims[layer]:,}")
     has_proba = hasattr(pipeline, "predict_proba")
-    position = {p: i for i, p in enumerate(images.paths)}
     proba_columns = [f"p_{class_names[int(c)]}" for c in pipeline.classes_] if has_proba else []
     for batch in iter_features(images, fx, workers=workers, progress=progress):
-        failed = dict(batch.failed)
-        rows = {}
+        rows = []
         if batch.paths:
             X = batch.features[layer].reshape(len(batch.paths), -1)
             pred = pipeline.predict(X)
@@ -585,8 +589,10 @@ def _predict_skops(loaded, images, weights, batch_size, workers, progress):
                 for j, column in enumerate(proba_columns):
                     row[column] = float(proba[i, j])
                 row["error"] = ""
-                rows[p] = row
+                rows.append(row)
         # keep input order: failures sit where their image was
-        for p in sorted([*rows, *failed], key=position.__getitem__):
-            yield p, rows.get(p) or {"label": "", "score": "", **dict.fromkeys(proba_columns, ""),
-                                     "error": failed[p]}
+        for p, i, reason in batch.in_input_order():
+            if i is None:
+                yield p, -1, {"label": "", "score": "", **dict.fromkeys(proba_columns, ""), "error": reason}
+            else:
+                yield p, batch.labels[i], rows[i]

@@ -160,7 +160,8 @@ def check_model_predict(model: ModelClassifier, fetch=True):
 
 
 def predict_with_model(model: ModelClassifier, images, *, batch_size=32, workers=None, progress=None):
-    """Yield `(path, row)` in input order for an `ImageList`: `label` and `score` (fc8's softmax
+    """Yield `(path, label, row)` in input order for an `ImageList` or `ShardInputs` (`label`: the input's
+    class index, -1 for a failed image); `row`: `label` and `score` (fc8's softmax
     probability of the top class), then `label_2`, `score_2`... up to `top_k` (ImageNet) or the probability
     of every class (`p_<class>`, a fine-tuned model); failed images: empty values and `error`."""
     from .extractor import build_extractor
@@ -171,9 +172,8 @@ def predict_with_model(model: ModelClassifier, images, *, batch_size=32, workers
         raise InputError(f"{model.source}: fc8 has {fx.feature_dims['fc8']:,} outputs but "
                          f"{len(model.class_names):,} class names")
     columns = model_columns(model)
-    position = {p: i for i, p in enumerate(images.paths)}
     for batch in iter_features(images, fx, workers=workers, progress=progress):
-        rows = {}
+        rows = []
         if batch.paths:
             proba = batch.features["fc8"].reshape(len(batch.paths), -1)
             order = np.argsort(-proba, axis=1, kind="stable")[:, : model.top_k]
@@ -187,10 +187,12 @@ def predict_with_model(model: ModelClassifier, images, *, batch_size=32, workers
                     for j, name in enumerate(model.class_names):
                         row[f"p_{name}"] = float(proba[i, j])
                 row["error"] = ""
-                rows[p] = row
-        failed = dict(batch.failed)
-        for p in sorted([*rows, *failed], key=position.__getitem__):
-            yield p, rows.get(p) or {**dict.fromkeys(columns, ""), "error": failed[p]}
+                rows.append(row)
+        for p, i, reason in batch.in_input_order():
+            if i is None:
+                yield p, -1, {**dict.fromkeys(columns, ""), "error": reason}
+            else:
+                yield p, batch.labels[i], rows[i]
 
 
 def model_columns(model: ModelClassifier) -> list:

@@ -30,12 +30,28 @@ class FeatureBatch:
         labels: their class indices (-1 where unlabelled).
         features: {layer: float32 array (len(paths), ...)}.
         failed: (stored path, reason) for the images of this batch that could not be read.
+        failed_at: for each of `failed`, how many of `paths` come before it in input order (where it sat).
     """
 
     paths: list
     labels: list
     features: dict
     failed: list = field(default_factory=list)
+    failed_at: list = field(default_factory=list)
+
+    def in_input_order(self):
+        """Yield `(path, i, reason)` for every image of the batch in input order: `i` is its row of `paths`
+        (`reason` None), or None for a failed image (`reason` says why). Without `failed_at`, failures
+        come after the rows."""
+        at = self.failed_at if len(self.failed_at) == len(self.failed) else [len(self.paths)] * len(self.failed)
+        k = 0
+        for i, p in enumerate(self.paths):
+            while k < len(self.failed) and at[k] <= i:
+                yield self.failed[k][0], None, self.failed[k][1]
+                k += 1
+            yield p, i, None
+        for path, reason in self.failed[k:]:
+            yield path, None, reason
 
 
 def default_workers():
@@ -235,26 +251,27 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
         total = len(todo)
     bar = progress_bar(total, progress)
     try:
-        pending_paths, pending_labels, pending_images, failed = [], [], [], []
+        pending_paths, pending_labels, pending_images, failed, failed_at = [], [], [], [], []
         for sample, result in _decode_in_order(samples, extractor.geometry, workers, depth=depth,
                                                max_pixels=max_pixels, timeout=decode_timeout):
             if isinstance(result, ImageError):
                 failed.append((sample.path, str(result)))
+                failed_at.append(len(pending_paths))
                 if strict:
                     if pending_paths or failed:
-                        yield _run(extractor, pending_paths, pending_labels, pending_images, failed)
+                        yield _run(extractor, pending_paths, pending_labels, pending_images, failed, failed_at)
                     raise ExtractFailed(f"cannot read {sample.path}: {result} (--strict)")
             else:
                 pending_paths.append(sample.path)
                 pending_labels.append(sample.label)
                 pending_images.append(result)
             if len(pending_paths) >= bs:
-                batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
+                batch = _run(extractor, pending_paths, pending_labels, pending_images, failed, failed_at)
                 bar.update(len(batch.paths) + len(batch.failed))
                 yield batch
-                pending_paths, pending_labels, pending_images, failed = [], [], [], []
+                pending_paths, pending_labels, pending_images, failed, failed_at = [], [], [], [], []
         if pending_paths or failed:
-            batch = _run(extractor, pending_paths, pending_labels, pending_images, failed)
+            batch = _run(extractor, pending_paths, pending_labels, pending_images, failed, failed_at)
             bar.update(len(batch.paths) + len(batch.failed))
             yield batch
     finally:
@@ -263,9 +280,9 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
             samples.close()
 
 
-def _run(extractor, paths, labels, images, failed):
+def _run(extractor, paths, labels, images, failed, failed_at=()):
     feats = extractor.predict(images)
-    return FeatureBatch(list(paths), list(labels), feats, list(failed))
+    return FeatureBatch(list(paths), list(labels), feats, list(failed), list(failed_at))
 
 
 def progress_bar(total, progress, desc="extract"):
