@@ -206,6 +206,19 @@ def input_options(func):
     return _apply(func, options)
 
 
+def shard_label_options(func):
+    """--label-field and --class-names: the labels of tar shards' samples (extract, predict)."""
+    options = [
+        click.option("--label-field", default=None, metavar="FIELD",
+                     help="With tar shards: the field of each sample's .json holding its label (a class index or "
+                          "name; a.b for a nested field). Default: the sample's .cls."),
+        click.option("--class-names", default=None, metavar="NAMES|FILE",
+                     help="With tar shards: class names, comma-separated or a file with one a line, that labels "
+                          "refer to."),
+    ]
+    return _apply(func, options)
+
+
 def model_options(func):
     """Options that choose the network and its weights, shared by several commands."""
     options = [

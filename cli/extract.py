@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import (input_options, input_size_option, model_options, output_options, precision_option, quiet_backend,
-                      quiet_option, reports_errors, show_progress_lines)
+                      quiet_option, reports_errors, shard_label_options, show_progress_lines)
 
 
 @click.command("extract")
@@ -54,11 +54,7 @@ from ._common import (input_options, input_size_option, model_options, output_op
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="With --engine ray: images per Ray Data block, the unit of work and of retry "
                    "(default: 8 batches).")
-@click.option("--label-field", default=None, metavar="FIELD",
-              help="With tar shards: the field of each sample's .json holding its label (a class index or name; "
-                   "a.b for a nested field). Default: the sample's .cls.")
-@click.option("--class-names", default=None, metavar="NAMES|FILE",
-              help="With tar shards: class names, comma-separated or a file with one a line, that labels refer to.")
+@shard_label_options
 @click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
 @quiet_option
 @reports_errors

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from ._common import (input_options, output_options, quiet_backend, quiet_option, reports_errors,
-                      show_progress_lines)
+                      shard_label_options, show_progress_lines)
 
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @input_options
+@shard_label_options
 @click.option("--classifier", default=None, type=click.Path(dir_okay=False),
               help="A .skops file of `classify -o`, or a .keras model of `finetune -o` (its fc8 predicts). "
                    "Without it: ImageNet's classes, with --weights imagenet (or a file with ImageNet's fc8).")
@@ -25,22 +26,27 @@ from ._common import (input_options, output_options, quiet_backend, quiet_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @quiet_option
 @reports_errors
-def predict_command(inputs, ext, exclude, classifier, weights, top_k, output, overwrite, batch_size, quiet):
-    """Classify the images in INPUTS (folders, files and/or lists of files) and write CSV rows
+def predict_command(inputs, ext, exclude, label_field, class_names, classifier, weights, top_k, output, overwrite,
+                    batch_size, quiet):
+    """Classify the images in INPUTS (folders, files and/or lists of files; WebDataset tar shards,
+    shards/{00000..00009}.tar; s3://bucket/prefix/, read as extract reads them) and write CSV rows
     `path[,true_label],label,score[,...],error`: with a classifier of `vggfeat classify -o` (the images are
     extracted with exactly the settings stored in it), a model of `vggfeat finetune -o`, or, without
     --classifier, ImageNet's top-k classes.
 
     `score` is a probability (softmax of a network's fc8, logreg's and knn's predict_proba, also given per
     class as p_<class>), except for linear-svm: its decision value (margin), larger is surer. On a folder of
-    class subfolders, `true_label` is the image's class and the accuracy is printed (stderr). Images that
-    cannot be read get an empty label and the reason in `error`. With -o, a summary line follows.
+    class subfolders, `true_label` is the image's class and the accuracy is printed (stderr); tar shards
+    always have `true_label`: the sample's .cls (or --label-field), named with --class-names. Images (shards,
+    members) that cannot be read get an empty label and the reason in `error`. With -o, a summary line
+    follows.
 
     \b
     Examples:
       vggfeat predict --classifier clf.skops new_images/ -o predictions.csv
       vggfeat predict --classifier mine.keras new_images/
       vggfeat predict --weights imagenet --top-k 3 photos/
+      vggfeat predict --classifier clf.skops 's3://bucket/shards/{00000..00099}.tar' --class-names classes.txt
     """
     import csv
     import itertools
@@ -54,7 +60,8 @@ def predict_command(inputs, ext, exclude, classifier, weights, top_k, output, ov
     show_progress_lines(quiet)
     # the classifier file, its settings, the weights and the inputs are checked before Keras starts
     loaded = load_predictor(classifier, weights=weights, top_k=top_k)
-    images = check_predict(loaded, list(inputs), weights=weights, extensions=ext or None, exclude=exclude)
+    images = check_predict(loaded, list(inputs), weights=weights, extensions=ext or None, exclude=exclude,
+                           class_names=class_names, label_field=label_field)
     quiet_backend()
     # A progress bar on stderr and CSV rows on the same terminal overwrite each other; as curl does, there is
     # no bar while the output itself goes to the terminal.
