@@ -74,3 +74,41 @@ def build(layers=("fc7",), *, batch_size=32, dense=False, fully_convolutional=Fa
     from vggfeat import build_extractor
 
     return build_extractor(ExtractorConfig(layers=layers, form=form, **settings), batch_size=batch_size)
+
+
+# ---- S3: a real S3-protocol server (moto's server mode) on 127.0.0.1 (test_shards, test_predict) ------------
+
+SECRET = "vggfeat-test-secret-key"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[s3]')")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "vggfeat-test", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()  # a filesystem made under other settings is not reused
+    return env
+
+
+def _upload(endpoint, bucket, files):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=bucket)
+    for key, path in files:
+        with open(path, "rb") as f:
+            s3.put_object(Bucket=bucket, Key=key, Body=f.read())

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES, draw, run_cli
+from conftest import CLASSES, SECRET, _upload, draw, run_cli
 from vggfeat import FeatureExtractor, extract, load_features
 from vggfeat.errors import ExtractInterrupted, InputError
 from vggfeat.shards import expand_braces, scan_inputs
-
-SECRET = "vggfeat-test-secret-key"
 
 
 @pytest.fixture(scope="module")
@@ -257,40 +255,7 @@ def test_bad_local_shard_inputs_are_one_line_errors(tmp_path):
     assert "holds tar shards: name them" in line
 
 
-# ---- S3: a real S3-protocol server (moto's server mode) on 127.0.0.1 ------------------------------------
-
-@pytest.fixture(scope="module")
-def s3_server():
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
-    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[s3]')")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "vggfeat-test", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    import fsspec
-
-    fsspec.filesystem("s3").clear_instance_cache()  # a filesystem made under other settings is not reused
-    return env
-
-
-def _upload(endpoint, bucket, files):
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=bucket)
-    for key, path in files:
-        with open(path, "rb") as f:
-            s3.put_object(Bucket=bucket, Key=key, Body=f.read())
-
+# ---- S3: a real S3-protocol server (moto's server mode) on 127.0.0.1: s3_server, s3_env in conftest.py -----
 
 def test_s3_shards_and_loose_images_equal_the_local_files(tmp_path, monkeypatch, s3_env, fx):
     dataset(tmp_path, shards=2)
