@@ -141,10 +141,9 @@ def test_predict_kinds_and_offline_class_index_answered_before_tensorflow(place,
 
     report, stderr = run_light("predict", "--classifier", skops_classifier, "shards/{00000..00003}.tar",
                                cwd=tmp_path)
-    assert report == {"code": 2, "heavy": []}, stderr
-    assert stderr.strip() == ("Error: shards/{00000..00003}.tar: predict reads folders, image files and lists; tar "
-                              "shards and s3:// inputs are read by extract (then classify its features), not by "
-                              "predict yet"), stderr
+    assert report == {"code": 2, "heavy": []}, stderr  # shards are read as extract reads them, checked first
+    assert stderr.strip() == ("Error: no shard matches shards/{00000..00003}.tar (4 names, from shards/00000.tar "
+                              "to shards/00003.tar, none exists)"), stderr
 
     report, stderr = run_light("predict", str(place / "new"), "--weights", "random", cwd=tmp_path)
     assert report == {"code": 2, "heavy": []}, stderr
@@ -284,3 +283,91 @@ def test_classify_test_matches_classes_by_name(place, skops_classifier, tmp_path
     np.testing.assert_array_equal(result.y_pred, pred)
     assert result.mean == pytest.approx(np.mean(pred == expected)) and 3 not in pred
     assert "dots" in result.report
+
+
+# ---- tar shards and s3:// inputs, read as extract reads them -------------------------------------------------
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_shards_equal_the_same_images_as_loose_files(place, skops_classifier, tmp_path, monkeypatch):
+    from test_shards import dataset
+
+    images = dataset(tmp_path, shards=2, per_shard=3)  # KEY.png + KEY.cls (+ .json), and the same as loose/KEY.png
+    monkeypatch.chdir(tmp_path)
+    names = ["circles", "squares", "stripes"]  # the .cls indices' names (the classifier's classes)
+    run = CliRunner().invoke
+    shards = run(cli, ["predict", "--classifier", str(skops_classifier), "shards/{00000..00001}.tar", "--class-names",
+                       ",".join(names), "-o", "s.csv"])
+    loose = run(cli, ["predict", "--classifier", str(skops_classifier), "loose", "-o", "l.csv"])
+    assert shards.exit_code == 0 and loose.exit_code == 0, shards.output + loose.output
+    s, f = _csv_rows(tmp_path / "s.csv"), _csv_rows(tmp_path / "l.csv")
+    keys = sorted(images)
+    assert [r["path"] for r in s] == [f"shards/{int(k) // 3:05d}.tar/{k}.png" for k in keys]
+    assert [r["path"] for r in f] == [f"{k}.png" for k in keys]
+    assert list(s[0]) == ["path", "true_label", *list(f[0])[1:]]  # shards have the labels of their .cls
+    assert [r["true_label"] for r in s] == [names[images[k][1]] for k in keys]
+    for a, b in zip(s, f):  # the same images: the same prediction and probabilities
+        assert {k: v for k, v in a.items() if k not in ("path", "true_label")} == \
+            {k: v for k, v in b.items() if k != "path"}
+    right = sum(r["label"] == r["true_label"] for r in s)
+    assert "Found 2 shards in 3 classes" in shards.stderr
+    assert f"accuracy {right / 6:.4f} ({right} of 6 labelled images)" in shards.stderr
+
+
+def test_predict_records_a_hostile_shard_and_predicts_the_rest(place, finetuned, tmp_path, monkeypatch):
+    """A member that is no image, a shard cut inside a member, a file that is not a tar: each a row with its
+    reason, in input order (batches of 2, so failures sit between rows of different batches); labels from a
+    .json field named by --class-names."""
+    from test_shards import png, write_tar
+
+    monkeypatch.chdir(tmp_path)
+    meta = [json.dumps({"meta": {"cls": c}}).encode() for c in ("squares", "circles", "stripes", "dots")]
+    write_tar("h/a.tar", [("k0.png", png(1)), ("k0.json", meta[0]), ("k1.png", b"text, not a PNG"),
+                          ("k2.png", png(0)), ("k2.json", meta[1])])
+    write_tar("h/full.tar", [("t0.png", png(2)), ("t0.json", meta[2]), ("t1.png", png(3)), ("t1.json", meta[3])])
+    raw = (tmp_path / "h/full.tar").read_bytes()
+    (tmp_path / "h/trunc.tar").write_bytes(raw[:raw.index(png(3)) + 100])  # ends inside t1.png
+    (tmp_path / "h/nottar.tar").write_bytes(b"PK\x03\x04 a zip, say, not a tar" * 40)
+    write_tar("h/z.tar", [("z0.png", png(4)), ("z0.json", meta[3])])  # "dots": not one of the class names
+    args = ["predict", "--classifier", str(finetuned), "h/a.tar", "h/trunc.tar", "h/nottar.tar", "h/z.tar",
+            "--label-field", "meta.cls", "--class-names", "circles,squares,stripes", "--batch-size", "2"]
+    result = CliRunner().invoke(cli, [*args, "-o", "h.csv"])
+    assert result.exit_code == 0, result.output
+    rows = _csv_rows(tmp_path / "h.csv")
+    assert [(r["path"], r["true_label"], bool(r["label"]), bool(r["error"])) for r in rows] == [
+        ("h/a.tar/k0.png", "squares", True, False), ("h/a.tar/k1.png", "", False, True),
+        ("h/a.tar/k2.png", "circles", True, False), ("h/trunc.tar/t0.png", "stripes", True, False),
+        ("h/trunc.tar/t1.png", "", False, True), ("h/nottar.tar", "", False, True), ("h/z.tar/z0.png", "", True, False)]
+    errors = {r["path"]: r["error"] for r in rows if r["error"]}
+    assert "not an image" in errors["h/a.tar/k1.png"]
+    assert errors["h/trunc.tar/t1.png"].startswith("truncated member")
+    assert errors["h/nottar.tar"].startswith("not a tar file")
+    assert "7 rows written to h.csv (3 failed)" in result.stderr
+    assert "2 shard images had no usable label (no field 'meta.cls' of its .json" in result.stderr  # k1, z0
+    right = sum(r["label"] == r["true_label"] for r in rows if r["true_label"])
+    assert f"accuracy {right / 3:.4f} ({right} of 3 labelled images)" in result.stderr
+
+
+def test_predict_reads_an_s3_prefix_as_the_local_shards(place, skops_classifier, tmp_path, monkeypatch, s3_env):
+    from conftest import _upload
+    from test_shards import dataset
+    from vggfeat.classifier import predict_images
+
+    dataset(tmp_path, shards=2, per_shard=2)
+    files = [(f"data/shards/{i:05d}.tar", tmp_path / f"shards/{i:05d}.tar") for i in range(2)]
+    files.append(("data/loose/000001.png", tmp_path / "loose/000001.png"))  # a loose image under the prefix too
+    _upload(s3_env["AWS_ENDPOINT_URL"], "vgg-predict", files)
+    monkeypatch.chdir(tmp_path)
+    local = list(predict_images(skops_classifier, ["loose/000001.png", "shards/00000.tar", "shards/00001.tar"],
+                                batch_size=4, progress=False))
+    remote = list(predict_images(skops_classifier, ["s3://vgg-predict/data/"], batch_size=4, progress=False))
+    assert [r["path"] for r in remote] == [r["path"] for r in local] == [
+        "loose/000001.png", "shards/00000.tar/000000.png", "shards/00000.tar/000001.png",
+        "shards/00001.tar/000002.png", "shards/00001.tar/000003.png"]
+    assert remote == local and [r["true_label"] for r in remote] == ["", "0", "1", "2", "0"]  # .cls, unnamed
+    assert all(r["label"] and not r["error"] for r in remote)
+
