@@ -1,4 +1,4 @@
-"""Tar shards (the WebDataset convention) and object storage (`s3://...`) as inputs of `extract`.
+"""Tar shards (the WebDataset convention) and object storage (`s3://...`) as inputs of `extract` and `predict`.
 
 A WebDataset shard is a tar file whose members are grouped by key: `000001.jpg` with `000001.cls`,
 `000001.json`, `000001.txt` beside it (what img2dataset writes). Inputs are:
