@@ -146,6 +146,9 @@ class ShardInputs:
     excluded: int = 0
     previous_failed: dict = field(default_factory=dict)  # resuming: {row: reason} of the earlier run
     shards_skipped: int = 0  # resuming: shards not read again
+    warn_unlabelled: bool = True  # False: a unit of a run in parts, whose caller sums `unlabelled` and says it
+    unlabelled: int = 0  # after reading: shard images with no usable label, and with one
+    labelled: int = 0
 
     @property
     def shards(self) -> int:
@@ -326,6 +329,7 @@ class Sample:
     path: str
     label: int
     data: object
+    unit: int = 0  # the unit of input (`vggfeat.parts`) it belongs to: a batch never spans two
 
 
 def _key_ext(name):
@@ -499,6 +503,27 @@ def _last_source_with_rows(sources, done) -> int:
     return last
 
 
+#: Loose images (not in a tar shard) per unit of input (`vggfeat.parts`: a part of `--output-shards`).
+LOOSE_PER_UNIT = 4096
+
+
+def unit_numbers(sources) -> list:
+    """The unit of input of each source: one per tar shard, one per run of up to `LOOSE_PER_UNIT`
+    consecutive loose images."""
+    out, unit, run = [], -1, LOOSE_PER_UNIT
+    for s in sources:
+        if s.kind == "shard":
+            unit += 1
+            run = LOOSE_PER_UNIT  # the next loose image starts a unit
+        else:
+            if run >= LOOSE_PER_UNIT:
+                unit += 1
+                run = 0
+            run += 1
+        out.append(unit)
+    return out
+
+
 def iter_samples(inputs: ShardInputs, skip=frozenset()):
     """Every `Sample` of the inputs, in order: shard by shard, member by member.
 
@@ -509,15 +534,19 @@ def iter_samples(inputs: ShardInputs, skip=frozenset()):
     complete_before = _last_source_with_rows(inputs.sources, skip) if skip else -1
     previous = inputs.previous_failed or {}
     inputs.shards_skipped = 0
+    units = unit_numbers(inputs.sources)
     for i, s in enumerate(inputs.sources):
         if s.kind == "shard" and i < complete_before:
             inputs.shards_skipped += 1
             for p, reason in previous.items():
                 if p == s.name or p.startswith(s.name + "/"):
-                    yield Sample(p, -1, ImageError(reason))
+                    yield Sample(p, -1, ImageError(reason), units[i])
             continue
         if s.kind == "shard":
-            yield from iter_shard(s, extensions=inputs.extensions, exclude=inputs.exclude, labels=labels, skip=skip)
+            for sample in iter_shard(s, extensions=inputs.extensions, exclude=inputs.exclude, labels=labels,
+                                     skip=skip):
+                sample.unit = units[i]
+                yield sample
         elif s.name in skip:
             continue
         elif is_url(s.url):
@@ -526,20 +555,29 @@ def iter_samples(inputs: ShardInputs, skip=frozenset()):
                 data = fs.cat_file(path)
             except Exception as exc:  # noqa: BLE001
                 data = ImageError(f"cannot read: {_reason(exc)}")
-            yield Sample(s.name, -1, data)
+            yield Sample(s.name, -1, data, units[i])
         else:
-            yield Sample(s.name, -1, s.url)
+            yield Sample(s.name, -1, s.url, units[i])
     import logging
 
     if inputs.shards_skipped:
         logging.getLogger("vggfeat").info("resumed: %d shards read to their end by the earlier run were not "
                                           "read again", inputs.shards_skipped)
-    if labels.unlabelled and (labels.labelled or inputs.label_field or inputs.class_names):
+    inputs.unlabelled, inputs.labelled = labels.unlabelled, labels.labelled
+    if inputs.warn_unlabelled:
+        warn_unlabelled(inputs, labels.unlabelled, labels.labelled)
 
+
+def warn_unlabelled(inputs, unlabelled, labelled):
+    """Say how many shard images were stored with label -1 for want of a label, when some had one or
+    labels were asked for."""
+    import logging
+
+    if unlabelled and (labelled or inputs.label_field or inputs.class_names):
         where = f"field {inputs.label_field!r} of its .json" if inputs.label_field else ".cls"
         logging.getLogger("vggfeat").warning(
             "%d shard images had no usable label (no %s, or a value outside the class names): stored with "
-            "label -1", labels.unlabelled, where)
+            "label -1", unlabelled, where)
 
 
 def as_image_source(data):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import ExtractFailed, ImageError
 from .images import MAX_PIXELS, ImageList, load_image
-from .shards import Sample, ShardInputs, as_image_source, iter_samples, scan_inputs
+from .shards import LOOSE_PER_UNIT, Sample, ShardInputs, as_image_source, iter_samples, scan_inputs
 
 
 @dataclass
@@ -247,13 +247,23 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
         total = None
     else:
         todo = [i for i, p in enumerate(images.paths) if p not in skip]
-        samples = (Sample(images.paths[i], images.labels[i], images.files[i]) for i in todo)
+        samples = (Sample(images.paths[i], images.labels[i], images.files[i], i // LOOSE_PER_UNIT) for i in todo)
         total = len(todo)
     bar = progress_bar(total, progress)
     try:
         pending_paths, pending_labels, pending_images, failed, failed_at = [], [], [], [], []
+        unit = None
         for sample, result in _decode_in_order(samples, extractor.geometry, workers, depth=depth,
                                                max_pixels=max_pixels, timeout=decode_timeout):
+            if sample.unit != unit:
+                # a batch never spans two units of input (shards): a run in parts (--output-shards, the
+                # Ray engine over shards) then computes every row in the batch a single-file run does
+                if pending_paths or failed:
+                    batch = _run(extractor, pending_paths, pending_labels, pending_images, failed, failed_at)
+                    bar.update(len(batch.paths) + len(batch.failed))
+                    yield batch
+                    pending_paths, pending_labels, pending_images, failed, failed_at = [], [], [], [], []
+                unit = sample.unit
             if isinstance(result, ImageError):
                 failed.append((sample.path, str(result)))
                 failed_at.append(len(pending_paths))
