@@ -55,13 +55,16 @@ from ._common import (input_options, input_size_option, model_options, output_op
               help="With --engine ray: images per Ray Data block, the unit of work and of retry "
                    "(default: 8 batches).")
 @shard_label_options
+@click.option("--output-shards", is_flag=True,
+              help="Write OUTPUT as an index and one HDF5 file per input shard (loose images: per 4096) in "
+                   "OUTPUT.parts/; load_features reads the index as one dataset, `vggfeat merge` makes one file.")
 @click.option("--strict", is_flag=True, help="Stop with an error at the first image that cannot be read.")
 @quiet_option
 @reports_errors
 def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
                     input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
                     workers, ray_workers, address, gpus_per_worker, block_size, label_field, class_names, resume, overwrite,
-                    strict, quiet):
+                    output_shards, strict, quiet):
     """Extract features of images in INPUTS (folders, scanned recursively; image files; lists of image
     files, .txt or .csv; WebDataset tar shards, shards/{00000..00009}.tar; s3://bucket/prefix/) into OUTPUT.
 
@@ -97,7 +100,7 @@ def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, p
                           batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict, engine=engine,
                           address=address, gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
                           ray_workers=ray_workers, extensions=ext or None, exclude=exclude, class_names=class_names,
-                          label_field=label_field)
+                          label_field=label_field, output_shards=output_shards)
     try:
         quiet_backend()
     except KeyboardInterrupt:

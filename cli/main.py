@@ -11,6 +11,7 @@ from .classify import classify_command
 from .extract import extract_command
 from .finetune import finetune_command
 from .info import info_command
+from .merge import merge_command
 from .predict import predict_command
 from .verify import verify_command
 
@@ -27,6 +28,7 @@ def cli():
     Fine-tune: vggfeat finetune photos/ -o mine.keras, then extract --weights mine.keras
     Layers:    vggfeat info --arch vgg16
     Check:     vggfeat verify features.h5
+    Merge:     vggfeat merge features.h5 -o one.h5   (an index of extract --output-shards)
     """
 
 
@@ -36,6 +38,7 @@ cli.add_command(predict_command)
 cli.add_command(finetune_command)
 cli.add_command(info_command)
 cli.add_command(verify_command)
+cli.add_command(merge_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -244,9 +244,6 @@ def test_bad_local_shard_inputs_are_one_line_errors(tmp_path):
     out = tmp_path / "o.h5"
     line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/{{00005..00009}}.tar", "-o", out, *FAST_CLI), out)
     assert "no shard matches" in line and "none exists" in line
-    line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/00000.tar", "--engine", "ray", "-o", out,
-                                   *FAST_CLI), out)
-    assert "need --engine local" in line
     line = _one_line_error(run_cli("extract", f"{tmp_path}/loose", "--label-field", "cls", "-o", out, *FAST_CLI), out)
     assert "for tar shards" in line
     line = _one_line_error(run_cli("extract", f"{tmp_path}/shards/00009.tar", "-o", out, *FAST_CLI), out)

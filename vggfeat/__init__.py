@@ -27,6 +27,8 @@ _API = {
     "iter_features": "stream",
     "ExtractSummary": "pipeline",
     "load_features": "store",
+    "open_features": "parts",
+    "merge_parts": "parts",
     "read_attrs": "store",
     "verify": "store",
     "repair": "store",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .config import ExtractorConfig
 from .errors import ExtractFailed, ExtractInterrupted, InputError, OutputError
 from .images import MAX_PIXELS
-from .shards import ShardInputs, is_shard_input, is_url, scan_inputs
+from .shards import ShardInputs, is_url, scan_inputs
 from .stream import iter_features
 
 ENGINES = ("local", "ray")
@@ -36,6 +36,7 @@ class ExtractSummary:
     shards: int = 0  # shard files merged (engine "ray"; more than `workers` when actors were restarted)
     recovered: str | None = None  # what --resume rolled back or rebuilt, if anything
     total_seconds: float | None = None  # the whole call: checks, building the network, extraction
+    parts: int = 0  # with output_shards: the parts the index lists
 
     @property
     def images_per_second(self) -> float:
@@ -49,8 +50,10 @@ class ExtractSummary:
                if self.engine == "ray" and self.shards else "")
         took = (f"in {self.total_seconds:.1f} s (extraction {self.seconds:.1f} s, "
                 if self.total_seconds is not None else f"in {self.seconds:.1f} s (")
+        where = (f"{self.output} (an index of {_count(self.parts, 'part')} in {self.output}.parts/)"
+                 if self.parts else self.output)
         return (f"{_count(self.written, 'image')} written, {failed}{skipped} {took}"
-                f"{self.images_per_second:.1f} images/s); {_count(self.total_rows, 'row')} in {self.output} "
+                f"{self.images_per_second:.1f} images/s); {_count(self.total_rows, 'row')} in {where} "
                 f"[{shapes}]{ray}")
 
 
@@ -86,6 +89,12 @@ class LocalEngine:
                 on_batch(batch)
         return report
 
+    def run_parts(self, units, folder, extractor, **options) -> list:
+        """Write the part of each of `units` into `folder`, in order (see `vggfeat.parts`)."""
+        from .parts import local_run_parts
+
+        return local_run_parts(units, folder, extractor, workers=self.workers, **options)
+
     def close(self):
         pass
 
@@ -111,7 +120,7 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
             workers=None, resume=False, overwrite=False, strict=False, progress=None, max_pixels=MAX_PIXELS,
             extractor=None, on_batch=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
-            block_size=None, extensions=None, exclude=(), class_names=None, label_field=None):
+            block_size=None, extensions=None, exclude=(), class_names=None, label_field=None, output_shards=False):
     """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
 
     Args:
@@ -151,6 +160,9 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             string) that `.cls` indices or `label_field` values refer to.
         label_field: with shards, the field of each sample's `.json` that holds its label (an index or
             a class name; `a.b` for a nested field); default: the sample's `.cls`.
+        output_shards: write `output` as an index and one HDF5 file per input shard (loose images: per
+            4096) in `output + ".parts"/`, read as one dataset by `load_features`/`open_features` and made
+            one file by `vggfeat merge` (see `vggfeat.parts`).
 
     `extract` is `prepare_extract(...)` (every check that needs no Keras) followed by `.run()`.
 
@@ -170,7 +182,8 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
                           batch_size=batch_size, workers=workers, resume=resume, overwrite=overwrite, strict=strict,
                           max_pixels=max_pixels, extractor=extractor, engine=engine, address=address,
                           ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, block_size=block_size,
-                          extensions=extensions, exclude=exclude, class_names=class_names, label_field=label_field)
+                          extensions=extensions, exclude=exclude, class_names=class_names, label_field=label_field,
+                          output_shards=output_shards)
     return job.run(progress=progress, on_batch=on_batch)
 
 
@@ -218,7 +231,7 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
                     workers=None, resume=False, overwrite=False, strict=False, max_pixels=MAX_PIXELS,
                     extractor=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
                     block_size=None, extensions=None, exclude=(), class_names=None,
-                    label_field=None) -> ExtractJob:
+                    label_field=None, output_shards=False) -> ExtractJob:
     """Check every argument of `extract` without Keras, in well under a second for a folder of
     thousands of images, and return the `ExtractJob` that runs it: the settings, the output (refused
     when it exists without `resume`/`overwrite`, when its folder is missing or cannot be written), the
@@ -251,10 +264,6 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
         raise InputError(f"batch size must be at least 1. Received: {batch_size}")
     runner = make_engine(engine, workers=workers, address=address, ray_workers=ray_workers,
                          gpus_per_worker=gpus_per_worker, block_size=block_size)
-    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if runner.name != "local" and any(is_shard_input(g) for g in given):
-        raise InputError("the Ray engine reads folders, image files and lists; tar shards and URLs (s3://...) "
-                         "need --engine local for now")
     if extractor is not None and runner.name != "local":
         raise InputError("the Ray engine builds the extractor on each worker from its config; pass the config, "
                          "not an extractor")
@@ -262,6 +271,12 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
 
     output = os.fspath(output)
     FeatureWriter.check_output(output, resume=resume, overwrite=overwrite)
+    from .parts import check_parts_output, check_single_output
+
+    if output_shards:
+        check_parts_output(output, resume=resume, overwrite=overwrite)
+    else:
+        check_single_output(output, resume=resume)
     runner.check(output, resume=resume, overwrite=overwrite)
     try:
         check = None
@@ -283,7 +298,7 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
         raise ExtractInterrupted(f"stopped before any row was written; {output} was not changed") from None
     return ExtractJob(inputs, output, config, images, check, runner,
                       dict(resume=resume, overwrite=overwrite, dtype=dtype, compression=compression,
-                           batch_size=batch_size, strict=strict, max_pixels=max_pixels),
+                           batch_size=batch_size, strict=strict, max_pixels=max_pixels, output_shards=output_shards),
                       extractor=extractor, began=began)
 
 
@@ -333,11 +348,15 @@ def _open_output(output, extractor, images, settings, *, resume, overwrite, dtyp
 
 
 def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype, compression, batch_size, strict,
-         progress, max_pixels, on_batch):
+         progress, max_pixels, on_batch, output_shards=False):
     settings = extractor.settings()
     settings["inputs"] = _inputs_attr(inputs)
     if images.root:
         settings["root"] = images.root
+    if output_shards:
+        return _run_parts(images, output, extractor, runner, settings=settings, resume=resume, overwrite=overwrite,
+                          dtype=dtype, compression=compression, batch_size=batch_size, strict=strict,
+                          progress=progress, max_pixels=max_pixels, on_batch=on_batch)
     if resume and isinstance(images, ShardInputs) and os.path.exists(output):
         images.previous_failed = _failed_of(output)  # kept for the shards that are not read again
     writer = _open_output(output, extractor, images, settings, resume=resume, overwrite=overwrite, dtype=dtype,
@@ -372,6 +391,30 @@ def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype,
                              recovered=writer.recovered)
     if total_rows == 0 and failed:
         raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
+    return summary
+
+
+def _run_parts(images, output, extractor, runner, *, settings, resume, overwrite, dtype, compression, batch_size,
+               strict, progress, max_pixels, on_batch):
+    from .parts import parts_dir, run_parts
+
+    start = time.perf_counter()
+    try:
+        report, total_rows, parts = run_parts(images, output, extractor, runner, settings=settings, resume=resume,
+                                              overwrite=overwrite, dtype=dtype, compression=compression,
+                                              strict=strict, progress=progress, max_pixels=max_pixels,
+                                              on_batch=on_batch, batch_size=batch_size)
+    except KeyboardInterrupt:
+        raise ExtractInterrupted(f"the parts completed so far are kept in {parts_dir(output)}; `--resume "
+                                 "--output-shards` continues") from None
+    seconds = time.perf_counter() - start
+    written, failed = report["written"], report["failed"]
+    summary = ExtractSummary(output, written, failed, report["skipped"], total_rows, seconds,
+                             {k: (total_rows,) + tuple(v) for k, v in extractor.output_shapes.items()},
+                             engine=runner.name, workers=report.get("workers", 0), shards=0, parts=parts)
+    if total_rows == 0 and failed:
+        raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in the parts of "
+                            f"{output})")
     return summary
 
 

@@ -262,7 +262,11 @@ def _open_read(path):
 
 
 def read_attrs(path) -> dict:
-    """The root attributes (settings) of a vggfeat file, checking its format."""
+    """The root attributes (settings) of a vggfeat file or of an index of parts, checking its format."""
+    from .parts import is_index, read_index
+
+    if os.path.isfile(os.fspath(path)) and is_index(path):
+        return dict(read_index(path).attrs)
     with _open_read(path) as f:
         try:
             return {k: _attr(v) for k, v in f.attrs.items()}
@@ -1075,7 +1079,14 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
 
     from sklearn.utils import Bunch
 
+    from .parts import is_index, open_features
+
     path = os.fspath(path)
+    if os.path.isfile(path) and is_index(path):
+        fs = open_features(path, layer)
+        features, labels, paths = fs.read() if verify else _read_unverified(fs)
+        class_names, failed, attrs, layer = fs.class_names, fs.failed(), dict(fs.attrs), fs.layer
+        return _loaded(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y, complete=True)
     with _open_read(path) as f:
         names = list(f["features"].keys())
         if layer is None:
@@ -1101,15 +1112,37 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
         except Exception as exc:
             raise OutputError(f"{path} is damaged: {_first_line(exc)}; `vggfeat verify {path}` tells which rows") \
                 from None
-    if not attrs.get("complete", False):
+    return _loaded(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y,
+                   complete=attrs.get("complete", False))
+
+
+def _read_unverified(fs):
+    import numpy as np  # noqa: F811
+
+    feats, labels, paths = [], [], []
+    for r in fs.iter_batches(1 << 16, verify=False):
+        feats.append(r.features)
+        labels.append(r.labels)
+        paths.extend(r.paths)
+    empty = np.empty((0,) + fs.row_shape, fs.dtype)
+    return (np.concatenate(feats) if feats else empty, np.concatenate(labels) if labels else np.empty(0, np.int64),
+            np.array(paths, dtype=object))
+
+
+def _loaded(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y, complete):
+    import warnings
+
+    from sklearn.utils import Bunch
+
+    if not complete:
         warnings.warn(f"{path} is incomplete (the run was interrupted); `vggfeat extract --resume` completes it",
-                      stacklevel=2)
+                      stacklevel=3)
     if return_X_y:
         unlabelled = int(np.count_nonzero(labels < 0))
         if unlabelled:
             warnings.warn(f"{path}: {unlabelled} of {len(labels)} rows are unlabelled (label -1: images at the top "
                           "of the folder, not in a class subfolder); return_X_y=True leaves them out "
-                          "(load_features(...) without it keeps every row)", UserWarning, stacklevel=2)
+                          "(load_features(...) without it keeps every row)", UserWarning, stacklevel=3)
             keep = labels >= 0
             features, labels = features[keep], labels[keep]
         return features, labels

@@ -1,0 +1,702 @@
+"""Outputs in parts: one HDF5 file per input shard plus a small index, read as one dataset.
+
+`extract(..., output_shards=True)` (`vggfeat extract --output-shards`) writes `OUTPUT` as an *index* and
+the rows into `OUTPUT.parts/part-000000.h5`, `part-000001.h5`... one part per *unit* of input:
+
+- a tar shard is one unit (its rows, in member order, and its failures);
+- loose images (a folder, image files, lists, images under a prefix) are cut, in order, into units of
+  `LOOSE_PER_PART` images.
+
+Each part is an ordinary vggfeat file (the layout of `vggfeat.store`, with its commit records and
+checksums), written whole by one process and marked complete when its unit is done. The index is an
+HDF5 file with the run's settings as attributes (`format="vggfeat-index"`) and, per part in row order,
+its file name, its unit's name, its rows and failures (`/parts/...`). Row order of the whole is part
+order, then the part's row order: the order a single-file run writes.
+
+A unit is also the Ray engine's work unit over shards (`vggfeat.ray_engine`): each actor writes the part
+of the unit it was given; a part is complete or is written again, so nothing is missing or doubled.
+
+Reading: `open_features(path)` gives a `FeatureSet` over a single file or an index: its length and
+labels, `iter_batches(rows)` (a bounded number of rows in memory at once, checked against their commit
+checksums) and `iter_X_y` for scikit-learn's `partial_fit`. `load_features` reads an index whole, like
+a single file; `merge_parts` (`vggfeat merge`) turns an index into the single file a one-file run writes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .errors import ExtractFailed, InputError, LayerError, OutputError
+from .shards import LOOSE_PER_UNIT
+
+log = logging.getLogger("vggfeat")
+
+INDEX_FORMAT = "vggfeat-index"
+INDEX_VERSION = 1
+#: Loose images (folders, image files, lists, images under a prefix) per part.
+LOOSE_PER_PART = LOOSE_PER_UNIT
+PARTS_SUFFIX = ".parts"
+_TMP = ".vggfeat-tmp"
+
+
+def parts_dir(output) -> str:
+    """The folder of the parts of the index `output` (`features.h5` -> `features.h5.parts`)."""
+    return os.fspath(output) + PARTS_SUFFIX
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:06d}.h5"
+
+
+# ---- units -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    """One unit of input: `inputs` (a `ShardInputs` of one shard or of a run of loose images, or an
+    `ImageList` slice) is what one part holds; `name` says what it is (the shard's row prefix, or the
+    first loose image's path and how many follow)."""
+
+    number: int
+    name: str
+    inputs: object
+    images: int | None = None  # known for loose images, not for a shard (not listed in advance)
+
+
+def units_of(images, per_part=LOOSE_PER_PART) -> list:
+    """The units of a run's inputs, in row order (see the module's docstring)."""
+    from .images import ImageList
+    from .shards import ShardInputs
+
+    units = []
+    if isinstance(images, ShardInputs):
+        run = []
+
+        def flush():
+            if run:
+                sub = replace(images, sources=list(run), previous_failed={}, shards_skipped=0, warn_unlabelled=False)
+                more = f" and {len(run) - 1} more" if len(run) > 1 else ""
+                units.append(Unit(len(units), f"{run[0].name}{more}", sub, len(run)))
+                run.clear()
+
+        for s in images.sources:
+            if s.kind == "shard":
+                flush()
+                units.append(Unit(len(units), s.name, replace(images, sources=[s], previous_failed={},
+                                                               shards_skipped=0, warn_unlabelled=False)))
+            else:
+                run.append(s)
+                if len(run) >= per_part:
+                    flush()
+        flush()
+        return units
+    if not isinstance(images, ImageList):
+        raise TypeError(f"units_of takes an ImageList or ShardInputs, not {type(images).__name__}")
+    for start in range(0, len(images.files), per_part):
+        stop = min(start + per_part, len(images.files))
+        sub = ImageList(images.files[start:stop], images.paths[start:stop], images.labels[start:stop],
+                        images.class_names, images.root)
+        more = f" and {stop - start - 1} more" if stop - start > 1 else ""
+        units.append(Unit(len(units), f"{images.paths[start]}{more}", sub, stop - start))
+    return units
+
+
+# ---- writing one part ------------------------------------------------------------------------------
+
+
+@dataclass
+class PartReport:
+    number: int
+    rows: int
+    failed: int
+    seconds: float
+    failures: list = field(default_factory=list)  # (path, reason)
+    unlabelled: int = 0  # shard images with no usable label, and with one
+    labelled: int = 0
+
+
+def part_complete(path) -> bool:
+    """Whether the part at `path` was written to its end (a complete vggfeat file)."""
+    import h5py
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False)) and f.attrs.get("format") == "vggfeat"
+    except OSError:
+        return False
+
+
+def part_counts(path) -> tuple[int, int]:
+    """(rows, failures) committed in the part at `path`."""
+    from .store import _open_read, committed_counts
+
+    with _open_read(path) as f:
+        return committed_counts(f)
+
+
+def write_part(unit: Unit, path, extractor, *, settings, class_names, dtype, compression=None, workers=None,
+               strict=False, max_pixels=None, on_batch=None) -> PartReport:
+    """Extract `unit` into the part `path`: written beside it and renamed into place when complete,
+    so that a part that exists under its name holds its whole unit. An earlier unfinished attempt is
+    replaced."""
+    from .images import MAX_PIXELS
+    from .store import FeatureWriter, _remove_stale
+    from .stream import iter_features
+
+    began = time.perf_counter()
+    tmp = path + _TMP
+    _remove_stale(tmp)  # refused if another process still writes it
+    writer = FeatureWriter.create(tmp, settings=settings, feature_shapes=extractor.output_shapes,
+                                  class_names=class_names, dtype=dtype, compression=compression)
+    rows = failed = 0
+    failures = []
+    done = False
+    try:
+        writer.set_attrs(part_number=unit.number, part_of=unit.name)
+        for batch in iter_features(unit.inputs, extractor, workers=workers, progress=False, strict=strict,
+                                   max_pixels=max_pixels or MAX_PIXELS):
+            writer.append(batch.paths, batch.labels, batch.features, batch.failed)
+            rows += len(batch.paths)
+            failed += len(batch.failed)
+            failures.extend(batch.failed)
+            if on_batch is not None:
+                on_batch(batch)
+        writer.close(complete=True)
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if not done:
+            writer.close(complete=False)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return PartReport(unit.number, rows, failed, time.perf_counter() - began, failures,
+                      getattr(unit.inputs, "unlabelled", 0), getattr(unit.inputs, "labelled", 0))
+
+
+# ---- the index -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Index:
+    """What an index file records (see the module's docstring)."""
+
+    path: str
+    attrs: dict
+    class_names: list
+    feature_shapes: dict  # layer -> row shape
+    files: list  # part file names, relative to the index's folder
+    names: list  # the unit each part holds
+    rows: np.ndarray  # rows per part (-1: not complete when the index was written)
+    failed: np.ndarray
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete", False))
+
+    def part_path(self, i) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), self.files[i])
+
+
+def is_index(path) -> bool:
+    """Whether `path` is an index of parts (not a single vggfeat file)."""
+    import h5py
+
+    try:
+        with h5py.File(os.fspath(path), "r") as f:
+            return f.attrs.get("format") == INDEX_FORMAT
+    except (OSError, TypeError):
+        return False
+
+
+def write_index(path, *, settings, class_names, feature_shapes, dtype, compression, units, rows, failed,
+                folder, complete):
+    """Write the index `path` whole (beside it, then renamed over it: it is never half-written)."""
+    import h5py
+
+    from ._version import __version__
+    from .store import STRING
+
+    tmp = path + _TMP
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    rel = os.path.basename(os.path.normpath(folder))
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = INDEX_FORMAT
+        f.attrs["format_version"] = INDEX_VERSION
+        for k, v in settings.items():
+            if v is not None:
+                f.attrs[k] = v
+        f.attrs["dtype"] = dtype
+        f.attrs["compression"] = compression or "none"
+        f.attrs["vggfeat_version"] = __version__
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        f.attrs["complete"] = bool(complete)
+        f.attrs["feature_shapes"] = json.dumps({k: list(map(int, v)) for k, v in feature_shapes.items()})
+        f.attrs["parts_folder"] = rel
+        f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=STRING)
+        g = f.create_group("parts")
+        g.create_dataset("files", data=np.array([f"{rel}/{part_name(u.number)}" for u in units], dtype=object),
+                         dtype=STRING)
+        g.create_dataset("names", data=np.array([u.name for u in units], dtype=object), dtype=STRING)
+        g.create_dataset("rows", data=np.asarray(rows, dtype=np.int64).reshape(-1))
+        g.create_dataset("failed", data=np.asarray(failed, dtype=np.int64).reshape(-1))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_index(path) -> Index:
+    """The index at `path`; one-line errors for anything else."""
+    import h5py
+
+    from .config import attr_value
+    from .store import _decode
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != INDEX_FORMAT:
+                raise OutputError(f"{path} is not an index of parts (format={attr_value(f.attrs.get('format', ''))!r})")
+            version = int(attr_value(f.attrs.get("format_version", -1)))
+            if version != INDEX_VERSION:
+                raise OutputError(f"{path} is an index of format_version {version}; this vggfeat reads {INDEX_VERSION}")
+            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+            shapes = {k: tuple(v) for k, v in json.loads(attrs["feature_shapes"]).items()}
+            files = _decode(f["parts/files"][()])
+            names = _decode(f["parts/names"][()])
+            rows = f["parts/rows"][()].astype(np.int64)
+            failed = f["parts/failed"][()].astype(np.int64)
+            class_names = _decode(f["class_names"][()])
+    except OutputError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise OutputError(f"{path} is not a readable index of parts: {str(exc).splitlines()[0]}") from None
+    if not (len(files) == len(names) == len(rows) == len(failed)):
+        raise OutputError(f"{path} is damaged: its /parts datasets differ in length")
+    for name in files:
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise OutputError(f"{path} names a part outside its folder: {name}")
+    return Index(path, attrs, class_names, shapes, files, names, rows, failed)
+
+
+# ---- extracting into parts -------------------------------------------------------------------------
+
+
+_INDEX_ONLY = ("format", "format_version", "feature_shapes", "parts_folder", "created", "vggfeat_version",
+               "complete", "dtype", "compression")
+
+
+def check_parts_output(output, *, resume, overwrite):
+    """Checks of an index output before anything is built (beyond `FeatureWriter.check_output`)."""
+    folder = parts_dir(output)
+    exists = os.path.lexists(output)
+    if exists and resume and not is_index(output):
+        raise OutputError(f"{output} is a single feature file, not an index of parts: resume it without "
+                          "--output-shards")
+    if os.path.exists(folder) and not exists and not (resume or overwrite):
+        raise OutputError(f"{folder} holds parts of an unfinished run; pass --resume to finish it or "
+                          "--overwrite to start again")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"{folder} is in the way of the parts' folder: it is not a folder")
+
+
+def check_single_output(output, *, resume):
+    """A single-file run refuses to resume an index."""
+    if resume and os.path.exists(output) and is_index(output):
+        raise OutputError(f"{output} is an index of parts (--output-shards): resume it with --output-shards")
+
+
+def run_parts(images, output, extractor, runner, *, settings, resume, overwrite, dtype, compression, strict,
+              progress, max_pixels, on_batch, batch_size):
+    """Extract `images` into the index `output` and its parts with `runner` (an engine). Returns
+    (report, total rows, parts)."""
+    from .store import settings_differences
+
+    units = units_of(images)
+    final = parts_dir(output)
+    folder = final + _TMP if overwrite and os.path.exists(output) else final
+    feature_shapes = extractor.output_shapes
+    rows = np.full(len(units), -1, np.int64)
+    failed = np.full(len(units), -1, np.int64)
+    if resume and os.path.exists(output):
+        index = read_index(output)
+        have = dict(index.attrs)
+        diffs = settings_differences(have, settings, dtype, output)
+        if diffs:
+            raise OutputError(f"cannot resume {output}: its settings differ from this run's: " + "; ".join(diffs))
+        if index.class_names != list(images.class_names):
+            raise OutputError(f"cannot resume {output}: its classes {index.class_names} differ from the inputs' "
+                              f"{list(images.class_names)}")
+        if index.names != [u.name for u in units]:
+            raise OutputError(f"cannot resume {output}: its parts were made from other inputs "
+                              f"({len(index.names)} parts, this run has {len(units)})")
+    elif os.path.isdir(folder) and folder == final and not resume:
+        shutil.rmtree(folder)  # parts left by an unfinished run, replaced as asked (--overwrite)
+    if folder != final and os.path.exists(folder):
+        shutil.rmtree(folder)  # a stale temporary folder of an interrupted --overwrite
+    os.makedirs(folder, exist_ok=True)
+    index_path = output if folder == final else output + _TMP
+    for i, u in enumerate(units):
+        p = os.path.join(folder, part_name(u.number))
+        if resume and part_complete(p):
+            rows[i], failed[i] = part_counts(p)
+    skipped_rows = int(rows[rows >= 0].sum())
+    skipped_parts = int(np.count_nonzero(rows >= 0))
+    if not (resume and os.path.exists(output)):
+        write_index(index_path, settings=settings, class_names=images.class_names, feature_shapes=feature_shapes,
+                    dtype=dtype, compression=compression, units=units, rows=rows, failed=failed, folder=final,
+                    complete=False)
+    todo = [u for i, u in enumerate(units) if rows[i] < 0]
+    if skipped_parts:
+        log.info("resumed: %d of %d parts were complete and are not read again", skipped_parts, len(units))
+    report = {"written": 0, "failed": 0, "workers": 0, "parts": len(units), "skipped": skipped_rows}
+    done_reports = runner.run_parts(todo, folder, extractor, settings=settings, class_names=images.class_names,
+                                    dtype=dtype, compression=compression, strict=strict, progress=progress,
+                                    max_pixels=max_pixels, on_batch=on_batch, batch_size=batch_size, report=report)
+    for r in done_reports:
+        rows[r.number], failed[r.number] = r.rows, r.failed
+        report["written"] += r.rows
+        report["failed"] += r.failed
+    from .shards import ShardInputs, warn_unlabelled
+
+    if isinstance(images, ShardInputs):
+        warn_unlabelled(images, sum(r.unlabelled for r in done_reports), sum(r.labelled for r in done_reports))
+    if (rows < 0).any():
+        missing = units[int(np.flatnonzero(rows < 0)[0])].name
+        raise OutputError(f"{int((rows < 0).sum())} parts of {output} were not written (first: {missing}); "
+                          "`--resume` continues")
+    if folder != final:  # --overwrite: the new parts replace the old ones now that they are all done
+        old = final + ".old" + _TMP
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(folder, final)
+        if os.path.exists(old):
+            shutil.rmtree(old)
+    write_index(output, settings=settings, class_names=images.class_names, feature_shapes=feature_shapes,
+                dtype=dtype, compression=compression, units=units, rows=rows, failed=failed, folder=final,
+                complete=True)
+    if index_path != output and os.path.exists(index_path):
+        os.remove(index_path)
+    return report, int(rows.sum()), len(units)
+
+
+def local_run_parts(units, folder, extractor, *, settings, class_names, dtype, compression, strict, progress,
+                    max_pixels, on_batch, workers, report, **_):
+    """The local engine's `run_parts`: the units one after the other in this process."""
+    from .stream import progress_bar
+
+    out = []
+    bar = progress_bar(sum(u.images or 0 for u in units) or None, progress)
+
+    def counted(batch):
+        bar.update(len(batch.paths) + len(batch.failed))
+        if on_batch is not None:
+            on_batch(batch)
+
+    try:
+        for u in units:
+            r = write_part(u, os.path.join(folder, part_name(u.number)), extractor, settings=settings,
+                           class_names=class_names, dtype=dtype, compression=compression, workers=workers,
+                           strict=strict, max_pixels=max_pixels, on_batch=counted)
+            out.append(r)
+    except ExtractFailed:
+        raise
+    finally:
+        bar.close()
+    return out
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """A run of consecutive rows read by `FeatureSet.iter_batches`."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list
+    start: int  # the first row's number in the whole dataset
+
+
+def _check(path, record, cols, got):
+    """Raise if a commit record's checksums differ from `got` ({column: CRC-32})."""
+    for name, expected in zip(cols[3:], record[3:]):
+        if name in got and got[name] != int(expected):
+            raise OutputError(f"{path} is damaged: {name} rows {int(record[0])}-{int(record[1])} do not match their "
+                              f"checksum; `vggfeat verify {path}` tells which rows")
+
+
+class FeatureSet:
+    """One dataset over a vggfeat file or an index of parts, read lazily (see `open_features`)."""
+
+    def __init__(self, path, layer=None):
+        from .store import _open_read, committed_counts
+
+        self.path = os.fspath(path)
+        if is_index(self.path):
+            index = read_index(self.path)
+            self.attrs = index.attrs
+            self.class_names = index.class_names
+            shapes = index.feature_shapes
+            self.parts = [index.part_path(i) for i in range(len(index.files))]
+            if not index.complete:
+                keep = [i for i, p in enumerate(self.parts) if part_complete(p)]
+                import warnings
+
+                warnings.warn(f"{self.path} is incomplete (the run was interrupted): {len(keep)} of "
+                              f"{len(self.parts)} parts are read; `vggfeat extract --resume --output-shards` "
+                              "completes it", stacklevel=3)
+                self.parts = [self.parts[i] for i in keep]
+                counts = [part_counts(p) for p in self.parts]
+                self._rows = np.array([c[0] for c in counts], np.int64)
+            else:
+                self._rows = index.rows.copy()
+                for p in self.parts:
+                    if not os.path.isfile(p):
+                        raise OutputError(f"{self.path}: its part {p} is missing (an index reads its parts from "
+                                          f"{os.path.dirname(p)}; move them with it)")
+        else:
+            with _open_read(self.path) as f:
+                from .config import attr_value
+
+                self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+                self.class_names = [v.decode() if isinstance(v, bytes) else str(v) for v in f["class_names"][()]]
+                shapes = {k: tuple(f["features"][k].shape[1:]) for k in f["features"]}
+                n, _ = committed_counts(f)
+            self.parts = [self.path]
+            self._rows = np.array([n], np.int64)
+        names = list(shapes)
+        from .specs import canonical_layer
+
+        if layer is None:
+            if len(names) != 1:
+                raise LayerError(f"{self.path} holds several layers ({', '.join(names)}); name one")
+            layer = names[0]
+        if layer not in shapes:
+            layer = next((x for x in names if canonical_layer(x) == canonical_layer(layer)), layer)
+        if layer not in shapes:
+            raise LayerError(f"layer {layer!r} is not in {self.path}; it holds: {', '.join(names) or 'none'}")
+        self.layer = layer
+        self.row_shape = tuple(shapes[layer])
+        self.dtype = np.dtype(self.attrs.get("dtype", "float32"))
+        self.offsets = np.concatenate([[0], np.cumsum(self._rows)])
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self):
+        return (len(self),) + self.row_shape
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The label values, for `partial_fit(..., classes=...)`."""
+        return np.arange(len(self.class_names))
+
+    def labels(self) -> np.ndarray:
+        """Every row's label (int64, -1 where unlabelled): 8 bytes a row, read part by part."""
+        out = np.empty(len(self), np.int64)
+        for i, p in enumerate(self.parts):
+            a, b = self.offsets[i], self.offsets[i + 1]
+            with self._open(p) as f:
+                out[a:b] = f["labels"][: b - a]
+        return out
+
+    def failed(self) -> list:
+        out = []
+        for p in self.parts:
+            with self._open(p) as f:
+                from .store import _decode, committed_counts
+
+                _, m = committed_counts(f)
+                out.extend(zip(_decode(f["failed/paths"][:m]), _decode(f["failed/reasons"][:m])))
+        return out
+
+    def _open(self, p):
+        from .store import _open_read
+
+        return _open_read(p)
+
+    def iter_batches(self, rows=8192, *, verify=True):
+        """Yield `Rows` of at most `rows` consecutive rows, in row order, reading only them (and, with
+        `verify`, checking them against their commit records' checksums)."""
+        from .store import _columns, _crc, _crc_strings, _decode
+
+        if int(rows) < 1:
+            raise InputError(f"rows must be at least 1. Received: {rows}")
+        rows = int(rows)
+        key = f"features/{self.layer}"
+        for i, p in enumerate(self.parts):
+            n = int(self._rows[i])
+            with self._open(p) as f:
+                records = f["commits"][()] if verify and "commits" in f else None
+                cols = _columns(f) if records is not None else []
+                if records is not None:
+                    records = records[(records[:, 1] > records[:, 0]) & (records[:, 1] <= n)]
+                    ends = records[:, 1]
+                else:
+                    ends = np.arange(0, n, rows)
+                # whole commits, grouped up to `rows` rows (a commit larger than `rows` is read alone)
+                bounds = np.unique(np.concatenate([[0, n], ends[(ends > 0) & (ends < n)]])).tolist()
+                start = 0
+                while start < n:
+                    j = bisect.bisect_right(bounds, start + rows) - 1
+                    if bounds[j] > start:
+                        stop = bounds[j]
+                        feats, labels, paths = f[key][start:stop], f["labels"][start:stop], _decode(f["paths"][start:stop])
+                        if records is not None:
+                            lo = int(np.searchsorted(records[:, 0], start, "left"))
+                            hi = int(np.searchsorted(records[:, 0], stop, "left"))
+                            for r in records[lo:hi]:
+                                a, b = int(r[0]) - start, int(r[1]) - start
+                                got = {"paths": _crc_strings(paths[a:b]), "labels": _crc(labels[a:b]),
+                                       key: _crc(feats[a:b])}
+                                _check(p, r, cols, got)
+                        yield Rows(feats, labels, paths, int(self.offsets[i]) + start)
+                    else:  # one commit of more than `rows` rows: checked in a first pass, then read in steps
+                        stop = bounds[bisect.bisect_right(bounds, start)]
+                        if records is not None:
+                            r = records[int(np.searchsorted(records[:, 0], start, "left"))]
+                            crc = {"paths": 0, "labels": 0, key: 0}
+                            for a in range(start, stop, rows):
+                                b = min(stop, a + rows)
+                                text = ("\0" if a > start else "") + "\0".join(_decode(f["paths"][a:b]))
+                                crc["paths"] = zlib.crc32(text.encode("utf-8", "surrogateescape"), crc["paths"])
+                                crc["labels"] = zlib.crc32(np.ascontiguousarray(f["labels"][a:b]).view(np.uint8),
+                                                           crc["labels"])
+                                crc[key] = zlib.crc32(np.ascontiguousarray(f[key][a:b]).view(np.uint8).reshape(-1),
+                                                      crc[key])
+                            _check(p, r, cols, crc)
+                        for a in range(start, stop, rows):
+                            b = min(stop, a + rows)
+                            yield Rows(f[key][a:b], f["labels"][a:b], _decode(f["paths"][a:b]),
+                                       int(self.offsets[i]) + a)
+                    start = stop
+
+    def iter_X_y(self, rows=8192, *, verify=True):
+        """Yield (X, y) of the labelled rows, `rows` at a time, for `partial_fit`:
+
+            >>> fs = vggfeat.open_features("features.h5")            # doctest: +SKIP
+            >>> for X, y in fs.iter_X_y(10000):                      # doctest: +SKIP
+            ...     clf.partial_fit(X.reshape(len(X), -1), y, classes=fs.classes)
+        """
+        for r in self.iter_batches(rows, verify=verify):
+            keep = r.labels >= 0
+            if keep.any():
+                yield (r.features, r.labels) if keep.all() else (r.features[keep], r.labels[keep])
+
+    def read(self):
+        """Every row at once: (features, labels, paths)."""
+        feats = np.empty(self.shape, self.dtype)
+        labels = np.empty(len(self), np.int64)
+        paths = np.empty(len(self), dtype=object)
+        for r in self.iter_batches(max(1, (64 << 20) // max(1, self.dtype.itemsize * int(np.prod(self.row_shape))))):
+            a, b = r.start, r.start + len(r.labels)
+            feats[a:b], labels[a:b], paths[a:b] = r.features, r.labels, r.paths
+        return feats, labels, paths
+
+
+def open_features(path, layer=None) -> FeatureSet:
+    """Open a vggfeat file, or the index of an `--output-shards` run, as one dataset read lazily.
+
+    Args:
+        path: a file of `vggfeat extract`, or an index (`extract --output-shards`).
+        layer: the layer to read; may be omitted when there is one.
+
+    Returns:
+        A `FeatureSet`: `len()`, `shape`, `class_names`, `classes`, `attrs`, `labels()`, `failed()`,
+        `iter_batches(rows)` (at most `rows` rows in memory at once, in row order, checksums checked),
+        `iter_X_y(rows)` (labelled rows, for scikit-learn's `partial_fit`) and `read()`.
+
+    Examples:
+        >>> fs = open_features("features.h5", "fc7")                      # doctest: +SKIP
+        >>> from sklearn.linear_model import SGDClassifier
+        >>> clf = SGDClassifier()
+        >>> for X, y in fs.iter_X_y(10000):                                # doctest: +SKIP
+        ...     clf.partial_fit(X, y, classes=fs.classes)
+    """
+    return FeatureSet(path, layer)
+
+
+def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[int, int]:
+    """Write the parts of the index `index_path` into one vggfeat file `output`: the rows, values and
+    failures, in order, that a single-file run writes. Returns (rows, failures)."""
+    from .store import FeatureWriter
+    from .stream import progress_bar
+
+    index = read_index(index_path)
+    if not index.complete:
+        raise OutputError(f"{index_path} is incomplete (the run was interrupted); `vggfeat extract --resume "
+                          "--output-shards` completes it first")
+    FeatureWriter.check_output(output, overwrite=overwrite)
+    if os.path.abspath(output) == os.path.abspath(index_path):
+        raise OutputError("the merged file must not replace its own index")
+    settings = {k: v for k, v in index.attrs.items() if k not in _INDEX_ONLY}
+    layers = list(index.feature_shapes)
+    writer = FeatureWriter.create(output, settings=settings, feature_shapes=index.feature_shapes,
+                                  class_names=index.class_names, dtype=index.attrs.get("dtype", "float32"),
+                                  compression=None if index.attrs.get("compression") in (None, "none")
+                                  else index.attrs["compression"], overwrite=overwrite)
+    bar = progress_bar(int(index.rows.sum()), progress, desc="merge")
+    rows = failures = 0
+    ok = False
+    try:
+        for i in range(len(index.files)):
+            p = index.part_path(i)
+            if not part_complete(p):
+                raise OutputError(f"{index_path}: its part {p} is missing or incomplete")
+            r, fl = append_part(writer, p, layers, on_rows=bar.update)
+            rows += r
+            failures += fl
+        ok = True
+    finally:
+        bar.close()
+        writer.close(complete=ok and rows > 0)
+    return rows, failures
+
+
+def append_part(writer, part, layers, *, skip=None, on_rows=None) -> tuple[int, int]:
+    """Append the rows of the part file `part` (those not in `skip`) and all its failures to `writer`,
+    in order, reading 64 MB of features at a time. Returns (rows, failures) appended."""
+    sets = [FeatureSet(part, layer) for layer in layers]
+    layout = writer.feature_layout()
+    step = max(1, (64 << 20) // max(1, sum(4 * int(np.prod(s.row_shape)) for s in sets)))
+    its = [s.iter_batches(step) for s in sets]  # one file, the same commits: the same runs of rows
+    rows = 0
+    for parts in zip(*its):
+        paths, labels = parts[0].paths, parts[0].labels
+        feats = {layer: r.features for layer, r in zip(layers, parts)}
+        if skip:
+            keep = np.array([p not in skip for p in paths], bool)
+            if not keep.all():
+                paths = [p for p, k in zip(paths, keep) if k]
+                labels = labels[keep]
+                feats = {k: v[keep] for k, v in feats.items()}
+        if paths:
+            writer.append(paths, labels, feats)
+            rows += len(paths)
+            if on_rows is not None:
+                on_rows(len(paths))
+    failed = sets[0].failed()
+    if failed:
+        writer.append([], [], {layer: np.empty((0,) + layout[layer][0], layout[layer][1]) for layer in layers},
+                      failed)
+    return rows, len(failed)
