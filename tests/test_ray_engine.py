@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, make_folder, run_cli
+from conftest import REPO, SECRET, _upload, make_folder, run_cli
 from vggfeat.errors import InputError, OutputError
 from vggfeat.errors import ExtractFailed
 from vggfeat.images import ImageList
@@ -165,12 +165,24 @@ def test_missing_ray_says_how_to_install(tmp_path, image_folder, monkeypatch):
 # Whole runs on a local Ray.
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(request):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[dev,ray]')")
+    # Ray's workers read S3 with the configuration of the node they run on (the environment `ray start`
+    # had): here, the test's S3 server, set before the local Ray starts.
+    saved = dict(os.environ)
+    try:
+        endpoint = request.getfixturevalue("s3_server")
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "vggfeat-test",
+                           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_MAX_ATTEMPTS": "1"})
+    except pytest.skip.Exception:
+        pass
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +353,78 @@ def test_driver_killed_mid_run_then_cli_resume(local_ray, folder, reference, tmp
     assert r.returncode == 0, r.stderr
     _same_as(reference, out)
     assert not os.path.exists(work_dir(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tar shards and S3 on Ray: the work unit is a shard.
+
+
+def _part_worker_pids():
+    """The processes of Ray's actors that write parts (Ray names them after the class)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if b"PartWorker" in f.read():
+                        pids.append(int(d))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.ray
+def test_ray_reads_s3_shards_as_the_local_engine(local_ray, s3_env, tmp_path, monkeypatch):
+    """Shards and loose images on a real S3-protocol server (moto), hostile shards among them: the Ray
+    engine (one shard per task) gives the local engine's rows, values and failures, into one file and
+    into parts."""
+    import vggfeat
+    from test_parts import hostile
+
+    monkeypatch.chdir(tmp_path)
+    hostile(".")
+    files = [(f"d/shards/{n}", tmp_path / "shards" / n) for n in sorted(os.listdir("shards"))]
+    files += [(f"d/loose/{n}", tmp_path / "loose" / n) for n in sorted(os.listdir("loose"))[:2]]
+    _upload(s3_env["AWS_ENDPOINT_URL"], "vgg-ray", files)
+    local = vggfeat.extract(["s3://vgg-ray/d/"], "local.h5", progress=False, **OPTIONS)
+    ray = vggfeat.extract(["s3://vgg-ray/d/"], "ray.h5", engine="ray", ray_workers=2, progress=False, **OPTIONS)
+    parts = vggfeat.extract(["s3://vgg-ray/d/"], "parts.h5", engine="ray", ray_workers=2, progress=False,
+                            output_shards=True, **OPTIONS)
+    assert (local.written, local.failed) == (ray.written, ray.failed) == (parts.written, parts.failed) == (11, 5)
+    assert ray.shards == 8 and parts.parts == 8  # 7 shards and the loose images
+    for out in ("ray.h5", "parts.h5"):
+        for layer in ("fc7", "pool5"):
+            a, b = load_features("local.h5", layer), load_features(out, layer)
+            assert list(b.paths) == list(a.paths) and b.failed == a.failed
+            np.testing.assert_array_equal(b.labels, a.labels)
+            np.testing.assert_array_equal(b.features, a.features)
+    assert not os.path.exists("ray.h5.shards")
+
+
+@pytest.mark.ray
+def test_ray_shard_worker_killed_mid_run_loses_nothing(local_ray, tmp_path, monkeypatch):
+    """SIGKILL a worker after the first shard is done: Ray runs its shard again on a new worker; the
+    part it was writing is written whole by the new one, never half and never twice."""
+    import vggfeat
+    from test_shards import png, write_tar
+
+    monkeypatch.chdir(tmp_path)
+    for s in range(8):
+        write_tar(f"s/{s:05d}.tar", [m for i in range(4) for m in ((f"{s}_{i}.png", png(s * 4 + i)),
+                                                                   (f"{s}_{i}.cls", str(i % 3).encode()))])
+    inputs = ["s/{00000..00007}.tar"]
+    vggfeat.extract(inputs, "local.h5", progress=False, **OPTIONS)
+    killed = []
+
+    def kill_one(batch):
+        pids = _part_worker_pids()
+        if not killed and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    summary = vggfeat.extract(inputs, "ray.h5", engine="ray", ray_workers=2, progress=False, on_batch=kill_one,
+                              **OPTIONS)
+    assert killed and summary.written == 32
+    a, b = load_features("local.h5", "fc7"), load_features("ray.h5", "fc7")
+    assert list(b.paths) == list(a.paths) and len(set(b.paths)) == 32
+    np.testing.assert_array_equal(b.features, a.features)

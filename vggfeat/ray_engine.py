@@ -151,17 +151,7 @@ class ShardWorker:
         from .store import FeatureWriter
 
         host = socket.gethostname()
-        try:
-            from .extractor import build_extractor
-
-            self.extractor = build_extractor(config, batch_size=batch_size)
-        except VggfeatError as exc:  # e.g. a node whose weight file differs from the driver's
-            raise OutputError(f"the worker on {host} cannot build the run's extractor: {exc}") from None
-        diffs = self.extractor.config.differences(config)
-        if diffs:
-            # A node with another weight file or vggfeat version would mix features silently.
-            raise OutputError(f"the worker on {host} computes other settings than the driver ({'; '.join(diffs)}): "
-                              "install the same vggfeat and weights on every node")
+        self.extractor = _worker_extractor(config, batch_size)
         self.decode_workers = decode_workers
         self.max_pixels = max_pixels
         self.shard = os.path.join(folder, f"shard-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5")
@@ -195,6 +185,57 @@ class ShardWorker:
                 reasons.update(zip(failed_rows, (r for _, r in fb.failed)))
         return {"index": index, "path": np.asarray(paths, dtype=object),
                 "failed": np.asarray([reasons.get(i, "") for i in index.tolist()], dtype=object)}
+
+
+def _worker_extractor(config, batch_size):
+    """The run's extractor, built on a worker and checked against the driver's settings."""
+    host = socket.gethostname()
+    try:
+        from .extractor import build_extractor
+
+        extractor = build_extractor(config, batch_size=batch_size)
+    except VggfeatError as exc:  # e.g. a node whose weight file differs from the driver's
+        raise OutputError(f"the worker on {host} cannot build the run's extractor: {exc}") from None
+    diffs = extractor.config.differences(config)
+    if diffs:
+        # A node with another weight file or vggfeat version would mix features silently.
+        raise OutputError(f"the worker on {host} computes other settings than the driver ({'; '.join(diffs)}): "
+                          "install the same vggfeat and weights on every node")
+    return extractor
+
+
+class PartWorker:
+    """A Ray Data actor over units of input (a tar shard, or a run of loose images; see `vggfeat.parts`):
+    builds the extractor once, then writes the whole part of each unit it is given, streaming the
+    shard. A part is renamed into place only when complete, so a unit whose worker died is written
+    again from its start by the next one: never half, never twice."""
+
+    def __init__(self, folder, config, batch_size, settings, class_names, dtype, compression, decode_workers,
+                 max_pixels, strict, env):
+        os.environ.update(env)
+        self.extractor = _worker_extractor(config, batch_size)
+        self.folder, self.settings, self.class_names = folder, settings, class_names
+        self.dtype, self.compression, self.decode_workers = dtype, compression, decode_workers
+        self.max_pixels, self.strict = max_pixels, strict
+
+    def __call__(self, batch):
+        import pickle
+
+        from .parts import part_name, write_part
+
+        numbers, results = [], []
+        for blob in batch["unit"]:
+            unit = pickle.loads(bytes(blob))
+            paths = []
+            r = write_part(unit, os.path.join(self.folder, part_name(unit.number)), self.extractor,
+                           settings=self.settings, class_names=self.class_names, dtype=self.dtype,
+                           compression=self.compression, workers=self.decode_workers, strict=self.strict,
+                           max_pixels=self.max_pixels, on_batch=lambda b: paths.extend(b.paths))
+            numbers.append(unit.number)
+            results.append(json.dumps({"rows": r.rows, "failed": r.failures, "paths": paths,
+                                       "unlabelled": r.unlabelled, "labelled": r.labelled,
+                                       "host": socket.gethostname(), "pid": os.getpid()}))
+        return {"number": np.asarray(numbers, np.int64), "result": np.asarray(results, dtype=object)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,13 +466,67 @@ class RayEngine:
 
     def run(self, images, writer, extractor, *, output, config, batch_size, settings, dtype, done, resume,
             overwrite, strict, progress, max_pixels, on_batch) -> dict:
+        from .shards import ShardInputs
+
         work = work_dir(output)
         if overwrite and os.path.exists(work):
             shutil.rmtree(work)
+        if isinstance(images, ShardInputs):
+            return self._run_units(images, writer, extractor, folder=work, settings=settings, dtype=dtype,
+                                   resume=resume, strict=strict, progress=progress, max_pixels=max_pixels,
+                                   on_batch=on_batch, batch_size=batch_size)
         del extractor  # the workers build their own from the config; the driver only merges
         return run(images, writer, self.cluster, output=output, config=config, batch_size=batch_size,
                    settings=settings, dtype=dtype, decode_workers=self.decode_workers, block_size=self.block_size,
                    resume=resume, strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+
+    def run_parts(self, units, folder, extractor, *, settings, class_names, dtype, compression, strict, progress,
+                  max_pixels, on_batch, batch_size, report, **_) -> list:
+        """Write the part of each of `units` into `folder` on the cluster's workers (see `vggfeat.parts`)."""
+        if not units:
+            return []
+        reports, used = _extract_units(self.cluster, units, os.path.abspath(folder), config=extractor.config,
+                                       batch_size=batch_size, settings=settings, class_names=class_names, dtype=dtype,
+                                       compression=compression, decode_workers=self.decode_workers, strict=strict,
+                                       progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+        report["workers"] = max(report.get("workers", 0), used)
+        return reports
+
+    def _run_units(self, images, writer, extractor, *, folder, settings, dtype, resume, strict, progress, max_pixels,
+                   on_batch, batch_size):
+        """Tar shards and URLs into one output: each unit (a shard) is extracted into a part in the work
+        folder by a worker, then the parts are appended to `writer` in order (rows it holds skipped)."""
+        from .parts import append_part, part_complete, part_name, units_of
+        from .store import read_attrs, settings_differences
+
+        units = units_of(images)
+        os.makedirs(folder, exist_ok=True)
+        todo = []
+        for u in units:
+            p = os.path.join(folder, part_name(u.number))
+            if resume and part_complete(p):
+                diffs = settings_differences(read_attrs(p), settings, dtype, p)
+                if diffs:
+                    raise OutputError(f"cannot resume the sharded run in {folder}: {'; '.join(diffs)}")
+                continue
+            todo.append(u)
+        report = {"written": 0, "failed": 0, "workers": 0, "shards": len(units)}
+        if todo:
+            from .shards import warn_unlabelled
+
+            done_reports = self.run_parts(todo, folder, extractor, settings=settings,
+                                          class_names=list(images.class_names), dtype=dtype, compression=None,
+                                          strict=strict, progress=progress, max_pixels=max_pixels,
+                                          on_batch=on_batch, batch_size=batch_size, report=report)
+            warn_unlabelled(images, sum(r.unlabelled for r in done_reports), sum(r.labelled for r in done_reports))
+        done = set(writer.written_paths())
+        layers = list(writer.feature_layout())
+        for u in units:
+            rows, failures = append_part(writer, os.path.join(folder, part_name(u.number)), layers, skip=done)
+            report["written"] += rows
+            report["failed"] += failures
+        shutil.rmtree(folder)
+        return report
 
     def close(self):
         if self.cluster is not None:
@@ -590,3 +685,71 @@ def _extract_blocks(cluster, manifest, todo, *, config, batch_size, settings, dt
             close()
         bar.close()
     return size
+
+
+def _absolute(unit):
+    """`unit` with its local shards and images named by absolute paths: a worker's folder is not the
+    driver's (their row names stay as given)."""
+    from dataclasses import replace
+
+    from .shards import ShardInputs, is_url
+
+    if isinstance(unit.inputs, ShardInputs):
+        sources = [s if is_url(s.url) else replace(s, url=os.path.abspath(s.url)) for s in unit.inputs.sources]
+        return replace(unit, inputs=replace(unit.inputs, sources=sources))
+    return unit
+
+
+def _extract_units(cluster, units, folder, *, config, batch_size, settings, class_names, dtype, compression,
+                   decode_workers, strict, progress, max_pixels, on_batch):
+    """Run `units` on a pool of `PartWorker`s, one unit per task; returns (part reports, pool size)."""
+    import pickle
+
+    import pyarrow as pa
+    from ray.exceptions import RayError
+
+    from .parts import PartReport
+    from .stream import FeatureBatch, progress_bar
+
+    ray = cluster.ray
+    env = dict(ACTOR_ENV)
+    for key in ("KERAS_BACKEND", "KERAS_HOME"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    table = pa.table({"number": pa.array([u.number for u in units], pa.int64()),
+                      "unit": pa.array([pickle.dumps(_absolute(u)) for u in units], pa.binary())})
+    blocks = [table.slice(i, 1) for i in range(len(units))]
+    size = min(cluster.workers, len(units))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    _quiet_ray_data()
+    ds = ray.data.from_arrow(blocks).map_batches(
+        PartWorker,
+        fn_constructor_kwargs=dict(folder=folder, config=config, batch_size=batch_size, settings=settings,
+                                   class_names=class_names, dtype=dtype, compression=compression,
+                                   decode_workers=decode_workers, max_pixels=max_pixels, strict=strict, env=env),
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+        num_gpus=cluster.gpus_per_worker or None, num_cpus=1,
+    )
+    known = [u.images for u in units]
+    bar = progress_bar(sum(known) if all(k is not None for k in known) else None, progress)
+    reports = []
+    results = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for out in results:
+            for number, text in zip(out["number"], out["result"]):
+                r = json.loads(str(text))
+                failed = [tuple(x) for x in r["failed"]]
+                reports.append(PartReport(int(number), int(r["rows"]), len(failed), 0.0, failed,
+                                          int(r["unlabelled"]), int(r["labelled"])))
+                bar.update(int(r["rows"]) + len(failed))
+                if on_batch is not None:
+                    on_batch(FeatureBatch(r["paths"], [], {}, failed))
+    except RayError as exc:
+        raise _root_cause(exc, folder) from None
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+        bar.close()
+    return reports, size
