@@ -15,14 +15,25 @@ from ._common import reports_errors
 def verify_command(file, repair_to):
     """Read every row of FILE and check it against the checksums written with it.
 
+    FILE may be the index of `extract --output-shards`: every part it lists is checked.
+
     Exit code 0: intact. 1: damaged (the damaged row ranges are listed; --repair OUT writes the intact
     part into a new file, leaving FILE as it is). 2: not a vggfeat file, or not readable at all.
 
     \b
     Example: vggfeat verify features.h5 && vggfeat verify broken.h5 --repair kept.h5
     """
-    from vggfeat import repair, verify
+    import os
 
+    from vggfeat import repair, verify
+    from vggfeat.parts import is_index
+
+    if os.path.isfile(file) and is_index(file):
+        if repair_to is not None:
+            raise click.UsageError(f"{file} is an index of parts: --repair takes one file (repair the damaged "
+                                   "part it names)")
+        _verify_index(file, verify)
+        return
     try:
         report = verify(file)
         line, damaged = report.line(), not report.ok
@@ -40,4 +51,34 @@ def verify_command(file, repair_to):
         click.echo(f"{repair_to}: kept {kept} of {claimed} rows (`vggfeat extract --resume -o {repair_to} ...` "
                    "extracts the rest)")
     if damaged:
+        raise SystemExit(1)
+
+
+def _verify_index(file, verify):
+    import os
+
+    from vggfeat.errors import VggfeatError
+    from vggfeat.parts import read_index
+
+    index = read_index(file)
+    bad = rows = 0
+    for i in range(len(index.files)):
+        part = index.part_path(i)
+        if not index.complete and not os.path.isfile(part):
+            continue  # not written yet
+        try:
+            report = verify(part)
+        except VggfeatError as exc:
+            click.echo(str(exc))
+            bad += 1
+            continue
+        if not report.ok:
+            click.echo(report.line())
+            bad += 1
+        rows += report.rows
+    state = "" if index.complete else " (incomplete: `vggfeat extract --resume --output-shards` completes it)"
+    n = len(index.files)
+    click.echo(f"{file}: {n} part{'' if n == 1 else 's'}, {rows} rows{state}; "
+               + (f"{bad} damaged or missing" if bad else "every part intact"))
+    if bad:
         raise SystemExit(1)

@@ -272,3 +272,16 @@ def test_parts_of_a_folder_and_bad_uses(tmp_path, fx, image_folder):
         open_features(tmp_path / "nothing.h5")
     with pytest.raises(InputError, match="rows must be at least 1"):
         list(open_features(tmp_path / "one.h5", "fc7").iter_batches(0))
+
+
+def test_verify_checks_every_part_of_an_index(tmp_path, fx, image_folder):
+    out = tmp_path / "f.h5"
+    extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True)
+    r = run_cli("verify", out)
+    assert r.returncode == 0 and "1 part, 12 rows; every part intact" in r.stdout, r.stdout + r.stderr
+    with h5py.File(parts_dir(out) + "/part-000000.h5", "r+") as f:
+        f["features/pool5"][3, 0] += 1
+    r = run_cli("verify", out)
+    assert r.returncode == 1 and "part-000000.h5: DAMAGED: rows" in r.stdout and "1 damaged or missing" in r.stdout
+    r = run_cli("verify", out, "--repair", tmp_path / "x.h5")
+    assert r.returncode == 2 and "--repair takes one file" in r.stderr

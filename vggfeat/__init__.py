@@ -26,10 +26,10 @@ _API = {
     "extract": "pipeline",
     "iter_features": "stream",
     "ExtractSummary": "pipeline",
-    "load_features": "store",
+    "load_features": "parts",
     "open_features": "parts",
     "merge_parts": "parts",
-    "read_attrs": "store",
+    "read_attrs": "parts",
     "verify": "store",
     "repair": "store",
     # images

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, OutputError, WeightsError
-from .store import load_features
+from .parts import load_features
 
 CLASSIFIERS = ("linear-svm", "logreg", "knn")
 
@@ -123,7 +123,7 @@ def check_same_features(train_path, test_path, layer=None) -> None:
     precision, scales... as `extract --resume` compares them) for `layer`, plus the preprocessing and the
     stored dtype. Reads the files' attributes only."""
     from .config import ExtractorConfig
-    from .store import read_attrs
+    from .parts import read_attrs
 
     a, b = read_attrs(train_path), read_attrs(test_path)
     mine = ExtractorConfig.from_attrs(a, source=str(train_path))

@@ -603,15 +603,63 @@ class FeatureSet:
             if keep.any():
                 yield (r.features, r.labels) if keep.all() else (r.features[keep], r.labels[keep])
 
-    def read(self):
+    def read(self, *, verify=True):
         """Every row at once: (features, labels, paths)."""
         feats = np.empty(self.shape, self.dtype)
         labels = np.empty(len(self), np.int64)
         paths = np.empty(len(self), dtype=object)
-        for r in self.iter_batches(max(1, (64 << 20) // max(1, self.dtype.itemsize * int(np.prod(self.row_shape))))):
+        step = max(1, (64 << 20) // max(1, self.dtype.itemsize * int(np.prod(self.row_shape))))
+        for r in self.iter_batches(step, verify=verify):
             a, b = r.start, r.start + len(r.labels)
             feats[a:b], labels[a:b], paths[a:b] = r.features, r.labels, r.paths
         return feats, labels, paths
+
+
+def load_features(path, layer=None, *, return_X_y=False, verify=True):
+    """Read a vggfeat file, or the index of an `--output-shards` run, whole: features of one layer,
+    labels, paths and class names.
+
+    Args:
+        path: a file written by `vggfeat extract`, or the index of `vggfeat extract --output-shards`
+            (its parts are read in order, as one dataset; `open_features` reads them lazily instead).
+        layer: the layer as named at extraction (`fc7`); may be omitted when the file has one.
+        return_X_y: return `(features, labels)` only, as scikit-learn's loaders do: the labelled rows
+            only. Unlabelled rows (label -1: images at the top of the folder, or with no label in a
+            list) are left out with a warning that says how many, so that scikit-learn never takes
+            -1 for a class; the Bunch (the default) keeps every row.
+        verify: check every row read against its commit record's checksum (CRC-32; costs about as
+            much as reading the file once more from the page cache). Damaged rows raise
+            `OutputError` naming them; `verify=False` skips the check.
+
+    Returns:
+        A `sklearn.utils.Bunch` with `features` (N, ...) as stored, `labels` (N,) int64 (-1 where
+        unlabelled), `paths` (N,) str, `class_names` (K,) str, `failed` (list of (path, reason)),
+        `layer`, and `attrs` (the settings the file was made with). Row i belongs to `paths[i]`.
+        Only committed rows are returned: rows of a batch that a crash cut short are not.
+
+    Examples:
+        >>> data = load_features("features.h5", "fc7")          # doctest: +SKIP
+        >>> from sklearn.svm import LinearSVC
+        >>> LinearSVC().fit(data.features, data.labels)         # doctest: +SKIP
+    """
+    from . import store
+
+    path = os.fspath(path)
+    if not (os.path.isfile(path) and is_index(path)):
+        return store.load_features(path, layer, return_X_y=return_X_y, verify=verify)
+    fs = open_features(path, layer)
+    features, labels, paths = fs.read(verify=verify)
+    return store._loaded(path, features, labels, paths, fs.class_names, fs.failed(), fs.layer, dict(fs.attrs),
+                         return_X_y, complete=True)
+
+
+def read_attrs(path) -> dict:
+    """The root attributes (settings) of a vggfeat file or of an index of parts, checking its format."""
+    from . import store
+
+    if os.path.isfile(os.fspath(path)) and is_index(path):
+        return dict(read_index(path).attrs)
+    return store.read_attrs(path)
 
 
 def open_features(path, layer=None) -> FeatureSet:

@@ -262,11 +262,8 @@ def _open_read(path):
 
 
 def read_attrs(path) -> dict:
-    """The root attributes (settings) of a vggfeat file or of an index of parts, checking its format."""
-    from .parts import is_index, read_index
-
-    if os.path.isfile(os.fspath(path)) and is_index(path):
-        return dict(read_index(path).attrs)
+    """The root attributes (settings) of a vggfeat file, checking its format (`vggfeat.read_attrs` reads
+    an index of parts too)."""
     with _open_read(path) as f:
         try:
             return {k: _attr(v) for k, v in f.attrs.items()}
@@ -1079,14 +1076,7 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
 
     from sklearn.utils import Bunch
 
-    from .parts import is_index, open_features
-
     path = os.fspath(path)
-    if os.path.isfile(path) and is_index(path):
-        fs = open_features(path, layer)
-        features, labels, paths = fs.read() if verify else _read_unverified(fs)
-        class_names, failed, attrs, layer = fs.class_names, fs.failed(), dict(fs.attrs), fs.layer
-        return _loaded(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y, complete=True)
     with _open_read(path) as f:
         names = list(f["features"].keys())
         if layer is None:
@@ -1114,19 +1104,6 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
                 from None
     return _loaded(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y,
                    complete=attrs.get("complete", False))
-
-
-def _read_unverified(fs):
-    import numpy as np  # noqa: F811
-
-    feats, labels, paths = [], [], []
-    for r in fs.iter_batches(1 << 16, verify=False):
-        feats.append(r.features)
-        labels.append(r.labels)
-        paths.extend(r.paths)
-    empty = np.empty((0,) + fs.row_shape, fs.dtype)
-    return (np.concatenate(feats) if feats else empty, np.concatenate(labels) if labels else np.empty(0, np.int64),
-            np.array(paths, dtype=object))
 
 
 def _loaded(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y, complete):
