@@ -102,20 +102,6 @@ def test_resume_continues_from_the_saved_epoch_in_the_second_stage(train_dir, tm
     assert sorted(os.listdir(tmp_path)) == ["r.curves.png", "r.keras", "r.log.csv"]  # no partial file left
 
 
-def test_same_seed_same_result_on_cpu_and_overwrite_starts_again(train_dir, tmp_path):
-    a = finetune(train_dir, tmp_path / "a.keras", epochs=1, **QUICK).history["loss"]
-    # b: over an earlier output and the work folder of an interrupted run, with --overwrite
-    out = tmp_path / "b.keras"
-    out.write_bytes(b"old model")
-    (tmp_path / "b.keras.work").mkdir()
-    (tmp_path / "b.keras.work" / "stale").write_bytes(b"an earlier run")
-    b = finetune(train_dir, out, epochs=1, overwrite=True, **QUICK).history["loss"]
-    assert a == b
-    assert not os.path.exists(str(out) + ".work")
-    assert keras.saving.load_model(out).get_layer("predictions").units == 3
-    assert not [f for f in os.listdir(tmp_path) if "partial" in f]
-
-
 def test_two_stage_and_paper_recipe_and_mirrored(train_dir, tmp_path):
     h = finetune(train_dir, tmp_path / "two.keras", arch="vgg11", weights="random", input_size=32, epochs=2,
                  unfreeze_after=1, batch_size=8, train_from="fc6", verbose=0, recipe="paper",
@@ -455,17 +441,28 @@ def test_the_cli_says_the_dataset_first_and_names_the_files_it_wrote(train_dir, 
     assert not model.compiled  # the network alone: nothing of training is kept
 
 
-def test_the_saved_model_keeps_the_optimizer_only_when_asked(train_dir, tmp_path):
+def test_the_saved_model_keeps_the_optimizer_only_when_asked_same_seed_same_result_and_overwrite(train_dir,
+                                                                                                  tmp_path):
     """--save-optimizer keeps SGD's momentum (one float per weight: twice the file), loaded back compiled with
-    its state; without it the file holds the same network, which predicts the same, at half the size."""
+    its state; without it the file holds the same network, which predicts the same, at half the size.
+    The two runs have the same seed: the same losses on CPU. The second one is written with --overwrite over
+    an earlier output and the work folder of an interrupted run, and starts again."""
     x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype("float32")
-    both = {}
+    (tmp_path / "keep_True.keras").write_bytes(b"old model")
+    (tmp_path / "keep_True.keras.work").mkdir()
+    (tmp_path / "keep_True.keras.work" / "stale").write_bytes(b"an earlier run")
+    both, losses = {}, {}
     for keep in (False, True):
         out = tmp_path / f"keep_{keep}.keras"
-        history = finetune(train_dir, out, epochs=1, val_split=None, save_optimizer=keep, **QUICK)
+        history = finetune(train_dir, out, epochs=1, save_optimizer=keep, overwrite=keep, **QUICK)
         assert history.optimizer_saved is keep and history.files["model"] == str(out)
+        assert not os.path.exists(str(out) + ".work")
+        losses[keep] = history.history["loss"]
         both[keep] = (os.path.getsize(out), keras.saving.load_model(out))
+    assert losses[False] == losses[True]
+    assert not [f for f in os.listdir(tmp_path) if "partial" in f]
     (small, bare), (large, full) = both[False], both[True]
+    assert bare.get_layer("predictions").units == full.get_layer("predictions").units == 3
     assert _weights_groups(tmp_path / "keep_True.keras") == ["layers", "optimizer", "vars"]
     assert _weights_groups(tmp_path / "keep_False.keras") == ["layers", "vars"]
     assert full.compiled and full.optimizer.iterations.numpy() > 0 and not bare.compiled
