@@ -394,7 +394,7 @@ def test_ray_reads_s3_shards_as_the_local_engine(local_ray, s3_env, tmp_path, mo
     assert ray.shards == 8 and parts.parts == 8  # 7 shards and the loose images
     for out in ("ray.h5", "parts.h5"):
         for layer in ("fc7", "pool5"):
-            a, b = load_features("local.h5", layer), load_features(out, layer)
+            a, b = vggfeat.load_features("local.h5", layer), vggfeat.load_features(out, layer)  # an index too
             assert list(b.paths) == list(a.paths) and b.failed == a.failed
             np.testing.assert_array_equal(b.labels, a.labels)
             np.testing.assert_array_equal(b.features, a.features)
@@ -428,3 +428,29 @@ def test_ray_shard_worker_killed_mid_run_loses_nothing(local_ray, tmp_path, monk
     a, b = load_features("local.h5", "fc7"), load_features("ray.h5", "fc7")
     assert list(b.paths) == list(a.paths) and len(set(b.paths)) == 32
     np.testing.assert_array_equal(b.features, a.features)
+
+
+@pytest.mark.ray
+def test_ray_shards_stopped_by_strict_resume_without_running_complete_shards(local_ray, tmp_path, monkeypatch):
+    """`--strict` stops a Ray run over shards at a bad image: the shards done are kept as parts in the work
+    folder (the one with the failure is not), and `--resume` runs only the others, giving the local
+    engine's file."""
+    import vggfeat
+    from test_shards import png, write_tar
+
+    monkeypatch.chdir(tmp_path)
+    for s in range(6):
+        members = [m for i in range(3) for m in ((f"{s}_{i}.png", png(s * 3 + i)), (f"{s}_{i}.cls", b"1"))]
+        write_tar(f"s/{s:05d}.tar", members + ([("bad.png", b"not a png")] if s == 4 else []))
+    inputs = ["s/{00000..00005}.tar"]
+    vggfeat.extract(inputs, "local.h5", progress=False, **OPTIONS)
+    with pytest.raises(ExtractFailed, match=r"s/00004.tar/bad.png.*--strict.*--resume"):
+        vggfeat.extract(inputs, "ray.h5", engine="ray", ray_workers=2, strict=True, progress=False, **OPTIONS)
+    kept = {n: os.stat(f"ray.h5.shards/{n}").st_ino for n in os.listdir("ray.h5.shards") if n.endswith(".h5")}
+    assert kept and "part-000004.h5" not in kept
+    summary = vggfeat.extract(inputs, "ray.h5", engine="ray", ray_workers=2, resume=True, progress=False, **OPTIONS)
+    assert (summary.written, summary.failed) == (18, 1)
+    a, b = load_features("local.h5", "fc7"), load_features("ray.h5", "fc7")
+    assert list(b.paths) == list(a.paths) and b.failed == a.failed
+    np.testing.assert_array_equal(b.features, a.features)
+    assert not os.path.exists("ray.h5.shards")

@@ -600,7 +600,8 @@ def _root_cause(exc, folder):
     kept = f"what the shards in {folder} hold is kept, `--resume` continues"
     found = _ERROR_LINE.findall(str(exc))
     if found:
-        name, message = found[-1]
+        # the worker's own vggfeat error, when the text holds one, rather than Ray's wrappers around it
+        name, message = next((f for f in reversed(found) if f[0].startswith("vggfeat.")), found[-1])
         cls = getattr(errors, name.rsplit(".", 1)[-1], None) if name.startswith("vggfeat.") else None
         if isinstance(cls, type) and issubclass(cls, VggfeatError):
             return cls(message.strip())
@@ -708,6 +709,7 @@ def _extract_units(cluster, units, folder, *, config, batch_size, settings, clas
     import pyarrow as pa
     from ray.exceptions import RayError
 
+    from .errors import ExtractFailed
     from .parts import PartReport
     from .stream import FeatureBatch, progress_bar
 
@@ -727,7 +729,7 @@ def _extract_units(cluster, units, folder, *, config, batch_size, settings, clas
         PartWorker,
         fn_constructor_kwargs=dict(folder=folder, config=config, batch_size=batch_size, settings=settings,
                                    class_names=class_names, dtype=dtype, compression=compression,
-                                   decode_workers=decode_workers, max_pixels=max_pixels, strict=strict, env=env),
+                                   decode_workers=decode_workers, max_pixels=max_pixels, strict=False, env=env),
         batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=cluster.gpus_per_worker or None, num_cpus=1,
     )
@@ -740,6 +742,13 @@ def _extract_units(cluster, units, folder, *, config, batch_size, settings, clas
             for number, text in zip(out["number"], out["result"]):
                 r = json.loads(str(text))
                 failed = [tuple(x) for x in r["failed"]]
+                if strict and failed:
+                    # as the local engine: nothing of a shard with a failure is kept, `--resume` reads it again
+                    from .parts import part_name
+
+                    os.remove(os.path.join(folder, part_name(int(number))))
+                    raise ExtractFailed(f"cannot read {failed[0][0]}: {failed[0][1]} (--strict); `--resume` "
+                                        "continues")
                 reports.append(PartReport(int(number), int(r["rows"]), len(failed), 0.0, failed,
                                           int(r["unlabelled"]), int(r["labelled"])))
                 bar.update(int(r["rows"]) + len(failed))
