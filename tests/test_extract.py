@@ -205,8 +205,9 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
     (root / "circles" / "broken.png").write_bytes(b"\x89PNG broken")
     args = ["extract", root, "--arch", "vgg16", "--weights", "random", "--input-size", "64", "--batch-size", "4",
             "--layer", "fc7", "--layer", "pool5", "-q"]
-    clean = tmp_path / "clean.h5"
-    subprocess.run(_cli(*args, "-o", clean), check=True, cwd=REPO, capture_output=True)
+    clean = tmp_path / "clean.h5"  # the same settings through the API, in this process (no second start-up)
+    extract([root], clean, ["fc7", "pool5"], arch="vgg16", weights="random", input_size=64, batch_size=4,
+            progress=False)
     out = tmp_path / "killed.h5"
     kills = 0
     killed_last = False
