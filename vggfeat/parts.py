@@ -140,9 +140,9 @@ def part_complete(path) -> bool:
 
 def part_counts(path) -> tuple[int, int]:
     """(rows, failures) committed in the part at `path`."""
-    from .store import _open_read, committed_counts
+    from .store import open_read, committed_counts
 
-    with _open_read(path) as f:
+    with open_read(path) as f:
         return committed_counts(f)
 
 
@@ -152,12 +152,12 @@ def write_part(unit: Unit, path, extractor, *, settings, class_names, dtype, com
     so that a part that exists under its name holds its whole unit. An earlier unfinished attempt is
     replaced."""
     from .images import MAX_PIXELS
-    from .store import FeatureWriter, _remove_stale
+    from .store import FeatureWriter, remove_stale
     from .stream import iter_features
 
     began = time.perf_counter()
     tmp = path + _TMP
-    _remove_stale(tmp)  # refused if another process still writes it
+    remove_stale(tmp)  # refused if another process still writes it
     writer = FeatureWriter.create(tmp, settings=settings, feature_shapes=extractor.output_shapes,
                                   class_names=class_names, dtype=dtype, compression=compression)
     rows = failed = 0
@@ -265,7 +265,7 @@ def read_index(path) -> Index:
     import h5py
 
     from .config import attr_value
-    from .store import _decode
+    from .store import decode_strings
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -279,11 +279,11 @@ def read_index(path) -> Index:
                 raise OutputError(f"{path} is an index of format_version {version}; this vggfeat reads {INDEX_VERSION}")
             attrs = {k: attr_value(v) for k, v in f.attrs.items()}
             shapes = {k: tuple(v) for k, v in json.loads(attrs["feature_shapes"]).items()}
-            files = _decode(f["parts/files"][()])
-            names = _decode(f["parts/names"][()])
+            files = decode_strings(f["parts/files"][()])
+            names = decode_strings(f["parts/names"][()])
             rows = f["parts/rows"][()].astype(np.int64)
             failed = f["parts/failed"][()].astype(np.int64)
-            class_names = _decode(f["class_names"][()])
+            class_names = decode_strings(f["class_names"][()])
     except OutputError:
         raise
     except (OSError, KeyError, ValueError) as exc:
@@ -448,7 +448,7 @@ class FeatureSet:
     """One dataset over a vggfeat file or an index of parts, read lazily (see `open_features`)."""
 
     def __init__(self, path, layer=None):
-        from .store import _open_read, committed_counts
+        from .store import open_read, committed_counts
 
         self.path = os.fspath(path)
         if is_index(self.path):
@@ -474,7 +474,7 @@ class FeatureSet:
                         raise OutputError(f"{self.path}: its part {p} is missing (an index reads its parts from "
                                           f"{os.path.dirname(p)}; move them with it)")
         else:
-            with _open_read(self.path) as f:
+            with open_read(self.path) as f:
                 from .config import attr_value
 
                 self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
@@ -524,21 +524,21 @@ class FeatureSet:
         out = []
         for p in self.parts:
             with self._open(p) as f:
-                from .store import _decode, committed_counts
+                from .store import decode_strings, committed_counts
 
                 _, m = committed_counts(f)
-                out.extend(zip(_decode(f["failed/paths"][:m]), _decode(f["failed/reasons"][:m])))
+                out.extend(zip(decode_strings(f["failed/paths"][:m]), decode_strings(f["failed/reasons"][:m])))
         return out
 
     def _open(self, p):
-        from .store import _open_read
+        from .store import open_read
 
-        return _open_read(p)
+        return open_read(p)
 
     def iter_batches(self, rows=8192, *, verify=True):
         """Yield `Rows` of at most `rows` consecutive rows, in row order, reading only them (and, with
         `verify`, checking them against their commit records' checksums)."""
-        from .store import _columns, _crc, _crc_strings, _decode
+        from .store import commit_columns, crc, crc_strings, decode_strings
 
         if int(rows) < 1:
             raise InputError(f"rows must be at least 1. Received: {rows}")
@@ -548,7 +548,7 @@ class FeatureSet:
             n = int(self._rows[i])
             with self._open(p) as f:
                 records = f["commits"][()] if verify and "commits" in f else None
-                cols = _columns(f) if records is not None else []
+                cols = commit_columns(f) if records is not None else []
                 if records is not None:
                     records = records[(records[:, 1] > records[:, 0]) & (records[:, 1] <= n)]
                     ends = records[:, 1]
@@ -561,33 +561,34 @@ class FeatureSet:
                     j = bisect.bisect_right(bounds, start + rows) - 1
                     if bounds[j] > start:
                         stop = bounds[j]
-                        feats, labels, paths = f[key][start:stop], f["labels"][start:stop], _decode(f["paths"][start:stop])
+                        feats, labels = f[key][start:stop], f["labels"][start:stop]
+                        paths = decode_strings(f["paths"][start:stop])
                         if records is not None:
                             lo = int(np.searchsorted(records[:, 0], start, "left"))
                             hi = int(np.searchsorted(records[:, 0], stop, "left"))
                             for r in records[lo:hi]:
                                 a, b = int(r[0]) - start, int(r[1]) - start
-                                got = {"paths": _crc_strings(paths[a:b]), "labels": _crc(labels[a:b]),
-                                       key: _crc(feats[a:b])}
+                                got = {"paths": crc_strings(paths[a:b]), "labels": crc(labels[a:b]),
+                                       key: crc(feats[a:b])}
                                 _check(p, r, cols, got)
                         yield Rows(feats, labels, paths, int(self.offsets[i]) + start)
                     else:  # one commit of more than `rows` rows: checked in a first pass, then read in steps
                         stop = bounds[bisect.bisect_right(bounds, start)]
                         if records is not None:
                             r = records[int(np.searchsorted(records[:, 0], start, "left"))]
-                            crc = {"paths": 0, "labels": 0, key: 0}
+                            running = {"paths": 0, "labels": 0, key: 0}
                             for a in range(start, stop, rows):
                                 b = min(stop, a + rows)
-                                text = ("\0" if a > start else "") + "\0".join(_decode(f["paths"][a:b]))
-                                crc["paths"] = zlib.crc32(text.encode("utf-8", "surrogateescape"), crc["paths"])
-                                crc["labels"] = zlib.crc32(np.ascontiguousarray(f["labels"][a:b]).view(np.uint8),
-                                                           crc["labels"])
-                                crc[key] = zlib.crc32(np.ascontiguousarray(f[key][a:b]).view(np.uint8).reshape(-1),
-                                                      crc[key])
-                            _check(p, r, cols, crc)
+                                text = ("\0" if a > start else "") + "\0".join(decode_strings(f["paths"][a:b]))
+                                for name, data in (("paths", text.encode("utf-8", "surrogateescape")),
+                                                   ("labels", f["labels"][a:b]), (key, f[key][a:b])):
+                                    if not isinstance(data, bytes):
+                                        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+                                    running[name] = zlib.crc32(data, running[name])
+                            _check(p, r, cols, running)
                         for a in range(start, stop, rows):
                             b = min(stop, a + rows)
-                            yield Rows(f[key][a:b], f["labels"][a:b], _decode(f["paths"][a:b]),
+                            yield Rows(f[key][a:b], f["labels"][a:b], decode_strings(f["paths"][a:b]),
                                        int(self.offsets[i]) + a)
                     start = stop
 
@@ -649,7 +650,7 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
         return store.load_features(path, layer, return_X_y=return_X_y, verify=verify)
     fs = open_features(path, layer)
     features, labels, paths = fs.read(verify=verify)
-    return store._loaded(path, features, labels, paths, fs.class_names, fs.failed(), fs.layer, dict(fs.attrs),
+    return store.as_bunch(path, features, labels, paths, fs.class_names, fs.failed(), fs.layer, dict(fs.attrs),
                          return_X_y, complete=True)
 
 

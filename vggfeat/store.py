@@ -1139,3 +1139,13 @@ def _verify_loaded(f, path, layer, features, labels, paths):
                 raise OutputError(f"{path} is damaged: {name} rows {start}-{stop} do not match their checksum; "
                                   f"`vggfeat verify {path} --repair OUT` keeps the intact rows "
                                   "(or load_features(..., verify=False) reads them as they are)")
+
+
+# What `vggfeat.parts` (outputs in parts, read lazily) shares with this module's reading and writing.
+open_read = _open_read
+remove_stale = _remove_stale
+decode_strings = _decode
+commit_columns = _columns
+crc = _crc
+crc_strings = _crc_strings
+as_bunch = _loaded
