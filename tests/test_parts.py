@@ -268,6 +268,10 @@ def test_parts_of_a_folder_and_bad_uses(tmp_path, fx, image_folder):
     os.remove(out)
     with pytest.raises(OutputError, match="holds parts of an unfinished run"):
         extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True)
+    # and resuming them with other settings does not mix them in
+    with pytest.raises(OutputError, match="cannot resume .*seed"):
+        extract([str(image_folder)], out, ["fc7", "pool5"], arch="vgg11", weights="random", seed=1, input_size=32,
+                progress=False, output_shards=True, resume=True)
     with pytest.raises(InputError):
         open_features(tmp_path / "nothing.h5")
     with pytest.raises(InputError, match="rows must be at least 1"):

@@ -353,9 +353,14 @@ def run_parts(images, output, extractor, runner, *, settings, resume, overwrite,
         shutil.rmtree(folder)  # a stale temporary folder of an interrupted --overwrite
     os.makedirs(folder, exist_ok=True)
     index_path = output if folder == final else output + _TMP
+    from .store import read_attrs
+
     for i, u in enumerate(units):
         p = os.path.join(folder, part_name(u.number))
         if resume and part_complete(p):
+            diffs = settings_differences(read_attrs(p), settings, dtype, p)
+            if diffs:  # parts left by another run (its index gone): never mixed into this one
+                raise OutputError(f"cannot resume {output}: {'; '.join(diffs)}")
             rows[i], failed[i] = part_counts(p)
     skipped_rows = int(rows[rows >= 0].sum())
     skipped_parts = int(np.count_nonzero(rows >= 0))
