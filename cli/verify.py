@@ -57,8 +57,10 @@ def verify_command(file, repair_to):
 def _verify_index(file, verify):
     import os
 
+    import h5py
+
     from vggfeat.errors import VggfeatError
-    from vggfeat.parts import read_index
+    from vggfeat.parts import check_part, read_index
 
     index = read_index(file)
     bad = rows = 0
@@ -68,6 +70,8 @@ def _verify_index(file, verify):
             continue  # not written yet
         try:
             report = verify(part)
+            with h5py.File(part, "r") as f:
+                check_part(index, i, f)  # this index's own part, with the rows it records
         except VggfeatError as exc:
             click.echo(str(exc))
             bad += 1
@@ -78,7 +82,8 @@ def _verify_index(file, verify):
         rows += report.rows
     state = "" if index.complete else " (incomplete: `vggfeat extract --resume --output-shards` completes it)"
     n = len(index.files)
-    click.echo(f"{file}: {n} part{'' if n == 1 else 's'}, {rows} rows{state}; "
+    failures = int(index.failed[index.failed >= 0].sum())
+    click.echo(f"{file}: {n} part{'' if n == 1 else 's'}, {rows} rows, {failures} failed images{state}; "
                + (f"{bad} damaged or missing" if bad else "every part intact"))
     if bad:
         raise SystemExit(1)

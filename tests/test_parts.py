@@ -94,6 +94,27 @@ def test_parts_read_as_one_dataset_and_merge_into_the_single_file(tmp_path, monk
         r = run_cli("merge", *[a if a.startswith("-") else tmp_path / a for a in args])
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (args, r.stderr)
     assert not os.path.exists("x.h5")
+    # an index reads only its own parts, with the rows it records: a part swapped by hand (or an
+    # --overwrite cut short between its steps) or an edited count is an error, never other rows
+    import shutil
+
+    shutil.copyfile("idx.h5.parts/part-000003.h5", "p3.h5")
+    shutil.copyfile("idx.h5.parts/part-000006.h5", "idx.h5.parts/part-000003.h5")
+    for read in (lambda: load_features("idx.h5", "fc7"), lambda: list(open_features("idx.h5", "pool5").iter_batches())):
+        with pytest.raises(OutputError, match="part-000003.h5 is not part 3 of"):
+            read()
+    r = run_cli("verify", tmp_path / "idx.h5")
+    assert r.returncode == 1 and "part-000003.h5 is not part 3" in r.stdout and "1 damaged or missing" in r.stdout
+    r = run_cli("merge", tmp_path / "idx.h5", "-o", tmp_path / "x.h5")
+    assert r.returncode == 2 and "is not part 3" in r.stderr and not os.path.exists("x.h5")
+    shutil.copyfile("p3.h5", "idx.h5.parts/part-000003.h5")
+    with h5py.File("idx.h5", "r+") as f:
+        f["parts/rows"][1] = 2
+    with pytest.raises(OutputError, match="part-000001.h5 holds 3 rows and 0 failures, its index .* says 2"):
+        load_features("idx.h5", "fc7")
+    with h5py.File("idx.h5", "r+") as f:
+        f["parts/rows"][1] = 3
+    _same("one.h5", "idx.h5")
     # single-file and index runs do not resume each other
     with pytest.raises(OutputError, match="resume it with --output-shards"):
         extract(inputs, "idx.h5", extractor=fx, progress=False, resume=True)
@@ -139,9 +160,10 @@ def test_an_interrupted_index_resumes_without_reading_complete_shards(tmp_path, 
     def refuse(batch):
         raise KeyboardInterrupt
 
-    with pytest.raises(ExtractInterrupted):
+    with pytest.raises(ExtractInterrupted, match="left as they were before this --overwrite run"):
         extract(inputs, "idx.h5", extractor=fx, progress=False, output_shards=True, overwrite=True, on_batch=refuse)
     _same("one.h5", "idx.h5")
+    assert sorted(os.listdir(".")) == ["idx.h5", "idx.h5.parts", "loose", "one.h5", "shards"]  # nothing left
     extract(inputs, "idx.h5", extractor=fx, progress=False, output_shards=True, overwrite=True)
     _same("one.h5", "idx.h5")
     assert sorted(os.listdir(".")) == ["idx.h5", "idx.h5.parts", "loose", "one.h5", "shards"]
@@ -194,11 +216,14 @@ def test_lazy_iteration_holds_a_bounded_number_of_rows(tmp_path):
     settings = {"arch": "vgg16", "weights": "random", "layers": '["fc7"]', "inputs": "[]"}
     n_parts, per = 20, 200
     rng = np.random.default_rng(0)
+    from vggfeat.shards import ShardInputs, Source
+
     units = []
     for k in range(n_parts):
-        units.append(Unit(k, f"s/{k:05d}.tar", None))
+        units.append(Unit(k, f"s/{k:05d}.tar", ShardInputs([Source("shard", f"s/{k:05d}.tar", f"s/{k:05d}.tar")])))
         w = FeatureWriter.create(folder / f"part-{k:06d}.h5", settings=settings, feature_shapes={"fc7": (1024,)},
                                  class_names=["a", "b"])
+        w.set_attrs(part_number=k, part_key=units[-1].key, run_id="r1")
         for start in range(0, per, 50):
             rows = range(k * per + start, k * per + start + 50)
             w.append([f"s/{k:05d}.tar/{i}.png" for i in rows], [(-1 if i % 7 == 0 else i % 2) for i in rows],
@@ -206,7 +231,7 @@ def test_lazy_iteration_holds_a_bounded_number_of_rows(tmp_path):
         w.close(complete=True)
     write_index(str(tmp_path / "big.h5"), settings=settings, class_names=["a", "b"], feature_shapes={"fc7": (1024,)},
                 dtype="float32", compression=None, units=units, rows=[per] * n_parts, failed=[0] * n_parts,
-                folder=str(folder), complete=True)
+                folder=str(folder), complete=True, run_id="r1")
     fs = open_features(tmp_path / "big.h5")
     assert len(fs) == n_parts * per and fs.classes.tolist() == [0, 1]
     row_bytes = 1024 * 4
@@ -263,15 +288,26 @@ def test_parts_of_a_folder_and_bad_uses(tmp_path, fx, image_folder):
     extract([str(image_folder)], tmp_path / "one.h5", extractor=fx, progress=False)
     _same(tmp_path / "one.h5", out)
     assert read_index(out).names == ["circles/img_000.png and 11 more"]
-    # parts left without an index (the run was stopped before its first index was written) are not
-    # silently replaced
-    os.remove(out)
-    with pytest.raises(OutputError, match="holds parts of an unfinished run"):
-        extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True)
-    # and resuming them with other settings does not mix them in
+    # resuming with other settings is refused
     with pytest.raises(OutputError, match="cannot resume .*seed"):
         extract([str(image_folder)], out, ["fc7", "pool5"], arch="vgg11", weights="random", seed=1, input_size=32,
                 progress=False, output_shards=True, resume=True)
+    # parts left without their index cannot be checked against the inputs: neither reused nor silently replaced
+    os.remove(out)
+    for resume in (False, True):
+        with pytest.raises(OutputError, match="holds parts without their index"):
+            extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True, resume=resume)
+    extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True, overwrite=True)
+    _same(tmp_path / "one.h5", out)
+    # two runs on one output: the second is refused in one line while the first holds the parts folder
+    from vggfeat.parts import _locked_folder
+
+    held = _locked_folder(parts_dir(out))
+    try:
+        r = run_cli("extract", image_folder, "-o", out, "--output-shards", "--resume", *FAST_CLI)
+        assert r.returncode == 2 and "is in use by another process" in r.stderr and r.stderr.count("\n") == 1
+    finally:
+        held.close()
     with pytest.raises(InputError):
         open_features(tmp_path / "nothing.h5")
     with pytest.raises(InputError, match="rows must be at least 1"):
@@ -282,7 +318,7 @@ def test_verify_checks_every_part_of_an_index(tmp_path, fx, image_folder):
     out = tmp_path / "f.h5"
     extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True)
     r = run_cli("verify", out)
-    assert r.returncode == 0 and "1 part, 12 rows; every part intact" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "1 part, 12 rows, 0 failed images; every part intact" in r.stdout, r.stdout + r.stderr
     with h5py.File(parts_dir(out) + "/part-000000.h5", "r+") as f:
         f["features/pool5"][3, 0] += 1
     r = run_cli("verify", out)

@@ -25,6 +25,7 @@ a single file; `merge_parts` (`vggfeat merge`) turns an index into the single fi
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import os
@@ -71,6 +72,18 @@ class Unit:
     name: str
     inputs: object
     images: int | None = None  # known for loose images, not for a shard (not listed in advance)
+
+    @property
+    def key(self) -> str:
+        """What the unit holds, as far as is known without reading it: a shard's name (shards are
+        immutable by the WebDataset convention), or a digest of the loose images' stored paths."""
+        from .shards import ShardInputs
+
+        if isinstance(self.inputs, ShardInputs) and len(self.inputs.sources) == 1 \
+                and self.inputs.sources[0].kind == "shard":
+            return "shard:" + self.inputs.sources[0].name
+        names = [s.name for s in self.inputs.sources] if isinstance(self.inputs, ShardInputs) else self.inputs.paths
+        return "images:" + hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def units_of(images, per_part=LOOSE_PER_PART) -> list:
@@ -147,7 +160,7 @@ def part_counts(path) -> tuple[int, int]:
 
 
 def write_part(unit: Unit, path, extractor, *, settings, class_names, dtype, compression=None, workers=None,
-               strict=False, max_pixels=None, on_batch=None) -> PartReport:
+               strict=False, max_pixels=None, on_batch=None, run_id="") -> PartReport:
     """Extract `unit` into the part `path`: written beside it and renamed into place when complete,
     so that a part that exists under its name holds its whole unit. An earlier unfinished attempt is
     replaced."""
@@ -164,7 +177,7 @@ def write_part(unit: Unit, path, extractor, *, settings, class_names, dtype, com
     failures = []
     done = False
     try:
-        writer.set_attrs(part_number=unit.number, part_of=unit.name)
+        writer.set_attrs(part_number=unit.number, part_of=unit.name, part_key=unit.key, run_id=run_id)
         for batch in iter_features(unit.inputs, extractor, workers=workers, progress=False, strict=strict,
                                    max_pixels=max_pixels or MAX_PIXELS):
             writer.append(batch.paths, batch.labels, batch.features, batch.failed)
@@ -200,6 +213,7 @@ class Index:
     names: list  # the unit each part holds
     rows: np.ndarray  # rows per part (-1: not complete when the index was written)
     failed: np.ndarray
+    keys: list = field(default_factory=list)  # what each part's unit holds (`Unit.key`)
 
     @property
     def complete(self) -> bool:
@@ -221,7 +235,7 @@ def is_index(path) -> bool:
 
 
 def write_index(path, *, settings, class_names, feature_shapes, dtype, compression, units, rows, failed,
-                folder, complete):
+                folder, complete, run_id=""):
     """Write the index `path` whole (beside it, then renamed over it: it is never half-written)."""
     import h5py
 
@@ -245,11 +259,13 @@ def write_index(path, *, settings, class_names, feature_shapes, dtype, compressi
         f.attrs["complete"] = bool(complete)
         f.attrs["feature_shapes"] = json.dumps({k: list(map(int, v)) for k, v in feature_shapes.items()})
         f.attrs["parts_folder"] = rel
+        f.attrs["run_id"] = run_id
         f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=STRING)
         g = f.create_group("parts")
         g.create_dataset("files", data=np.array([f"{rel}/{part_name(u.number)}" for u in units], dtype=object),
                          dtype=STRING)
         g.create_dataset("names", data=np.array([u.name for u in units], dtype=object), dtype=STRING)
+        g.create_dataset("keys", data=np.array([u.key for u in units], dtype=object), dtype=STRING)
         g.create_dataset("rows", data=np.asarray(rows, dtype=np.int64).reshape(-1))
         g.create_dataset("failed", data=np.asarray(failed, dtype=np.int64).reshape(-1))
     fd = os.open(tmp, os.O_RDONLY)
@@ -284,6 +300,7 @@ def read_index(path) -> Index:
             rows = f["parts/rows"][()].astype(np.int64)
             failed = f["parts/failed"][()].astype(np.int64)
             class_names = decode_strings(f["class_names"][()])
+            keys = decode_strings(f["parts/keys"][()]) if "parts/keys" in f else []
     except OutputError:
         raise
     except (OSError, KeyError, ValueError) as exc:
@@ -293,28 +310,72 @@ def read_index(path) -> Index:
     for name in files:
         if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             raise OutputError(f"{path} names a part outside its folder: {name}")
-    return Index(path, attrs, class_names, shapes, files, names, rows, failed)
+    return Index(path, attrs, class_names, shapes, files, names, rows, failed, keys)
+
+
+def check_part(index: Index, i: int, f) -> tuple[int, int]:
+    """Check that the open part file `f` is part `i` of `index` (the same run, the same unit, and, in a
+    complete index, the rows and failures it records); returns its committed (rows, failures)."""
+    from .config import attr_value
+    from .store import committed_counts
+
+    path = index.part_path(i)
+    n, m = committed_counts(f)
+    run = attr_value(f.attrs.get("run_id", ""))
+    number = int(attr_value(f.attrs.get("part_number", -1)))
+    key = attr_value(f.attrs.get("part_key", ""))
+    if run != index.attrs.get("run_id", "") or number != i or (index.keys and key != index.keys[i]):
+        raise OutputError(f"{path} is not part {i} of {index.path} (it belongs to another run or another "
+                          "part: an --overwrite cut short, or files moved by hand); run the extraction again "
+                          "with --overwrite")
+    if index.complete and (n, m) != (int(index.rows[i]), int(index.failed[i])):
+        raise OutputError(f"{path} holds {n} rows and {m} failures, its index {index.path} says "
+                          f"{int(index.rows[i])} and {int(index.failed[i])}: one of them was changed")
+    return n, m
 
 
 # ---- extracting into parts -------------------------------------------------------------------------
 
 
 _INDEX_ONLY = ("format", "format_version", "feature_shapes", "parts_folder", "created", "vggfeat_version",
-               "complete", "dtype", "compression")
+               "complete", "dtype", "compression", "run_id")
 
 
 def check_parts_output(output, *, resume, overwrite):
     """Checks of an index output before anything is built (beyond `FeatureWriter.check_output`)."""
     folder = parts_dir(output)
     exists = os.path.lexists(output)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"{folder} is in the way of the parts' folder: it is not a folder")
     if exists and resume and not is_index(output):
         raise OutputError(f"{output} is a single feature file, not an index of parts: resume it without "
                           "--output-shards")
-    if os.path.exists(folder) and not exists and not (resume or overwrite):
-        raise OutputError(f"{folder} holds parts of an unfinished run; pass --resume to finish it or "
-                          "--overwrite to start again")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise OutputError(f"{folder} is in the way of the parts' folder: it is not a folder")
+    if os.path.exists(folder) and not exists and not overwrite:
+        # the index is written before any part: parts without it cannot be told apart from another run's
+        raise OutputError(f"{folder} holds parts without their index {output}; they cannot be checked against "
+                          "the inputs: --overwrite starts again")
+    if os.path.isdir(folder):
+        _locked_folder(folder).close()  # a run in progress is refused now, before the network is built
+
+
+class _locked_folder:
+    """An exclusive lock (flock) on the parts folder, held for a whole run: a second run on the same
+    output is a one-line error, as for a single file."""
+
+    def __init__(self, folder):
+        from .store import lock
+
+        self.fd = os.open(folder, os.O_RDONLY)
+        try:
+            lock(self.fd, folder)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def check_single_output(output, *, resume):
@@ -323,87 +384,128 @@ def check_single_output(output, *, resume):
         raise OutputError(f"{output} is an index of parts (--output-shards): resume it with --output-shards")
 
 
+def reusable_part(path, run_id, unit, settings, dtype) -> bool:
+    """Whether the part at `path` is complete and holds `unit` for the run `run_id`, with its settings."""
+    from .config import attr_value
+    from .store import read_attrs, settings_differences
+
+    if not part_complete(path):
+        return False
+    attrs = read_attrs(path)
+    if attr_value(attrs.get("run_id", "")) != run_id or attr_value(attrs.get("part_key", "")) != unit.key:
+        return False
+    diffs = settings_differences(attrs, settings, dtype, path)
+    if diffs:
+        raise OutputError(f"cannot resume: {'; '.join(diffs)}")
+    return True
+
+
 def run_parts(images, output, extractor, runner, *, settings, resume, overwrite, dtype, compression, strict,
               progress, max_pixels, on_batch, batch_size):
     """Extract `images` into the index `output` and its parts with `runner` (an engine). Returns
     (report, total rows, parts)."""
+    import uuid
+
     from .store import settings_differences
 
     units = units_of(images)
     final = parts_dir(output)
-    folder = final + _TMP if overwrite and os.path.exists(output) else final
+    replacing = overwrite and os.path.exists(output)
+    folder = final + _TMP if replacing else final
     feature_shapes = extractor.output_shapes
     rows = np.full(len(units), -1, np.int64)
     failed = np.full(len(units), -1, np.int64)
-    if resume and os.path.exists(output):
+    resuming = resume and os.path.exists(output)
+    run_id = uuid.uuid4().hex
+    if resuming:
         index = read_index(output)
-        have = dict(index.attrs)
-        diffs = settings_differences(have, settings, dtype, output)
+        diffs = settings_differences(dict(index.attrs), settings, dtype, output)
         if diffs:
             raise OutputError(f"cannot resume {output}: its settings differ from this run's: " + "; ".join(diffs))
         if index.class_names != list(images.class_names):
             raise OutputError(f"cannot resume {output}: its classes {index.class_names} differ from the inputs' "
                               f"{list(images.class_names)}")
-        if index.names != [u.name for u in units]:
-            raise OutputError(f"cannot resume {output}: its parts were made from other inputs "
-                              f"({len(index.names)} parts, this run has {len(units)})")
-    elif os.path.isdir(folder) and folder == final and not resume:
-        shutil.rmtree(folder)  # parts left by an unfinished run, replaced as asked (--overwrite)
-    if folder != final and os.path.exists(folder):
-        shutil.rmtree(folder)  # a stale temporary folder of an interrupted --overwrite
-    os.makedirs(folder, exist_ok=True)
-    index_path = output if folder == final else output + _TMP
-    from .store import read_attrs
+        if (index.keys or index.names) != [u.key if index.keys else u.name for u in units]:
+            raise OutputError(f"cannot resume {output}: its parts were made from other inputs ({len(index.names)} "
+                              f"parts, this run has {len(units)}; parts are named after the inputs as given, so "
+                              "give the same inputs from the same folder)")
+        run_id = index.attrs.get("run_id", "")
+    os.makedirs(final, exist_ok=True)
+    held = _locked_folder(final)  # for the whole run: a second run on this output is refused
+    try:
+        if not resuming:
+            if folder == final:  # parts left by an unfinished run, replaced as asked (--overwrite)
+                for name in os.listdir(final):
+                    target = os.path.join(final, name)
+                    shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        if folder != final and os.path.exists(folder):
+            shutil.rmtree(folder)  # a stale temporary folder of an interrupted --overwrite
+        os.makedirs(folder, exist_ok=True)
+        index_path = output if folder == final else output + _TMP
+        if resuming:
+            for i, u in enumerate(units):
+                p = os.path.join(folder, part_name(u.number))
+                if reusable_part(p, run_id, u, settings, dtype):
+                    rows[i], failed[i] = part_counts(p)
+        skipped_rows = int(rows[rows >= 0].sum())
+        skipped_parts = int(np.count_nonzero(rows >= 0))
+        if not resuming:
+            write_index(index_path, settings=settings, class_names=images.class_names,
+                        feature_shapes=feature_shapes, dtype=dtype, compression=compression, units=units, rows=rows,
+                        failed=failed, folder=final, complete=False, run_id=run_id)
+        todo = [u for i, u in enumerate(units) if rows[i] < 0]
+        if skipped_parts:
+            log.info("resumed: %d of %d parts were complete and are not read again", skipped_parts, len(units))
+        report = {"written": 0, "failed": 0, "workers": 0, "parts": len(units), "skipped": skipped_rows}
+        try:
+            done_reports = runner.run_parts(todo, folder, extractor, settings=settings,
+                                            class_names=images.class_names, dtype=dtype, compression=compression,
+                                            strict=strict, progress=progress, max_pixels=max_pixels,
+                                            on_batch=on_batch, batch_size=batch_size, report=report, run_id=run_id)
+        except BaseException:
+            if replacing:  # the old output stays as it was; nothing of this run is kept
+                shutil.rmtree(folder, ignore_errors=True)
+                if os.path.exists(index_path):
+                    os.remove(index_path)
+            raise
+        for r in done_reports:
+            rows[r.number], failed[r.number] = r.rows, r.failed
+            report["written"] += r.rows
+            report["failed"] += r.failed
+        from .shards import ShardInputs, warn_unlabelled
 
-    for i, u in enumerate(units):
-        p = os.path.join(folder, part_name(u.number))
-        if resume and part_complete(p):
-            diffs = settings_differences(read_attrs(p), settings, dtype, p)
-            if diffs:  # parts left by another run (its index gone): never mixed into this one
-                raise OutputError(f"cannot resume {output}: {'; '.join(diffs)}")
-            rows[i], failed[i] = part_counts(p)
-    skipped_rows = int(rows[rows >= 0].sum())
-    skipped_parts = int(np.count_nonzero(rows >= 0))
-    if not (resume and os.path.exists(output)):
-        write_index(index_path, settings=settings, class_names=images.class_names, feature_shapes=feature_shapes,
-                    dtype=dtype, compression=compression, units=units, rows=rows, failed=failed, folder=final,
-                    complete=False)
-    todo = [u for i, u in enumerate(units) if rows[i] < 0]
-    if skipped_parts:
-        log.info("resumed: %d of %d parts were complete and are not read again", skipped_parts, len(units))
-    report = {"written": 0, "failed": 0, "workers": 0, "parts": len(units), "skipped": skipped_rows}
-    done_reports = runner.run_parts(todo, folder, extractor, settings=settings, class_names=images.class_names,
-                                    dtype=dtype, compression=compression, strict=strict, progress=progress,
-                                    max_pixels=max_pixels, on_batch=on_batch, batch_size=batch_size, report=report)
-    for r in done_reports:
-        rows[r.number], failed[r.number] = r.rows, r.failed
-        report["written"] += r.rows
-        report["failed"] += r.failed
-    from .shards import ShardInputs, warn_unlabelled
-
-    if isinstance(images, ShardInputs):
-        warn_unlabelled(images, sum(r.unlabelled for r in done_reports), sum(r.labelled for r in done_reports))
-    if (rows < 0).any():
-        missing = units[int(np.flatnonzero(rows < 0)[0])].name
-        raise OutputError(f"{int((rows < 0).sum())} parts of {output} were not written (first: {missing}); "
-                          "`--resume` continues")
-    if folder != final:  # --overwrite: the new parts replace the old ones now that they are all done
-        old = final + ".old" + _TMP
-        if os.path.exists(final):
+        if isinstance(images, ShardInputs):
+            warn_unlabelled(images, sum(r.unlabelled for r in done_reports), sum(r.labelled for r in done_reports))
+        if (rows < 0).any():
+            missing = units[int(np.flatnonzero(rows < 0)[0])].name
+            raise OutputError(f"{int((rows < 0).sum())} parts of {output} were not written (first: {missing}); "
+                              "`--resume --output-shards` continues")
+        complete = int(rows.sum()) > 0  # as a single file: an output with no row is not complete
+        if folder != final:
+            # --overwrite: the new index is written first, then the new parts take the old ones' place and
+            # the index replaces the old one; an index that met the other run's parts would refuse them
+            # (their run_id differs), never read them as its own
+            write_index(index_path, settings=settings, class_names=images.class_names,
+                        feature_shapes=feature_shapes, dtype=dtype, compression=compression, units=units, rows=rows,
+                        failed=failed, folder=final, complete=complete, run_id=run_id)
+            old = final + ".old" + _TMP
+            if os.path.exists(old):
+                shutil.rmtree(old)
             os.replace(final, old)
-        os.replace(folder, final)
-        if os.path.exists(old):
+            os.replace(folder, final)
+            os.replace(index_path, output)
             shutil.rmtree(old)
-    write_index(output, settings=settings, class_names=images.class_names, feature_shapes=feature_shapes,
-                dtype=dtype, compression=compression, units=units, rows=rows, failed=failed, folder=final,
-                complete=True)
-    if index_path != output and os.path.exists(index_path):
-        os.remove(index_path)
+        else:
+            write_index(output, settings=settings, class_names=images.class_names, feature_shapes=feature_shapes,
+                        dtype=dtype, compression=compression, units=units, rows=rows, failed=failed, folder=final,
+                        complete=complete, run_id=run_id)
+    finally:
+        held.close()
     return report, int(rows.sum()), len(units)
 
 
 def local_run_parts(units, folder, extractor, *, settings, class_names, dtype, compression, strict, progress,
-                    max_pixels, on_batch, workers, report, **_):
+                    max_pixels, on_batch, workers, report, run_id="", **_):
     """The local engine's `run_parts`: the units one after the other in this process."""
     from .stream import progress_bar
 
@@ -419,7 +521,7 @@ def local_run_parts(units, folder, extractor, *, settings, class_names, dtype, c
         for u in units:
             r = write_part(u, os.path.join(folder, part_name(u.number)), extractor, settings=settings,
                            class_names=class_names, dtype=dtype, compression=compression, workers=workers,
-                           strict=strict, max_pixels=max_pixels, on_batch=counted)
+                           strict=strict, max_pixels=max_pixels, on_batch=counted, run_id=run_id)
             out.append(r)
     except ExtractFailed:
         raise
@@ -456,14 +558,17 @@ class FeatureSet:
         from .store import open_read, committed_counts
 
         self.path = os.fspath(path)
+        self._index = None
         if is_index(self.path):
-            index = read_index(self.path)
+            index = self._index = read_index(self.path)
             self.attrs = index.attrs
             self.class_names = index.class_names
             shapes = index.feature_shapes
             self.parts = [index.part_path(i) for i in range(len(index.files))]
+            self._numbers = list(range(len(self.parts)))
             if not index.complete:
                 keep = [i for i, p in enumerate(self.parts) if part_complete(p)]
+                self._numbers = keep
                 import warnings
 
                 warnings.warn(f"{self.path} is incomplete (the run was interrupted): {len(keep)} of "
@@ -519,26 +624,36 @@ class FeatureSet:
     def labels(self) -> np.ndarray:
         """Every row's label (int64, -1 where unlabelled): 8 bytes a row, read part by part."""
         out = np.empty(len(self), np.int64)
-        for i, p in enumerate(self.parts):
+        for i in range(len(self.parts)):
             a, b = self.offsets[i], self.offsets[i + 1]
-            with self._open(p) as f:
+            with self._open(i) as f:
                 out[a:b] = f["labels"][: b - a]
         return out
 
     def failed(self) -> list:
-        out = []
-        for p in self.parts:
-            with self._open(p) as f:
-                from .store import decode_strings, committed_counts
+        from .store import committed_counts, decode_strings
 
+        out = []
+        for i in range(len(self.parts)):
+            with self._open(i) as f:
                 _, m = committed_counts(f)
                 out.extend(zip(decode_strings(f["failed/paths"][:m]), decode_strings(f["failed/reasons"][:m])))
         return out
 
-    def _open(self, p):
+    def _open(self, i):
+        """The `i`-th file read, opened; a part of an index is checked to be that index's part."""
         from .store import open_read
 
-        return open_read(p)
+        f = open_read(self.parts[i])
+        if self._index is not None:
+            try:
+                n, _ = check_part(self._index, self._numbers[i], f)
+                if n != int(self._rows[i]):
+                    raise OutputError(f"{self.parts[i]} holds {n} rows, {self.path} says {int(self._rows[i])}")
+            except BaseException:
+                f.close()
+                raise
+        return f
 
     def iter_batches(self, rows=8192, *, verify=True):
         """Yield `Rows` of at most `rows` consecutive rows, in row order, reading only them (and, with
@@ -551,7 +666,7 @@ class FeatureSet:
         key = f"features/{self.layer}"
         for i, p in enumerate(self.parts):
             n = int(self._rows[i])
-            with self._open(p) as f:
+            with self._open(i) as f:
                 records = f["commits"][()] if verify and "commits" in f else None
                 cols = commit_columns(f) if records is not None else []
                 if records is not None:
@@ -700,9 +815,20 @@ def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[
     if not index.complete:
         raise OutputError(f"{index_path} is incomplete (the run was interrupted); `vggfeat extract --resume "
                           "--output-shards` completes it first")
-    FeatureWriter.check_output(output, overwrite=overwrite)
     if os.path.abspath(output) == os.path.abspath(index_path):
         raise OutputError("the merged file must not replace its own index")
+    folder = os.path.dirname(index.part_path(0)) if index.files else None
+    if folder and os.path.abspath(os.path.dirname(os.path.abspath(output))) == os.path.abspath(folder):
+        raise OutputError(f"the merged file must not go into the index's parts folder {folder}")
+    FeatureWriter.check_output(output, overwrite=overwrite)
+    from .store import open_read
+
+    for i in range(len(index.files)):  # every part there and its index's, before anything is written
+        p = index.part_path(i)
+        if not part_complete(p):
+            raise OutputError(f"{index_path}: its part {p} is missing or incomplete")
+        with open_read(p) as f:
+            check_part(index, i, f)
     settings = {k: v for k, v in index.attrs.items() if k not in _INDEX_ONLY}
     layers = list(index.feature_shapes)
     writer = FeatureWriter.create(output, settings=settings, feature_shapes=index.feature_shapes,
@@ -714,16 +840,16 @@ def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[
     ok = False
     try:
         for i in range(len(index.files)):
-            p = index.part_path(i)
-            if not part_complete(p):
-                raise OutputError(f"{index_path}: its part {p} is missing or incomplete")
-            r, fl = append_part(writer, p, layers, on_rows=bar.update)
+            r, fl = append_part(writer, index.part_path(i), layers, on_rows=bar.update)
             rows += r
             failures += fl
         ok = True
     finally:
         bar.close()
+        fresh = writer.path == writer.final_path  # not an --overwrite (whose old file stays if this fails)
         writer.close(complete=ok and rows > 0)
+        if not ok and fresh and os.path.exists(output):
+            os.remove(output)  # a merge cut short leaves nothing: it is simply run again
     return rows, failures
 
 

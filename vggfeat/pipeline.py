@@ -399,12 +399,16 @@ def _run_parts(images, output, extractor, runner, *, settings, resume, overwrite
     from .parts import parts_dir, run_parts
 
     start = time.perf_counter()
+    replacing = overwrite and os.path.exists(output)
     try:
         report, total_rows, parts = run_parts(images, output, extractor, runner, settings=settings, resume=resume,
                                               overwrite=overwrite, dtype=dtype, compression=compression,
                                               strict=strict, progress=progress, max_pixels=max_pixels,
                                               on_batch=on_batch, batch_size=batch_size)
     except KeyboardInterrupt:
+        if replacing:
+            raise ExtractInterrupted(f"{output} and its parts were left as they were before this --overwrite run "
+                                     "(run it again to replace them)") from None
         raise ExtractInterrupted(f"the parts completed so far are kept in {parts_dir(output)}; `--resume "
                                  "--output-shards` continues") from None
     seconds = time.perf_counter() - start

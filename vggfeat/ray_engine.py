@@ -211,9 +211,10 @@ class PartWorker:
     again from its start by the next one: never half, never twice."""
 
     def __init__(self, folder, config, batch_size, settings, class_names, dtype, compression, decode_workers,
-                 max_pixels, strict, env):
+                 max_pixels, strict, env, run_id=""):
         os.environ.update(env)
         self.extractor = _worker_extractor(config, batch_size)
+        self.run_id = run_id
         self.folder, self.settings, self.class_names = folder, settings, class_names
         self.dtype, self.compression, self.decode_workers = dtype, compression, decode_workers
         self.max_pixels, self.strict = max_pixels, strict
@@ -230,7 +231,7 @@ class PartWorker:
             r = write_part(unit, os.path.join(self.folder, part_name(unit.number)), self.extractor,
                            settings=self.settings, class_names=self.class_names, dtype=self.dtype,
                            compression=self.compression, workers=self.decode_workers, strict=self.strict,
-                           max_pixels=self.max_pixels, on_batch=lambda b: paths.extend(b.paths))
+                           max_pixels=self.max_pixels, on_batch=lambda b: paths.extend(b.paths), run_id=self.run_id)
             numbers.append(unit.number)
             results.append(json.dumps({"rows": r.rows, "failed": r.failures, "paths": paths,
                                        "unlabelled": r.unlabelled, "labelled": r.labelled,
@@ -481,14 +482,14 @@ class RayEngine:
                    resume=resume, strict=strict, progress=progress, max_pixels=max_pixels, on_batch=on_batch)
 
     def run_parts(self, units, folder, extractor, *, settings, class_names, dtype, compression, strict, progress,
-                  max_pixels, on_batch, batch_size, report, **_) -> list:
+                  max_pixels, on_batch, batch_size, report, run_id="", **_) -> list:
         """Write the part of each of `units` into `folder` on the cluster's workers (see `vggfeat.parts`)."""
         if not units:
             return []
         reports, used = _extract_units(self.cluster, units, os.path.abspath(folder), config=extractor.config,
                                        batch_size=batch_size, settings=settings, class_names=class_names, dtype=dtype,
                                        compression=compression, decode_workers=self.decode_workers, strict=strict,
-                                       progress=progress, max_pixels=max_pixels, on_batch=on_batch)
+                                       progress=progress, max_pixels=max_pixels, on_batch=on_batch, run_id=run_id)
         report["workers"] = max(report.get("workers", 0), used)
         return reports
 
@@ -496,20 +497,14 @@ class RayEngine:
                    on_batch, batch_size):
         """Tar shards and URLs into one output: each unit (a shard) is extracted into a part in the work
         folder by a worker, then the parts are appended to `writer` in order (rows it holds skipped)."""
-        from .parts import append_part, part_complete, part_name, units_of
-        from .store import read_attrs, settings_differences
+        from .parts import reusable_part, append_part, part_name, units_of
 
         units = units_of(images)
         os.makedirs(folder, exist_ok=True)
-        todo = []
-        for u in units:
-            p = os.path.join(folder, part_name(u.number))
-            if resume and part_complete(p):
-                diffs = settings_differences(read_attrs(p), settings, dtype, p)
-                if diffs:
-                    raise OutputError(f"cannot resume the sharded run in {folder}: {'; '.join(diffs)}")
-                continue
-            todo.append(u)
+        # a part complete, of the same unit and settings, is kept (parts of the work folder have no run id:
+        # the output's own lock already keeps a second run out)
+        todo = [u for u in units if not (resume and reusable_part(os.path.join(folder, part_name(u.number)), "", u,
+                                                                settings, dtype))]
         report = {"written": 0, "failed": 0, "workers": 0, "shards": len(units)}
         if todo:
             from .shards import warn_unlabelled
@@ -702,7 +697,7 @@ def _absolute(unit):
 
 
 def _extract_units(cluster, units, folder, *, config, batch_size, settings, class_names, dtype, compression,
-                   decode_workers, strict, progress, max_pixels, on_batch):
+                   decode_workers, strict, progress, max_pixels, on_batch, run_id=""):
     """Run `units` on a pool of `PartWorker`s, one unit per task; returns (part reports, pool size)."""
     import pickle
 
@@ -729,7 +724,8 @@ def _extract_units(cluster, units, folder, *, config, batch_size, settings, clas
         PartWorker,
         fn_constructor_kwargs=dict(folder=folder, config=config, batch_size=batch_size, settings=settings,
                                    class_names=class_names, dtype=dtype, compression=compression,
-                                   decode_workers=decode_workers, max_pixels=max_pixels, strict=False, env=env),
+                                   decode_workers=decode_workers, max_pixels=max_pixels, strict=False, env=env,
+                                   run_id=run_id),
         batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=cluster.gpus_per_worker or None, num_cpus=1,
     )

@@ -1149,3 +1149,4 @@ commit_columns = _columns
 crc = _crc
 crc_strings = _crc_strings
 as_bunch = _loaded
+lock = _lock
