@@ -68,7 +68,9 @@ def _interrupts_after_import():
     def hold(signum, frame):
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the process was started with ignored (a background job's SIGINT, nohup) stays ignored
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -31,6 +31,12 @@ def _cli(*args):
     return [sys.executable, "-m", "vggfeat_cli", *map(str, args)]
 
 
+def _as_from_a_terminal():
+    """SIGINT as a terminal's Ctrl-C delivers it: a test run started in the background (`pytest &`, whose
+    children inherit SIGINT ignored) must not make the Ctrl-C tests meaningless."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(*args, **kw):
     return subprocess.run(_cli(*args), cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
@@ -264,7 +270,8 @@ def test_kill_9_of_a_compressed_cli_run_then_resume_equals_a_clean_run(tmp_path,
 
 
 def _start_and_wait_for_rows(args, out, rows=8):
-    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if out.exists():
@@ -549,7 +556,7 @@ def _signal_while_loading(folder, out, sig, delay):
     """Start extract, send `sig` `delay` s after its "loading" line (TensorFlow imports then); return (code, stderr)."""
     args = [a for a in ARGS if a != "-q"]
     proc = subprocess.Popen(_cli("extract", folder, *args, "-o", out), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)
     lines = []
     for line in proc.stderr:
         lines.append(line)
