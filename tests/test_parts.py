@@ -325,3 +325,30 @@ def test_verify_checks_every_part_of_an_index(tmp_path, fx, image_folder):
     assert r.returncode == 1 and "part-000000.h5: DAMAGED: rows" in r.stdout and "1 damaged or missing" in r.stdout
     r = run_cli("verify", out, "--repair", tmp_path / "x.h5")
     assert r.returncode == 2 and "--repair takes one file" in r.stderr
+
+
+def test_a_full_disk_mid_run_keeps_the_complete_parts_and_resume_completes(tmp_path, monkeypatch, fx):
+    """ENOSPC injected into the writes (after about 3 parts' bytes): one error naming `--resume
+    --output-shards`, no half-written part left, and the resumed index equals an uninterrupted run."""
+    import errno
+
+    from test_faults import _inject_write_failure
+    from vggfeat.errors import WriteFailed
+
+    monkeypatch.chdir(tmp_path)
+    dataset(".", shards=5)
+    inputs = ["shards/{00000..00004}.tar"]
+    extract(inputs, "one.h5", extractor=fx, progress=False)
+    extract(["shards/00000.tar"], "probe.h5", extractor=fx, progress=False, output_shards=True)
+    per_part = os.path.getsize("probe.h5.parts/part-000000.h5")  # what writing a part costs, in bytes
+    _inject_write_failure(monkeypatch, int(2.5 * per_part), errno.ENOSPC)
+    with pytest.raises(WriteFailed, match=r"No space left on device; the complete parts of idx.h5 are kept; "
+                                          r"`--resume --output-shards` continues"):
+        extract(inputs, "idx.h5", extractor=fx, progress=False, output_shards=True)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    done = sorted(os.listdir("idx.h5.parts"))
+    assert 0 < len(done) < 5 and all(n.endswith(".h5") for n in done)  # no half-written part
+    summary = extract(inputs, "idx.h5", extractor=fx, progress=False, output_shards=True, resume=True)
+    assert summary.skipped == 3 * len(done) and summary.written == 15 - 3 * len(done)
+    _same("one.h5", "idx.h5")

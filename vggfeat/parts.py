@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .errors import ExtractFailed, InputError, LayerError, OutputError
+from .errors import ExtractFailed, InputError, LayerError, OutputError, WriteFailed
 from .shards import LOOSE_PER_UNIT
 
 log = logging.getLogger("vggfeat")
@@ -462,11 +462,15 @@ def run_parts(images, output, extractor, runner, *, settings, resume, overwrite,
                                             class_names=images.class_names, dtype=dtype, compression=compression,
                                             strict=strict, progress=progress, max_pixels=max_pixels,
                                             on_batch=on_batch, batch_size=batch_size, report=report, run_id=run_id)
-        except BaseException:
+        except BaseException as exc:
             if replacing:  # the old output stays as it was; nothing of this run is kept
                 shutil.rmtree(folder, ignore_errors=True)
                 if os.path.exists(index_path):
                     os.remove(index_path)
+            if isinstance(exc, WriteFailed):  # said of the part; what the user does is about the index
+                what = (f"{output} and its parts were left as they were before this --overwrite run" if replacing
+                        else f"the complete parts of {output} are kept; `--resume --output-shards` continues")
+                raise WriteFailed(f"{str(exc).split('; ')[0]}; {what}") from None
             raise
         for r in done_reports:
             rows[r.number], failed[r.number] = r.rows, r.failed
