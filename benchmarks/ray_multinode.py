@@ -14,41 +14,23 @@ nodes are stopped (`ray stop`) whatever happens.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
 import numpy as np
+from output_shards import make_shards  # benchmarks/ is the script's folder
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_shards(folder, shards, per_shard):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    os.makedirs(folder)
-    for s in range(shards):
-        with tarfile.open(os.path.join(folder, f"{s:05d}.tar"), "w") as t:
-            for i in range(per_shard):
-                key = f"{s * per_shard + i:08d}"
-                buf = io.BytesIO()
-                Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-                for ext, data in (("jpg", buf.getvalue()), ("cls", str(i % 3).encode())):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    t.addfile(info, io.BytesIO(data))
 
 
 def ray_bin():

@@ -33,7 +33,6 @@ import shutil
 import time
 import zlib
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
 import numpy as np
 
@@ -239,23 +238,14 @@ def write_index(path, *, settings, class_names, feature_shapes, dtype, compressi
     """Write the index `path` whole (beside it, then renamed over it: it is never half-written)."""
     import h5py
 
-    from ._version import __version__
-    from .store import STRING
+    from .store import STRING, write_root_attrs
 
     tmp = path + _TMP
     if os.path.exists(tmp):
         os.remove(tmp)
     rel = os.path.basename(os.path.normpath(folder))
     with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = INDEX_FORMAT
-        f.attrs["format_version"] = INDEX_VERSION
-        for k, v in settings.items():
-            if v is not None:
-                f.attrs[k] = v
-        f.attrs["dtype"] = dtype
-        f.attrs["compression"] = compression or "none"
-        f.attrs["vggfeat_version"] = __version__
-        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_root_attrs(f, INDEX_FORMAT, INDEX_VERSION, settings, dtype, compression)
         f.attrs["complete"] = bool(complete)
         f.attrs["feature_shapes"] = json.dumps({k: list(map(int, v)) for k, v in feature_shapes.items()})
         f.attrs["parts_folder"] = rel

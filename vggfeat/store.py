@@ -422,6 +422,20 @@ def _verify_open(f, path, start_row=0) -> VerifyReport:
 # Writing.
 
 
+def write_root_attrs(f, fmt, version, settings, dtype, compression):
+    """The root attributes every vggfeat output starts with: its format, the run's settings, the storage
+    dtype and compression, the version of vggfeat and the time (a file's, and an index's of parts)."""
+    f.attrs["format"] = fmt
+    f.attrs["format_version"] = version
+    for k, v in settings.items():
+        if v is not None:
+            f.attrs[k] = v
+    f.attrs["dtype"] = dtype
+    f.attrs["compression"] = compression or "none"
+    f.attrs["vggfeat_version"] = __version__
+    f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class FeatureWriter:
     """Append-only writer of the vggfeat HDF5 layout, committing whole chunks with checksums.
 
@@ -527,15 +541,7 @@ class FeatureWriter:
         try:
             _lock(fd, target)
             f = h5py.File(io, "w")
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            for k, v in settings.items():
-                if v is not None:
-                    f.attrs[k] = v
-            f.attrs["dtype"] = dtype
-            f.attrs["compression"] = compression or "none"
-            f.attrs["vggfeat_version"] = __version__
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_root_attrs(f, FORMAT, FORMAT_VERSION, settings, dtype, compression)
             f.attrs["complete"] = False
             f.attrs["clean_rows"] = 0
             np_dtype = np.dtype(dtype)
@@ -1048,34 +1054,8 @@ def repair(src, dst) -> tuple[int, int]:
 
 
 def load_features(path, layer=None, *, return_X_y=False, verify=True):
-    """Read a vggfeat file: features of one layer, labels, paths and class names.
-
-    Args:
-        path: a file written by `vggfeat extract`.
-        layer: the layer as named at extraction (`fc7`); may be omitted when the file has one.
-        return_X_y: return `(features, labels)` only, as scikit-learn's loaders do: the labelled rows
-            only. Unlabelled rows (label -1: images at the top of the folder, or with no label in a
-            list) are left out with a warning that says how many, so that scikit-learn never takes
-            -1 for a class; the Bunch (the default) keeps every row.
-        verify: check every row read against its commit record's checksum (CRC-32; costs about as
-            much as reading the file once more from the page cache). Damaged rows raise
-            `OutputError` naming them; `verify=False` skips the check.
-
-    Returns:
-        A `sklearn.utils.Bunch` with `features` (N, ...) as stored, `labels` (N,) int64 (-1 where
-        unlabelled), `paths` (N,) str, `class_names` (K,) str, `failed` (list of (path, reason)),
-        `layer`, and `attrs` (the settings the file was made with). Row i belongs to `paths[i]`.
-        Only committed rows are returned: rows of a batch that a crash cut short are not.
-
-    Examples:
-        >>> data = load_features("features.h5", "fc7")          # doctest: +SKIP
-        >>> from sklearn.svm import LinearSVC
-        >>> LinearSVC().fit(data.features, data.labels)         # doctest: +SKIP
-    """
-    import warnings
-
-    from sklearn.utils import Bunch
-
+    """Read one vggfeat file whole (not an index of parts). The public `vggfeat.load_features`
+    (`vggfeat.parts.load_features`, which documents the arguments and what is returned) reads either."""
     path = os.fspath(path)
     with _open_read(path) as f:
         names = list(f["features"].keys())
