@@ -338,6 +338,13 @@ def check_parts_output(output, *, resume, overwrite):
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise OutputError(f"{folder} is in the way of the parts' folder: it is not a folder")
     if exists and resume and not is_index(output):
+        import h5py
+
+        try:
+            with h5py.File(output, "r"):
+                pass
+        except OSError:
+            read_index(output)  # says in one line why it cannot be read (truncated, not HDF5...)
         raise OutputError(f"{output} is a single feature file, not an index of parts: resume it without "
                           "--output-shards")
     if os.path.exists(folder) and not exists and not overwrite:

@@ -47,6 +47,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import stat
 import zlib
 from dataclasses import dataclass, field
@@ -220,7 +221,10 @@ def _h5_error(path, exc) -> OutputError:
             size = -1
         what = "an empty file (0 bytes)" if size == 0 else "not an HDF5 file"
         return OutputError(f"{path} is {what}")
-    if "lock" in text.lower():
+    if "truncated file" in text.lower():  # HDF5's own words; "sblock" below is not a lock
+        return OutputError(f"{path} is truncated (its end is missing: a copy or a download cut short?); it "
+                           "cannot be opened")
+    if re.search(r"\block(ing)?\b", text.lower()):
         return OutputError(f"{path} is in use by another process: another program is writing it")
     return OutputError(f"cannot open {path} as HDF5: {text}")
 
