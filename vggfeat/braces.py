@@ -5,8 +5,9 @@ The names and their order are those of `vggfeat.shards.expand_braces` (the refer
 varies slowest; `{a..b}` is a range of integers, spelt with the width of `a` when `a` starts with 0 (after
 an optional `-`), as `str(n).zfill(width)` (so `{-05..05}` gives `-5 ... -1 00 01 ... 05`); `{x,y}` is a
 list (empty items and repeats are kept: `{a,}` gives `a` and the empty string; `{a,a}` gives `a`
-twice); a `{...}` that is neither (`{x}`, `{}`, `{1..a}`) is plain text, as is a lone `{` or `}`. Only difference: there is no limit
-on the size of a range here (`count` says it; the caller decides), so `{0..999999999}` is a billion names.
+twice); a `{...}` that is neither (`{x}`, `{}`, `{1..a}`) is plain text, as is a lone `{` or `}`. Only
+difference: there is no limit on the size of a range here (`count` says it; the caller decides), so
+`{0..999999999}` is a billion names.
 
 API (every function parses the pattern itself; a parse is cached):
 
