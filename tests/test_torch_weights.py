@@ -332,9 +332,37 @@ def test_timm_names_resolve_to_repository_and_file():
     assert tw.timm_repo("timm:vgg16_bn.tv_in1k") == ("timm/vgg16_bn.tv_in1k", "model.safetensors")
     assert tw.timm_model_name("timm:VGG11") == ("vgg11.tv_in1k", "vgg11")
     assert tw.timm_model_name("timm:vgg19_bn") == ("vgg19_bn.tv_in1k", "vgg19-bn")
-    for bad in ("timm:vgg17", "timm:resnet50", "timm:vgg16_bn.tv/../x", "timm:"):
-        with pytest.raises(WeightsError, match=r"unknown timm weights .* e.g. timm:vgg16_bn.tv_in1k"):
+    for bad in ("timm:vgg17", "timm:resnet50", "timm:vgg16_bn.tv/../x", "timm:", "timm:vgg16.", "timm:vgg16._x",
+                "timm:vgg16.tv in1k", "timm:vgg16.tv-in1k", "timm:vgg16.tv\nin1k", "timm:vgg16." + "a" * 65):
+        with pytest.raises(WeightsError, match=r"unknown timm weights .* e.g. timm:vgg16_bn.tv_in1k") as err:
             tw.timm_repo(bad)
+        assert "\n" not in str(err.value) and len(str(err.value)) < 400, bad
+    assert tw.timm_repo("timm:vgg16." + "a" * 64) == ("timm/vgg16." + "a" * 64, "model.safetensors")  # the longest
+
+
+def test_long_timm_name_is_one_line_before_huggingface_hub(tmp_path):
+    """Issue 20 (15): `timm:vgg16.<300 letters>` reached huggingface_hub, whose HFValidationError came out as a
+    traceback. The tag is checked first: one line naming it (cut, with its length); the hub is never imported."""
+    import subprocess
+    import sys
+
+    tag = "a" * 300
+    with pytest.raises(WeightsError, match=r"the tag 'a{20}'\.\.\. is 300 characters long \(at most 64\)"):
+        tw.timm_model_name(f"timm:vgg16.{tag}")
+    code = ("import sys\nfrom vggfeat import describe_weights\nfrom vggfeat.errors import WeightsError\n"
+            f"try:\n    describe_weights('timm:vgg16.{tag}')\nexcept WeightsError as e:\n    print(e)\n"
+            "print('huggingface_hub' in sys.modules)")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.splitlines()[1:] == ["False"] and "300 characters long" in out.splitlines()[0], out
+    for command in (("info", "--weights"), ("extract", tmp_path, "-o", tmp_path / "out.h5", "--weights")):
+        result = run_cli(*command, f"timm:vgg16.{tag}", env={"HF_HOME": str(tmp_path / "hf")})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("Error: unknown timm weights 'timm:vgg16.aaaaaaaa"), lines[0]
+        assert "(311 characters)" in lines[0]
+        assert "Traceback" not in result.stderr and "HFValidationError" not in result.stderr
+    assert not (tmp_path / "out.h5").exists()
 
 
 def hf_cache(root, name, state):

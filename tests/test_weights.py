@@ -176,3 +176,63 @@ def test_full_size_vgg16_legacy_file_fc7_equals_keras(tmp_path):
     ours = fx.predict(list(x))["fc7"]
     theirs = keras_fc2(model, x)
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite weights (issue 20, 14): refused where a file's values are loaded, naming the variable
+# ---------------------------------------------------------------------------------------------
+
+
+def _with(model, layer, index, position, value):
+    weights = model.get_layer(layer).get_weights()
+    weights[index].reshape(-1)[position] = value
+    model.get_layer(layer).set_weights(weights)
+    return model
+
+
+def test_non_finite_keras_weights_are_refused_naming_the_variable(tmp_path):
+    """A NaN or inf written by Keras itself into `.weights.h5`, `.keras` and legacy `.h5` files (tiny trunks):
+    one line naming the file, the stored variable and its VGG layer; with no check they load and give NaN or,
+    after ReLU and max pooling, quietly wrong features."""
+    from vggfeat.weights import check_finite_weights
+
+    nan = _with(build_vgg("vgg11", include_top=False, input_size=32, seed=0), "block2_conv1", 0, 7, np.nan)
+    save_legacy_h5(nan, tmp_path / "nan.h5")
+    W.save_weights(nan, str(tmp_path / "nan.weights.h5"))
+    nan.save(tmp_path / "nan.keras")
+    inf = _with(build_vgg("vgg11-bn", include_top=False, input_size=32, seed=0), "block3_bn2", 3, 5, np.inf)
+    inf.save(tmp_path / "inf.keras")
+    cases = {
+        "nan.h5": r"weight file nan.h5: tensor 'block2_conv1/kernel(:0)?' holds NaN",
+        "nan.weights.h5": r"weight file nan.weights.h5: tensor 'layers/conv2d_1/vars/0' \(block2_conv1 kernel\) "
+                          r"holds NaN",
+        "nan.keras": r"weight file nan.keras/model.weights.h5: tensor 'layers/conv2d_1/vars/0' \(block2_conv1 kernel\) "
+                     r"holds NaN",
+        "inf.keras": r"weight file inf.keras/model.weights.h5: tensor 'layers/batch_normalization_3/vars/3' "
+                     r"\(block3_bn2 moving_variance\) holds infinite values",
+    }
+    for name, words in cases.items():
+        with pytest.raises(WeightsError, match=words + r": weights must be finite numbers") as err:
+            load_network(None, str(tmp_path / name), include_top=False)
+        assert "\n" not in str(err.value)
+    # the same files without the bad value load
+    good = build_vgg("vgg11", include_top=False, input_size=32, seed=0)
+    good.save(tmp_path / "good.keras")
+    load_network(None, str(tmp_path / "good.keras"), include_top=False)
+    check_finite_weights(str(tmp_path / "good.keras"), ((3,), (3,), (3, 3), (3, 3), (3, 3)), None)
+
+
+def test_non_finite_keras_model_stops_extract_in_one_line(tmp_path):
+    from conftest import make_folder, run_cli
+
+    model = _with(build_vgg("vgg11", input_size=32, classes=3, seed=0), "fc2", 1, 9, -np.inf)
+    model.save(tmp_path / "diverged.keras")
+    make_folder(str(tmp_path / "images"), per_class=1)
+    result = run_cli("extract", tmp_path / "images", "-o", tmp_path / "out.h5", "--weights",
+                     tmp_path / "diverged.keras", "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == ("Error: weight file diverged.keras/model.weights.h5: tensor 'layers/dense_1/vars/1' (fc2 bias) "
+                        "holds infinite values: weights must be finite numbers (the file is damaged, or was saved "
+                        "from a training run that diverged)")
+    assert not (tmp_path / "out.h5").exists()

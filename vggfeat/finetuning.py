@@ -220,7 +220,42 @@ def check_output(output, *, resume=False, overwrite=False) -> str:
         if not os.path.isdir(work):
             raise OutputError(f"{output} exists and there is no interrupted run ({work}) to resume; pass "
                               "--overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise OutputError(f"the output folder does not exist: {parent}")
+    # the model, its log and plot go to `parent`, the checkpoints to `work`: a read-only, unwritable or full
+    # folder is an error now, in one line, not an OSError once the network is built and trained
+    _probe(parent, output)
+    if resume and os.path.isdir(work):
+        _probe(work, output)
     return work
+
+
+def _probe(folder, output):
+    """Create (O_CREAT|O_EXCL), write 4 kB to and remove a probe file in `folder`, as `extract` checks its
+    output (`FeatureWriter.check_output`, whose probe this is: that method refuses names other than HDF5's, and
+    the library imports no private name of another module); an OS error is one `OutputError` line."""
+    import errno
+
+    probe = os.path.join(folder, f".{os.path.basename(output)}.{os.getpid()}.probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        error = exc
+    else:
+        error = None
+        try:
+            os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            error = exc
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    if error is not None:
+        full = getattr(error, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        hint = "free some space" if full else "choose a folder you can write to"
+        raise OutputError(f"cannot write {output}: creating a file in {folder} failed ({error.strerror or error}); "
+                          f"{hint}")
 
 
 def _remove(path):

@@ -8,17 +8,21 @@ Two `--weights` values reach this module:
   - timm's (`features.N.*` as above, `pre_logits.fc1` a 7x7 convolution `(4096, 512, 7, 7)`, `pre_logits.fc2`
     `(4096, 4096, 1, 1)`, `head.fc` a Linear);
 - a timm model name, `timm:vgg16_bn.tv_in1k` (vgg11..vgg19, with or without `_bn`; the tag defaults to
-  `tv_in1k`): the file `model.safetensors` of the Hugging Face repository `timm/<name>`, taken from the standard
+  `tv_in1k`, and is at most 64 lower-case letters, digits and `_`, checked before `huggingface_hub` sees it):
+  the file `model.safetensors` of the Hugging Face repository `timm/<name>`, taken from the standard
   Hugging Face cache (so a file timm already downloaded is reused) or downloaded into it once with
   `huggingface_hub`. Offline, the error names the repository and file, the cache, and `--weights PATH`.
 
 The architecture is read from the tensors: convolutions are numbered by their position in torch's `features`
 Sequential, where a max pool separates the blocks and batch norm (when present) sits between a convolution and
 its ReLU. Every tensor's shape is checked from the file's header (8 bytes of length, then JSON) before Keras is
-imported. Kernels are converted to Keras's layout as each layer is built (one tensor read at a time, a slice of
-output units at a time, from the offsets of the checked header; no PyTorch and no memory map): conv
-`(O, I, H, W)` -> `(H, W, I, O)`, linear `(out, in)` -> `(in, out)`, and fc6 reordered from torch's (C, H, W)
-flatten to Keras's (H, W, C) -- the operation timm's and keras-hub's converters perform.
+imported, and the header is held to the reference `safetensors` library's rules (`read_safetensors_header`: its
+JSON nesting bounded before it is parsed, known dtypes, lengths of element count x dtype size, byte ranges that
+cover the data exactly, without overlap or gap). Kernels are converted to Keras's layout as each layer is built
+(one tensor read at a time, a slice of output units at a time, from the offsets of the checked header; no PyTorch
+and no memory map): conv `(O, I, H, W)` -> `(H, W, I, O)`, linear `(out, in)` -> `(in, out)`, and fc6 reordered
+from torch's (C, H, W) flatten to Keras's (H, W, C) -- the operation timm's and keras-hub's converters perform.
+Each slice is checked as it is read: NaN or inf is refused in one line naming the tensor (`check_finite`).
 
 These weights want torch's preprocessing (RGB / 255, minus mean (0.485, 0.456, 0.406), divided by std (0.229,
 0.224, 0.225)), which vggfeat applies inside the model and records in every output file; the geometry is
@@ -56,7 +60,11 @@ PREPROCESSING = "torch"
 #: Suffixes of pickled PyTorch files, refused.
 PICKLE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt")
 
-_TIMM_NAME = re.compile(r"(vgg(11|13|16|19)(_bn)?)(?:\.([a-z0-9_]+))?")
+_TIMM_NAME = re.compile(r"(vgg(11|13|16|19)(_bn)?)(?:\.(.*))?", re.S)
+#: A timm pretrained tag (`tv_in1k`): what a Hugging Face repository name allows after `vgg16_bn.` (at most 96
+#: characters in all), narrowed to timm's own tags: lower-case letters, digits and `_`, a letter or digit first.
+_TIMM_TAG = re.compile(r"[a-z0-9][a-z0-9_]*")
+_MAX_TAG = 64
 #: The largest safetensors header read (a VGG's lists about 100 tensors in a few kB).
 _MAX_HEADER = 1 << 20
 _MAX_TENSORS = 1000
@@ -110,24 +118,41 @@ def refuse_pickle(path):
 # ---------------------------------------------------------------------------------------------
 
 
+def _shown(value, limit=40) -> str:
+    """`value` quoted for a one-line message, cut to `limit` characters (with its length) when longer."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
 def timm_model_name(weights) -> tuple:
     """`(timm model name with its tag, vggfeat architecture)` of `timm:NAME`, e.g.
-    `timm:vgg16_bn` -> `("vgg16_bn.tv_in1k", "vgg16-bn")`.
+    `timm:vgg16_bn` -> `("vgg16_bn.tv_in1k", "vgg16-bn")`. The name is checked here, before `huggingface_hub`
+    sees it: a VGG timm publishes (vgg11, vgg13, vgg16, vgg19, each with or without `_bn`) and a tag of at most
+    64 lower-case letters, digits and `_`.
 
     Raises:
-        WeightsError: not a timm VGG name.
+        WeightsError: not a timm VGG name (one line naming the bad value, cut when long).
     """
     raw = str(weights).strip()
     name = raw[len(TIMM_PREFIX):].strip().lower() if is_timm_name(raw) else raw.lower()
+    expected = (f"expected timm:vgg11, timm:vgg13, timm:vgg16 or timm:vgg19, optionally with _bn and a tag, e.g. "
+                f"timm:vgg16_bn.{DEFAULT_TAG}")
     m = _TIMM_NAME.fullmatch(name)
     if not m:
-        raise WeightsError(
-            f"unknown timm weights {raw!r}: expected timm:vgg11, timm:vgg13, timm:vgg16 or timm:vgg19, optionally "
-            f"with _bn and a tag, e.g. timm:vgg16_bn.{DEFAULT_TAG}"
-        )
+        model = name.split(".", 1)[0]
+        raise WeightsError(f"unknown timm weights {_shown(raw)}: {_shown(model)} is not a VGG timm publishes; "
+                           f"{expected}")
+    tag = m.group(4)
+    if tag is not None:
+        why = None
+        if len(tag) > _MAX_TAG:
+            why = f"the tag {tag[:20]!r}... is {len(tag):,} characters long (at most {_MAX_TAG})"
+        elif not _TIMM_TAG.fullmatch(tag):
+            why = f"the tag {_shown(tag)} may hold only lower-case letters, digits and _ (a letter or digit first)"
+        if why:
+            raise WeightsError(f"unknown timm weights {_shown(raw)}: {why}; {expected}")
     model = m.group(1)
     arch = f"vgg{m.group(2)}" + ("-bn" if m.group(3) else "")
-    return f"{model}.{m.group(4) or DEFAULT_TAG}", arch
+    return f"{model}.{tag or DEFAULT_TAG}", arch
 
 
 def timm_repo(weights) -> tuple:
@@ -212,14 +237,53 @@ class _Entry:
     end: int
 
 
+#: The deepest JSON nesting a header may have (a safetensors header nests 3 deep: the object of tensors, one
+#: tensor's object, its shape). Checked on the bytes before `json.loads`, whose recursion a header of
+#: thousands of `[` would exhaust (the reference library's parser stops at 128).
+_MAX_DEPTH = 64
+#: Sizes, element counts and offsets are unsigned 64-bit numbers in the reference library (`usize`).
+_U64 = 1 << 64
+_ESCAPE = re.compile(rb"\\.", re.S)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of `[`/`{` in JSON text `raw`, counted outside strings, in time and memory linear in
+    its length and without recursion: escape pairs (`\\x`) are dropped, then strings (each `"` ends at the next
+    one: no backtracking), then everything but brackets. For valid JSON this is exactly the depth `json.loads`
+    recurses to; for invalid JSON it is at least the depth the parser reaches before its error."""
+    text = _STRING.sub(b"", _ESCAPE.sub(b"", raw)).translate(None, _NOT_BRACKETS)
+    if not text:
+        return 0
+    steps = np.frombuffer(text, np.uint8)
+    return int(np.cumsum(np.where((steps == 0x5B) | (steps == 0x7B), 1, -1), dtype=np.int32).max())
+
+
+def _check_header_metadata(header, bad):
+    meta = header.get("__metadata__")
+    if meta is None:  # absent, or null (the reference library's Option)
+        return
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        bad("its __metadata__ is not an object of strings")
+
+
 def read_safetensors_header(path) -> dict:
     """`{tensor name: _Entry}` from a safetensors file's header (8-byte little-endian length, then JSON),
-    its size bounded and every tensor's extent checked against its dtype, shape and the file's size."""
+    with the reference library's rules: the header's size bounded (here 1 MiB) and its JSON nesting too (at
+    most `_MAX_DEPTH`), `__metadata__` an object of strings, every tensor a known dtype, a shape of
+    non-negative integers and `data_offsets` `[begin, end]` whose length is its element count times its
+    dtype's size; taken in offset order, the tensors must cover the data after the header exactly (no
+    overlap, no gap, nothing after the last, nothing missing: a truncated file). Anything else is one
+    `WeightsError` line naming the file and the tensor."""
     path = os.fspath(path)
     base = os.path.basename(path)
 
     def bad(message):
         raise WeightsError(f"{base} is not a usable safetensors file: {message}")
+
+    def q(name):  # a tensor's name in a message: quoted, cut when long
+        return _shown(name, 80)
 
     try:
         size = os.path.getsize(path)
@@ -235,37 +299,72 @@ def read_safetensors_header(path) -> dict:
             raw = f.read(n)
     except OSError as exc:
         raise WeightsError(f"cannot read weight file {path}: {exc.strerror or exc}") from None
+    if len(raw) != n:
+        bad(f"its header declares {n:,} bytes but only {len(raw):,} could be read (truncated)")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        bad("its header is not JSON")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        bad("its header is not JSON (not UTF-8 text)")
+    depth = json_depth(raw)
+    if depth > _MAX_DEPTH:
+        bad(f"its header nests JSON {depth:,} levels deep (a safetensors header nests 3, at most {_MAX_DEPTH} "
+            "accepted)")
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        where = f" ({str(exc).splitlines()[0][:80]})" if str(exc).strip() else ""
+        bad(f"its header is not JSON{where}")
     if not isinstance(header, dict):
         bad("its header is not a JSON object")
     if len(header) > _MAX_TENSORS:
         bad(f"it lists {len(header):,} tensors (at most {_MAX_TENSORS:,} expected)")
-    out = {}
-    data_start = 8 + n
+    _check_header_metadata(header, bad)
+    listed = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
                 and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)):
-            bad(f"tensor {name!r} has no dtype, shape and data_offsets")
+            bad(f"tensor {q(name)} has no dtype, shape and data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in _ITEMSIZE:
-            bad(f"tensor {name!r} has dtype {dtype!r}")
-        if len(shape) > 8 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
-            bad(f"tensor {name!r} has shape {shape}")
+            bad(f"tensor {q(name)} has dtype {dtype[:40]!r}, not one of {', '.join(_ITEMSIZE)}")
+        if len(shape) > 8 or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < _U64
+                                 for s in shape):
+            bad(f"tensor {q(name)} has shape {str(shape)[:80]}, not a list of at most 8 sizes (whole numbers >= 0)")
         if (len(offsets) != 2 or any(isinstance(o, bool) or not isinstance(o, int) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            bad(f"tensor {name!r} has data_offsets {offsets}")
-        if offsets[1] - offsets[0] != math.prod(shape) * _ITEMSIZE[dtype]:
-            bad(f"tensor {name!r} stores {offsets[1] - offsets[0]:,} bytes for a {dtype} tensor of shape "
-                f"{tuple(shape)}")
-        if data_start + offsets[1] > size:
-            bad(f"tensor {name!r} runs past the end of the file (truncated)")
-        out[name] = _Entry(dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
-    return out
+                or not 0 <= offsets[0] <= offsets[1] < _U64):
+            bad(f"tensor {q(name)} has data_offsets {str(offsets)[:80]}, not [begin, end] with 0 <= begin <= end")
+        count = 1
+        for s in shape:  # the element count in unsigned 64-bit arithmetic, as the reference library counts
+            count *= s
+            if count >= _U64:
+                bad(f"tensor {q(name)} has shape {tuple(shape)}, more elements than a file can hold")
+        if offsets[1] - offsets[0] != count * _ITEMSIZE[dtype]:
+            bad(f"tensor {q(name)} stores {offsets[1] - offsets[0]:,} bytes for a {dtype} tensor of shape "
+                f"{tuple(shape)} ({count * _ITEMSIZE[dtype]:,} bytes)")
+        listed.append((offsets[0], offsets[1], name, dtype, tuple(shape)))
+    data = size - 8 - n  # the bytes after the header, which the tensors must cover exactly
+    listed.sort(key=lambda t: (t[0], t[1]))
+    out = {}
+    covered, last = 0, None
+    for begin, end, name, dtype, shape in listed:
+        if begin < covered:
+            bad(f"tensor {q(name)} (data bytes {begin:,}..{end:,}) overlaps tensor {q(last)} (which ends at "
+                f"{covered:,})")
+        if begin > covered:
+            after = f"after tensor {q(last)}" if last is not None else "before the first tensor"
+            bad(f"data bytes {covered:,}..{begin:,} ({after}, before tensor {q(name)}) belong to no tensor")
+        if end > data:
+            bad(f"tensor {q(name)} runs past the end of the file (truncated): it ends at data byte {end:,}, the file "
+                f"holds {data:,}")
+        out[name] = _Entry(dtype, shape, 8 + n + begin, 8 + n + end)
+        covered, last = end, name
+    if covered != data:
+        after = f"the last tensor, {q(last)}, ends at" if last is not None else "it lists no tensor: the tensors end at"
+        bad(f"{after} data byte {covered:,} but {data - covered:,} bytes follow it, which belong to no tensor")
+    # in the header's order, as before
+    return {name: out[name] for name in header if name != "__metadata__"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +575,25 @@ def keras_shape(shape, kind, side=None) -> tuple:
     return shape
 
 
+def check_finite(values, what, infinite="infinite values"):
+    """Refuse weights that are not finite numbers (NaN, +-inf): a network built from them gives NaN, or wrong
+    features with no word where ReLU and max pooling swallow the NaN. `min` and `max` propagate NaN and show an
+    inf, so the check reads the array twice and allocates nothing (no boolean mask of its size).
+
+    Raises:
+        WeightsError: one line: `what` (naming the file and the tensor or variable), then what it holds.
+    """
+    values = np.asarray(values)
+    if values.size == 0 or values.dtype.kind != "f":
+        return
+    low, high = values.min(), values.max()
+    if np.isfinite(low) and np.isfinite(high):
+        return
+    found = "NaN" if np.isnan(low) or np.isnan(high) else infinite
+    raise WeightsError(f"{what} holds {found}: weights must be finite numbers (the file is damaged, or was saved "
+                       "from a training run that diverged)")
+
+
 #: Bytes of a tensor converted at a time (fc6 of VGG-16 is 411 MB: it is never held twice).
 _CHUNK_BYTES = 32 << 20
 
@@ -509,9 +627,15 @@ class _SafetensorsSource:
                           offset=entry.start + start * per_row * size)
         if raw.size != (stop - start) * per_row:
             raise WeightsError(f"weight file {self.base}: {name} is truncated")
+        what = f"weight file {self.base}: tensor {name!r}"
         if entry.dtype == "BF16":  # NumPy has no bfloat16: widen the bits
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        elif entry.dtype != "F32":
+        check_finite(raw, what)  # as stored (each slice as it is read: never the whole tensor at once)
+        if entry.dtype == "F64":
+            with np.errstate(over="ignore"):
+                raw = raw.astype(np.float32)
+            check_finite(raw, what, "values beyond float32's range (infinite once converted)")
+        elif entry.dtype == "F16":
             raw = raw.astype(np.float32)
         return raw.reshape((stop - start,) + entry.shape[1:])
 
