@@ -127,6 +127,7 @@ def reports_errors(func):
         import threading
 
         from vggfeat.errors import VggfeatError
+        from vggfeat.redact import redact
 
         logger = logging.getLogger("vggfeat")
         if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
@@ -141,13 +142,21 @@ def reports_errors(func):
         try:
             return func(*args, **kwargs)
         except VggfeatError as exc:
-            raise UserError(str(exc), getattr(exc, "exit_code", 2)) from None
+            raise UserError(redact(exc), getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated) or isinstance(exc.__context__, Terminated) \
                 or getattr(exc, "signal", None) == "SIGTERM"
             what = "terminated (SIGTERM)" if terminated else "interrupted"
-            detail = str(exc) or "stopped"
+            detail = redact(exc) or "stopped"
             raise UserError(f"{what}; {detail}", 143 if terminated else 130) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception:  # a bug: its traceback, with every credential redacted, then exit 1
+            import traceback
+
+            sys.stderr.write(redact("".join(traceback.format_exc())))
+            sys.stderr.flush()
+            raise SystemExit(1) from None
         finally:
             logger.setLevel(level)
             if previous is not None:
@@ -178,7 +187,9 @@ class _LineFormatter(logging.Formatter):
     def format(self, record):
         import logging
 
-        message = record.getMessage()
+        from vggfeat.redact import redact
+
+        message = redact(record.getMessage())
         return message if record.levelno == logging.INFO else f"vggfeat: {message}"
 
 
@@ -209,8 +220,16 @@ def input_options(func):
 
 
 def shard_label_options(func):
-    """--label-field and --class-names: the labels of tar shards' samples (extract, predict)."""
+    """--label-field and --class-names: the labels of tar shards' samples; --max-member-size and
+    --retries: how shards and URLs are read (extract, predict)."""
     options = [
+        click.option("--max-member-size", default=None, metavar="SIZE",
+                     help="With tar shards and URLs: the largest member or object read, e.g. 64M or 1G; a larger "
+                          "one is recorded as failed, unread. Default: 256M."),
+        click.option("--retries", type=click.IntRange(0, 100), default=None, metavar="N",
+                     help="With URLs: retries of a transient fault (throttling, 5xx, timeout, reset connection), "
+                          "waiting 1, 2, 4... s; past them it is recorded as transient and --resume reads it "
+                          "again. Default: 5."),
         click.option("--label-field", default=None, metavar="FIELD",
                      help="With tar shards: the field of each sample's .json holding its label (a class index or "
                           "name; a.b for a nested field). Default: the sample's .cls."),

@@ -63,7 +63,8 @@ from ._common import (input_options, input_size_option, model_options, output_op
 @reports_errors
 def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
                     input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
-                    workers, ray_workers, address, gpus_per_worker, block_size, label_field, class_names, resume, overwrite,
+                    workers, ray_workers, address, gpus_per_worker, block_size, max_member_size, retries, label_field, class_names, resume,
+                    overwrite,
                     output_shards, strict, quiet):
     """Extract features of images in INPUTS (folders, scanned recursively; image files; lists of image
     files, .txt or .csv; WebDataset tar shards, shards/{00000..00009}.tar; s3://bucket/prefix/) into OUTPUT.
@@ -100,7 +101,8 @@ def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, p
                           batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict, engine=engine,
                           address=address, gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
                           ray_workers=ray_workers, extensions=ext or None, exclude=exclude, class_names=class_names,
-                          label_field=label_field, output_shards=output_shards)
+                          label_field=label_field, output_shards=output_shards,
+                          max_member_size=max_member_size, retries=retries)
     try:
         quiet_backend()
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from ._common import (input_options, output_options, quiet_backend, quiet_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @quiet_option
 @reports_errors
-def predict_command(inputs, ext, exclude, label_field, class_names, classifier, weights, top_k, output, overwrite,
+def predict_command(inputs, ext, exclude, max_member_size, retries, label_field, class_names, classifier, weights, top_k, output, overwrite,
                     batch_size, quiet):
     """Classify the images in INPUTS (folders, files and/or lists of files; WebDataset tar shards,
     shards/{00000..00009}.tar; s3://bucket/prefix/, read as extract reads them) and write CSV rows
@@ -61,7 +61,8 @@ def predict_command(inputs, ext, exclude, label_field, class_names, classifier, 
     # the classifier file, its settings, the weights and the inputs are checked before Keras starts
     loaded = load_predictor(classifier, weights=weights, top_k=top_k)
     images = check_predict(loaded, list(inputs), weights=weights, extensions=ext or None, exclude=exclude,
-                           class_names=class_names, label_field=label_field)
+                           class_names=class_names, label_field=label_field, max_member_size=max_member_size,
+                           retries=retries)
     quiet_backend()
     # A progress bar on stderr and CSV rows on the same terminal overwrite each other; as curl does, there is
     # no bar while the output itself goes to the terminal.

@@ -112,3 +112,147 @@ def _upload(endpoint, bucket, files):
     for key, path in files:
         with open(path, "rb") as f:
             s3.put_object(Bucket=bucket, Key=key, Body=f.read())
+
+
+# ---- HTTP: a file server that can answer errors, and a throttling proxy in front of moto ------------------
+
+class _Server:
+    """A threaded HTTP server on 127.0.0.1 whose handler is `handler_cls` bound to `self`."""
+
+    def __init__(self, handler):
+        import http.server
+        import threading
+
+        self.hits = []  # (method, path) of every request
+        owner = self
+
+        class Handler(handler):
+            server_owner = owner
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _file_handler(root):
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=root, **kwargs)
+
+        def _fault(self):
+            owner = self.server_owner
+            path = self.path.split("?", 1)[0]
+            owner.hits.append((self.command, self.path))
+            codes = owner.faults.get(path)
+            if codes:
+                code = codes.pop(0) if isinstance(codes, list) else codes
+                if code:
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return True
+            return False
+
+        def do_GET(self):
+            if not self._fault():
+                super().do_GET()
+
+        def do_HEAD(self):
+            if not self._fault():
+                super().do_HEAD()
+
+        def translate_path(self, path):
+            return super().translate_path(path.split("?", 1)[0])
+
+    return Handler
+
+
+@pytest.fixture
+def http_files(tmp_path):
+    """An HTTP file server of tmp_path/"www" (directory listings as HTML). `server.faults[path]`: an HTTP
+    status to answer for that path always (an int), or a list of statuses answered first, one a request
+    (0: serve); `server.hits`: the requests."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = _Server(_file_handler(str(root)))
+    server.faults = {}
+    server.root = root
+    yield server
+    server.close()
+
+
+def _proxy_handler(upstream):
+    import http.client
+    import http.server
+    from urllib.parse import urlparse
+
+    up = urlparse(upstream)
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self):
+            owner = self.server_owner
+            owner.hits.append((self.command, self.path))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command in ("PUT", "POST") \
+                else b""
+            throttled = next((k for k in owner.throttle if k in self.path.split("?", 1)[0]), None)
+            if throttled is not None and owner.throttle[throttled] != 0:
+                if owner.throttle[throttled] > 0:
+                    owner.throttle[throttled] -= 1
+                owner.throttled += 1
+                payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please '
+                           b'reduce your request rate.</Message></Error>')
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload) if self.command != "HEAD" else 0))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                return
+            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items()}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            self.send_response(r.status, r.reason)
+            for k, v in r.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", r.getheader("Content-Length", "0") if self.command == "HEAD"
+                             else str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any
+
+    return Proxy
+
+
+@pytest.fixture
+def s3_throttling(s3_server, monkeypatch):
+    """A proxy in front of moto answering `503 SlowDown` for requests whose path holds a key of
+    `proxy.throttle` ({substring: times}; -1: always, until set to 0); the S3 environment points at it."""
+    proxy = _Server(_proxy_handler(s3_server))
+    proxy.throttle, proxy.throttled = {}, 0
+    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "vggfeat-test", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    proxy.env, proxy.upstream = env, s3_server
+    yield proxy
+    proxy.close()

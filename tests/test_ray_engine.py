@@ -454,3 +454,43 @@ def test_ray_shards_stopped_by_strict_resume_without_running_complete_shards(loc
     assert list(b.paths) == list(a.paths) and b.failed == a.failed
     np.testing.assert_array_equal(b.features, a.features)
     assert not os.path.exists("ray.h5.shards")
+
+
+@pytest.mark.ray
+def test_ray_http_shards_keep_secrets_and_resume_transient_failures(local_ray, http_files, tmp_path, monkeypatch,
+                                                                    caplog):
+    """On the Ray engine, into one file and into parts: a password in the URL reaches no byte of the output
+    and no log line; a shard answering 500 is a transient failure that `resume` reads again once the server
+    recovers (the 404 one stays failed, permanently); the result equals the local engine's."""
+    import vggfeat
+    from test_hostile_inputs import HTTP_SECRET, _assert_no_secret
+    from test_shards import png, write_tar
+
+    monkeypatch.chdir(tmp_path)
+    for name, first in (("a", 0), ("c", 4)):
+        write_tar(str(http_files.root / f"d/{name}.tar"),
+                  [(f"{i:03d}.png", png(i)) for i in range(first, first + 4)])
+    host = http_files.url.split("//")[1]
+    url = f"http://reader:{HTTP_SECRET}@{host}/d/{{a,b,c}}.tar"
+    reference = vggfeat.extract(url, "local.h5", progress=False, **OPTIONS)  # c.tar served: 8 rows, b.tar failed
+    assert (reference.written, reference.failed) == (8, 1)
+    http_files.faults["/d/c.tar"] = 500
+    for out, parts in (("ray.h5", False), ("parts.h5", True)):
+        first = vggfeat.extract(url, out, engine="ray", ray_workers=2, retries=0, output_shards=parts, progress=False,
+                                **OPTIONS)
+        reasons = dict(vggfeat.load_features(out, "fc7").failed)
+        assert (first.written, first.failed, first.transient) == (4, 2, 1), reasons
+        assert reasons[f"http://{host}/d/c.tar"].startswith("transient: cannot open shard: server error 500")
+        assert reasons[f"http://{host}/d/b.tar"].startswith("cannot open shard: not found")
+    http_files.faults.pop("/d/c.tar")
+    for out, parts in (("ray.h5", False), ("parts.h5", True)):
+        again = vggfeat.extract(url, out, engine="ray", ray_workers=2, resume=True, output_shards=parts,
+                                progress=False, **OPTIONS)
+        # b.tar's permanent failure is kept (a complete part is not run again: counted by the earlier run)
+        assert (again.written, again.failed, again.transient) == (4, 0 if parts else 1, 0)
+        a, b = vggfeat.load_features("local.h5", "fc7"), vggfeat.load_features(out, "fc7")
+        assert sorted(b.paths) == list(a.paths) and b.failed == a.failed
+        order = np.argsort(b.paths)
+        np.testing.assert_array_equal(b.features[order], a.features)
+    files = [p for p in glob.glob(str(tmp_path / "**" / "*"), recursive=True) if os.path.isfile(p) and "www" not in p]
+    _assert_no_secret([caplog.text], files)

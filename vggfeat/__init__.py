@@ -11,8 +11,10 @@ Examples:
 
 from ._version import __version__
 from .quiet import install as _quiet_keras_import
+from .redact import install_log_filter as _install_log_filter
 
 _quiet_keras_import()  # vggfeat's first import of Keras runs without TensorFlow's C++ start-up lines
+_install_log_filter()  # no log line of vggfeat's names a credential (vggfeat.redact), whatever the handler
 
 # public name -> module that defines it. What a user calls; everything else stays in its module
 # (vggfeat.errors, vggfeat.images, vggfeat.models, vggfeat.store...).

@@ -97,7 +97,34 @@ class ClassifyResult:
         return float(np.std(self.fold_scores))
 
 
+def _checked_labels(data, path):
+    """Check the labels a features file holds before they are counted or indexed (a file is input: it may
+    have been edited): each is -1 (no label) or a class index below its number of class names (below
+    2**31 when it has none). A file without class names (tar shards' `.cls` indices) gets the names of the
+    indices present (`"3"`, `"7"`...), its labels renumbered 0, 1... in that order. Raises `InputError`."""
+    from .shards import MAX_LABEL
+
+    labels = np.asarray(data.labels, dtype=np.int64)
+    names = list(data.class_names)
+    bad = (labels < -1) | (labels > MAX_LABEL)
+    if names:
+        bad |= labels >= len(names)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = f"its {len(names)} class names" if names else "the class indices (0 to 2**31 - 1)"
+        raise InputError(f"{path}: row {i} ({data.paths[i]}) has label {int(labels[i])}, outside {where}; "
+                         f"{int(bad.sum())} such rows: the file was edited or damaged")
+    if not names and (labels >= 0).any():
+        present, dense = np.unique(labels[labels >= 0], return_inverse=True)
+        labels = labels.copy()
+        labels[labels >= 0] = dense
+        names = [str(int(v)) for v in present]
+    data.labels, data.class_names = labels, names
+    return data
+
+
 def _labelled(data, path):
+    data = _checked_labels(data, path)
     mask = data.labels >= 0
     if not mask.any():
         raise InputError(f"{path} has no labels: put the images in one subfolder per class before extracting")
@@ -163,11 +190,10 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=None, nor
     data = load_features(features_path, layer)
     X, y = _labelled(data, features_path)
     pipe = make_classifier(classifier, C=C, normalize=normalize, neighbors=neighbors)
-    counts = np.bincount(y)
-    counts = counts[counts > 0]
+    counts = np.unique(y, return_counts=True)[1]
     class_names = list(data.class_names)
     if test is not None:
-        other = load_features(test, data.layer)
+        other = _checked_labels(load_features(test, data.layer), test)
         mask = other.labels >= 0
         if not mask.any():
             raise InputError(f"{test} has no labels to score on: put its images in one subfolder per class")
@@ -475,13 +501,13 @@ def config_for(settings, weights=None):
 
 
 def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=(), class_names=None,
-                  label_field=None):
+                  label_field=None, max_member_size=None, retries=None):
     """Every check of `predict_images` that needs no Keras: the classifier (a path to a `.skops` or a
     fine-tuned `.keras` file, or what `load_classifier` / `load_predictor` returned), its
     settings and the weights (`config_for`; a `ModelClassifier` brings its own), and the inputs, read as
     `extract` reads them (`vggfeat.shards.scan_inputs`: folders, files and lists; tar shards, brace ranges
     and `s3://` prefixes, with `class_names` and `label_field` for their labels). Says what it found and
-    what it loads next on the `vggfeat` logger (INFO). Returns the `ImageList` (or, for shards and URLs,
+    what it loads next on the `vggfeat` logger (INFO); `max_member_size` and `retries` as for `extract`. Returns the `ImageList` (or, for shards and URLs,
     the `ShardInputs`) to pass to `predict_images`."""
     import logging
 
@@ -495,11 +521,21 @@ def check_predict(classifier, inputs, *, weights=None, extensions=None, exclude=
     else:
         check = check_extractor(config_for(loaded[1], weights), fetch=False)  # the weight file, the layer
     images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
-                         label_field=label_field)
+                         label_field=label_field, max_member_size=max_member_size, retries=retries)
     log = logging.getLogger("vggfeat")
     log.info(images.found())
     log.info(check.fetch().loading())  # Keras's ImageNet file, downloaded now when it is not cached
     return images
+
+
+def _redacted(rows):
+    """The rows with no credential in a path or a failure reason (`vggfeat.redact`)."""
+    from .redact import redact, redact_urls
+
+    for path, label, row in rows:
+        if row.get("error"):
+            row["error"] = redact(row["error"])
+        yield redact_urls(path), label, row
 
 
 def _loaded(classifier):
@@ -511,7 +547,7 @@ def _loaded(classifier):
 
 
 def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, workers=None, progress=None,
-                   extensions=None, exclude=(), class_names=None, label_field=None):
+                   extensions=None, exclude=(), class_names=None, label_field=None, max_member_size=None, retries=None):
     """Classify images with a classifier: a `.skops` file of `vggfeat classify -o`, a `.keras` model of
     `vggfeat finetune -o` (its fc8 predicts), or what `load_classifier` / `load_predictor`
     returned (a `ModelClassifier` also stands for ImageNet top-k).
@@ -540,11 +576,12 @@ def predict_images(classifier_path, inputs, *, weights=None, batch_size=32, work
         images = inputs
     else:
         images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
-                             label_field=label_field)
+                             label_field=label_field, max_member_size=max_member_size, retries=retries)
     if isinstance(loaded, ModelClassifier):
         rows = predict_with_model(loaded, images, batch_size=batch_size, workers=workers, progress=progress)
     else:
         rows = _predict_skops(loaded, images, weights, batch_size, workers, progress)
+    rows = _redacted(rows)
     if isinstance(images, ShardInputs):  # labels come with the rows, as the shards are read
         names = images.class_names
         for path, label, row in rows:

@@ -5,8 +5,15 @@ Every one of them carries a one-line message that names the bad value; the CLI p
 """
 
 
+from .redact import redact
+
+
 class VggfeatError(Exception):
-    """Base class of the errors vggfeat reports to users as a one-line message."""
+    """Base class of the errors vggfeat reports to users as a one-line message. The message never names
+    a credential: URLs in it are redacted when the error is made (`vggfeat.redact`)."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ArchitectureError(VggfeatError, ValueError):
@@ -47,4 +54,8 @@ class ExtractInterrupted(KeyboardInterrupt):
 
 
 class ImageError(Exception):
-    """One image could not be read; the run records it and goes on (not a user-facing error)."""
+    """One image could not be read; the run records it and goes on (not a user-facing error). Its reason
+    never names a credential (redacted when it is made)."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))

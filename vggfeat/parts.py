@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .errors import ExtractFailed, InputError, LayerError, OutputError, WriteFailed
+from .redact import redact_urls
 from .shards import LOOSE_PER_UNIT
 
 log = logging.getLogger("vggfeat")
@@ -150,6 +151,17 @@ def part_complete(path) -> bool:
         return False
 
 
+def part_transient(path) -> int:
+    """How many of the part's failures are transient (`vggfeat.faults`): such a part is written again
+    by `--resume`."""
+    from .faults import is_transient_reason
+    from .store import committed_counts, decode_strings, open_read
+
+    with open_read(path) as f:
+        _, failed = committed_counts(f)
+        return sum(1 for r in decode_strings(f["failed/reasons"][:failed]) if is_transient_reason(r)) if failed else 0
+
+
 def part_counts(path) -> tuple[int, int]:
     """(rows, failures) committed in the part at `path`."""
     from .store import open_read, committed_counts
@@ -254,7 +266,7 @@ def write_index(path, *, settings, class_names, feature_shapes, dtype, compressi
         g = f.create_group("parts")
         g.create_dataset("files", data=np.array([f"{rel}/{part_name(u.number)}" for u in units], dtype=object),
                          dtype=STRING)
-        g.create_dataset("names", data=np.array([u.name for u in units], dtype=object), dtype=STRING)
+        g.create_dataset("names", data=np.array([redact_urls(u.name) for u in units], dtype=object), dtype=STRING)
         g.create_dataset("keys", data=np.array([u.key for u in units], dtype=object), dtype=STRING)
         g.create_dataset("rows", data=np.asarray(rows, dtype=np.int64).reshape(-1))
         g.create_dataset("failed", data=np.asarray(failed, dtype=np.int64).reshape(-1))
@@ -386,7 +398,7 @@ def reusable_part(path, run_id, unit, settings, dtype) -> bool:
     from .config import attr_value
     from .store import read_attrs, settings_differences
 
-    if not part_complete(path):
+    if not part_complete(path) or part_transient(path):  # a transient failure is read again
         return False
     attrs = read_attrs(path)
     if attr_value(attrs.get("run_id", "")) != run_id or attr_value(attrs.get("part_key", "")) != unit.key:

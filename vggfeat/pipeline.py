@@ -37,6 +37,7 @@ class ExtractSummary:
     recovered: str | None = None  # what --resume rolled back or rebuilt, if anything
     total_seconds: float | None = None  # the whole call: checks, building the network, extraction
     parts: int = 0  # with output_shards: the parts the index lists
+    transient: int = 0  # failures whose cause was transient (throttling, 5xx...): `resume` reads them again
 
     @property
     def images_per_second(self) -> float:
@@ -46,6 +47,9 @@ class ExtractSummary:
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.layers.items())
         skipped = f", {self.skipped} already done" if self.skipped else ""
         failed = f"{self.failed} failed" + (" (listed under /failed)" if self.failed else "")
+        if self.transient:
+            failed = (f"{self.failed} failed (listed under /failed; {self.transient} of them transient: "
+                      "--resume reads them again)")
         ray = (f"; Ray: {_count(self.workers, 'worker')}, {_count(self.shards, 'shard')} merged"
                if self.engine == "ray" and self.shards else "")
         took = (f"in {self.total_seconds:.1f} s (extraction {self.seconds:.1f} s, "
@@ -120,7 +124,8 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             flip=False, aggregate="mean", l2=False, dtype="float32", compression=None, batch_size=32,
             workers=None, resume=False, overwrite=False, strict=False, progress=None, max_pixels=MAX_PIXELS,
             extractor=None, on_batch=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
-            block_size=None, extensions=None, exclude=(), class_names=None, label_field=None, output_shards=False):
+            block_size=None, extensions=None, exclude=(), class_names=None, label_field=None, output_shards=False,
+            max_member_size=None, retries=None):
     """Extract features of image folders/files into an HDF5 file (see `vggfeat.store` for the layout).
 
     Args:
@@ -160,6 +165,11 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
             string) that `.cls` indices or `label_field` values refer to.
         label_field: with shards, the field of each sample's `.json` that holds its label (an index or
             a class name; `a.b` for a nested field); default: the sample's `.cls`.
+        max_member_size: with shards and URLs, the largest tar member or object read (bytes, or a
+            string such as `256M`; default 256 MiB): a larger one is recorded as failed, unread.
+        retries: with shards and URLs, how often a transient fault (throttling, a 5xx answer, a timeout,
+            a reset connection) is retried with exponential backoff before it is recorded as a transient
+            failure, which `resume=True` reads again (default 5).
         output_shards: write `output` as an index and one HDF5 file per input shard (loose images: per
             4096) in `output + ".parts"/`, read as one dataset by `load_features`/`open_features` and made
             one file by `vggfeat merge` (see `vggfeat.parts`).
@@ -183,7 +193,7 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
                           max_pixels=max_pixels, extractor=extractor, engine=engine, address=address,
                           ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, block_size=block_size,
                           extensions=extensions, exclude=exclude, class_names=class_names, label_field=label_field,
-                          output_shards=output_shards)
+                          output_shards=output_shards, max_member_size=max_member_size, retries=retries)
     return job.run(progress=progress, on_batch=on_batch)
 
 
@@ -231,7 +241,7 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
                     workers=None, resume=False, overwrite=False, strict=False, max_pixels=MAX_PIXELS,
                     extractor=None, engine="local", address=None, ray_workers=None, gpus_per_worker=0,
                     block_size=None, extensions=None, exclude=(), class_names=None,
-                    label_field=None, output_shards=False) -> ExtractJob:
+                    label_field=None, output_shards=False, max_member_size=None, retries=None) -> ExtractJob:
     """Check every argument of `extract` without Keras, in well under a second for a folder of
     thousands of images, and return the `ExtractJob` that runs it: the settings, the output (refused
     when it exists without `resume`/`overwrite`, when its folder is missing or cannot be written), the
@@ -289,7 +299,7 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
         if resume and check is not None and os.path.exists(output):
             _check_resume(output, config, check, inputs, dtype)
         images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
-                             label_field=label_field)
+                             label_field=label_field, max_member_size=max_member_size, retries=retries)
         log.info(images.found())
         if check is not None:
             check.fetch()  # Keras's ImageNet file, when it is not cached yet
@@ -388,7 +398,7 @@ def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype,
     summary = ExtractSummary(output, written, failed, skipped, total_rows, seconds,
                              {k: (total_rows,) + tuple(v) for k, v in output_shapes.items()}, engine=runner.name,
                              workers=report.get("workers", 0), shards=report.get("shards", 0),
-                             recovered=writer.recovered)
+                             recovered=writer.recovered, transient=_transient_failures(output, failed, output_shapes))
     if total_rows == 0 and failed:
         raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in {output})")
     return summary
@@ -415,11 +425,26 @@ def _run_parts(images, output, extractor, runner, *, settings, resume, overwrite
     written, failed = report["written"], report["failed"]
     summary = ExtractSummary(output, written, failed, report["skipped"], total_rows, seconds,
                              {k: (total_rows,) + tuple(v) for k, v in extractor.output_shapes.items()},
-                             engine=runner.name, workers=report.get("workers", 0), shards=0, parts=parts)
+                             engine=runner.name, workers=report.get("workers", 0), shards=0, parts=parts,
+                             transient=_transient_failures(output, failed, extractor.output_shapes))
     if total_rows == 0 and failed:
         raise ExtractFailed(f"no image could be read ({failed} failed; reasons under /failed in the parts of "
                             f"{output})")
     return summary
+
+
+def _transient_failures(output, failed, layers) -> int:
+    """How many failures recorded in `output` (a file or an index) are transient."""
+    from .faults import is_transient_reason
+    from .parts import open_features
+
+    if not failed:
+        return 0
+    try:
+        failures = open_features(output, next(iter(layers))).failed()
+        return sum(1 for _, reason in failures if is_transient_reason(reason))
+    except Exception:  # noqa: BLE001 - the count is for the summary line; the file says it all
+        return 0
 
 
 def _failed_of(output) -> dict:

@@ -578,6 +578,18 @@ _ERROR_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([A-Za-z_][\w.]*(?:Error|Exceptio
 
 
 def _root_cause(exc, folder):
+    """`_cause`, with every credential redacted from its message (Ray's texts quote workers' errors)."""
+    from .redact import redact
+
+    found = _cause(exc, folder)
+    try:
+        found.args = (redact(found),) + tuple(found.args[1:])
+    except Exception:  # noqa: BLE001 - an exception whose args are fixed: a new one of its class
+        found = type(found)(redact(found)) if isinstance(found, VggfeatError) else RayRunError(redact(found))
+    return found
+
+
+def _cause(exc, folder):
     """The error a Ray failure stands for, in one line: a vggfeat error raised on a worker as itself
     (Ray passes some as objects and some only as text: a worker's constructor), anything else as
     `RayRunError` naming the worker's exception rather than Ray's wrapper."""

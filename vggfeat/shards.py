@@ -22,20 +22,35 @@ member that does not decode.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import logging
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 
+from . import braces, faults
 from .errors import ImageError, InputError
+from .faults import is_transient
 from .images import escape_path, is_image_name, normalize_extensions
+from .redact import has_credentials, redact, redact_url, remember
+
+log = logging.getLogger("vggfeat")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 #: Label files read beside an image (by key): `.cls` holds an integer class index.
 LABEL_EXTENSIONS = (".cls", ".json", ".txt")
+#: The largest tar member read (`--max-member-size`): one larger is recorded as failed and skipped
+#: without being read (memory stays flat whatever a member's size). A 100-megapixel JPEG is about 30 MB.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+#: The largest label member (.cls, .json) read.
+MAX_LABEL_BYTES = 1024 * 1024
+#: The bytes of recent members kept to resolve a hard link to them at once; a link to an older member is
+#: resolved by a second pass over the shard after its other members.
+LINK_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def is_url(s) -> bool:
@@ -46,8 +61,13 @@ def has_braces(s) -> bool:
     return isinstance(s, str) and any(_RANGE.match(m) or "," in m for m in _BRACE.findall(s))
 
 
+def url_path(name: str) -> str:
+    """A URL without its query and fragment (a pre-signed URL's signature): what names the object."""
+    return name.split("?", 1)[0].split("#", 1)[0] if "://" in name else name
+
+
 def is_shard_name(name: str) -> bool:
-    return name.lower().endswith((".tar", ".tar.gz", ".tgz"))
+    return url_path(name).lower().endswith((".tar", ".tar.gz", ".tgz"))
 
 
 def is_shard_input(given) -> bool:
@@ -85,8 +105,27 @@ def expand_braces(pattern: str) -> list:
 
 
 def safe_url(url: str) -> str:
-    """The URL without any user:password@ part (never stored or shown)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)
+    """The URL as it may be stored or shown: no user information, no signature (`vggfeat.redact`)."""
+    return redact_url(url)
+
+
+#: Protocols whose URLs may carry user information (HTTP basic authentication); others take their
+#: credentials from their own configuration.
+USERINFO_PROTOCOLS = ("http", "https")
+
+
+def check_url(url: str) -> None:
+    """Refuse credentials where they are not taken, and remember the secrets of the others (`redact`).
+
+    Raises:
+        InputError: `s3://KEY:SECRET@bucket/...` and the like: object stores take no credentials in URLs.
+    """
+    remember(url)
+    proto = url.split("://", 1)[0].lower()
+    if proto not in USERINFO_PROTOCOLS and has_credentials(url):
+        raise InputError(f"{redact_url(url)}: {proto}:// URLs take no credentials in the URL (removed here, never "
+                         "stored); S3 credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                         "AWS_PROFILE or ~/.aws/credentials (fsspec's FSSPEC_S3_* variables work too)")
 
 
 def _filesystem(url):
@@ -96,28 +135,19 @@ def _filesystem(url):
     except ImportError:
         raise InputError(f"reading {safe_url(url)} needs fsspec: pip install \"vggfeat[s3]\"") from None
     try:
-        return fsspec.core.url_to_fs(url)
+        # an HTTP URL is sent as it is written: a pre-signed URL's signature covers its encoding (%2F...)
+        return fsspec.core.url_to_fs(url, **({"encoded": True} if _is_http(url) else {}))
     except ImportError as exc:
         proto = url.split("://", 1)[0]
         need = "s3fs" if proto in ("s3", "s3a") else (getattr(exc, "name", None) or f"fsspec's {proto} filesystem")
         raise InputError(f"reading {proto}:// URLs needs {need}: pip install \"vggfeat[s3]\"") from None
-    except ValueError as exc:
+    except Exception as exc:  # noqa: BLE001 - a bad URL, a bad option in it: the input's
         raise InputError(f"cannot read {safe_url(url)}: {_reason(exc)}") from None
 
 
 def _reason(exc) -> str:
     """One line for a filesystem error (S3's included), never naming credentials."""
-    name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    if isinstance(exc, FileNotFoundError):
-        return f"not found ({text})" if "not found" not in text.lower() and "not exist" not in text.lower() else text
-    if isinstance(exc, PermissionError):
-        return f"access denied ({text}); check the credentials"
-    if "EndpointConnectionError" in name or "ConnectionError" in name or "ConnectTimeout" in name:
-        return f"cannot reach the storage endpoint: {text}"
-    if "NoCredentials" in name:
-        return "no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
-    return f"{name}: {text}"
+    return faults.describe(exc)
 
 
 @dataclass(frozen=True)
@@ -131,6 +161,8 @@ class Source:
     url: str
     name: str
     missing: bool = False
+    label: int = -1  # a loose image in a first-level subfolder of a prefix: that class's index
+    count: int = 1  # missing: the consecutive names of the brace range it stands for (one failure for all)
 
 
 @dataclass
@@ -149,14 +181,18 @@ class ShardInputs:
     warn_unlabelled: bool = True  # False: a unit of a run in parts, whose caller sums `unlabelled` and says it
     unlabelled: int = 0  # after reading: shard images with no usable label, and with one
     labelled: int = 0
+    max_member_bytes: int = MAX_MEMBER_BYTES  # a larger tar member (or object) fails unread
+    retries: int = faults.RETRIES  # of a transient fault, before it is recorded (as transient)
+    retry_delay: float = faults.DELAY  # the first wait, in seconds (doubled each retry)
+    reread: int = 0  # resuming: shards read again for a transient failure of the earlier run
 
     @property
     def shards(self) -> int:
-        return sum(1 for s in self.sources if s.kind == "shard")
+        return sum(s.count for s in self.sources if s.kind == "shard")
 
     def found(self) -> str:
-        n_img = len(self.sources) - self.shards
-        missing = sum(1 for s in self.sources if s.missing)
+        n_img = sum(1 for s in self.sources if s.kind == "image")
+        missing = sum(s.count for s in self.sources if s.missing)
         parts = [f"{self.shards} shard{'' if self.shards == 1 else 's'}"]
         if n_img:
             parts.append(f"{n_img} loose image{'' if n_img == 1 else 's'}")
@@ -187,7 +223,11 @@ def read_class_names(value) -> list:
 
 
 def _display(given: str) -> str:
-    return given.replace(os.sep, "/") if not is_url(given) else safe_url(given)
+    """An input as it is stored and shown: a local path with `/`, a URL without credentials (and without
+    its query when that holds a signature: a pre-signed URL is named by its object)."""
+    if not is_url(given):
+        return given.replace(os.sep, "/")
+    return safe_url(url_path(given)) if has_credentials(given.split("@", 1)[-1]) else safe_url(given)
 
 
 def _list_prefix(given, extensions):
@@ -195,12 +235,12 @@ def _list_prefix(given, extensions):
     if is_url(given):
         fs, path = _filesystem(given)
         try:
-            found = fs.find(path, detail=False)
+            found = faults.retry(lambda: fs.find(path, detail=False), what=f"listing {safe_url(given)}")
         except Exception as exc:  # noqa: BLE001 - every filesystem error is the input's
             raise InputError(f"cannot list {safe_url(given)}: {_reason(exc)}") from None
         base = path.rstrip("/") + "/"
-        proto = given.split("://", 1)[0]
-        out = [(f"{proto}://{p}", p[len(base):]) for p in sorted(found) if p.startswith(base)]
+        # s3fs lists `bucket/key`, fsspec's HTTP whole URLs: the protocol is put back only where it is missing
+        out = [(fs.unstrip_protocol(p), p[len(base):]) for p in sorted(found) if p.startswith(base)]
     else:
         top = os.path.abspath(given)
         out = []
@@ -223,8 +263,12 @@ def _existing(urls) -> set:
             out.add(u)
     for parent, names in remote.items():
         fs, path = _filesystem(parent + "/")
+        if _is_http(parent):  # an HTTP server need not list its folders: each shard is tried when read
+            out.update(names)
+            continue
         try:
-            listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True)}
+            listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in faults.retry(
+                lambda: fs.ls(path, detail=False, refresh=True), what=f"listing {safe_url(parent)}/")}
         except FileNotFoundError:
             listed = set()
         except Exception as exc:  # noqa: BLE001
@@ -233,7 +277,90 @@ def _existing(urls) -> set:
     return out
 
 
-def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_field=None):
+#: The most names of a brace range over HTTP, whose folders are not listed (each name is tried when read).
+MAX_HTTP_RANGE = 1_000_000
+
+
+def _list_folder(folder):
+    """The file names in one folder of a brace range (`braces.resolve`): None when it does not exist."""
+    if not is_url(folder):
+        try:
+            return os.listdir(folder or ".")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise InputError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    fs, path = _filesystem(folder)
+    try:
+        found = faults.retry(lambda: fs.ls(path, detail=False, refresh=True), what=f"listing {safe_url(folder)}")
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot list {safe_url(folder)}: {_reason(exc)}") from None
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in found]
+
+
+def _range_sources(given, shown):
+    """The sources of a brace range, resolved without expanding it (`vggfeat.braces`): a shard per name
+    that exists, one missing source per run of names that do not (one failure recorded for the run)."""
+    n = braces.count(given)
+    ends = [braces.name_at(given, 0), braces.name_at(given, -1)]
+    bad = next((x for x in itertools.chain(ends, itertools.islice(braces.iter_names(given), 1000))
+                if not is_shard_name(x)), None)
+    if bad is not None:
+        raise InputError(f"{shown}: a brace pattern names tar shards (.tar); {_display(bad)} is not one")
+    if _is_http(given):  # an HTTP server need not list its folders: each shard is tried when read
+        if n > MAX_HTTP_RANGE:
+            raise InputError(f"{shown} names {n} shards; over HTTP (not listed) at most {MAX_HTTP_RANGE}")
+        return [Source("shard", x, _display(x)) for x in braces.iter_names(given)]
+    items = braces.resolve(given, _list_folder)
+    if braces.none_exists(items):
+        raise InputError(f"no shard matches {shown} ({n} names, from {_display(ends[0])} to {_display(ends[1])}, "
+                         "none exists)")
+    out = []
+    for item in items:
+        if item[0] == "shard":
+            out.append(Source("shard", item[1], _display(item[1])))
+        elif item[3] == 1:
+            out.append(Source("shard", item[1], _display(item[1]), missing=True))
+        else:
+            first, last = _display(item[1]), _display(item[2])
+            out.append(Source("shard", item[1], f"{first} .. {last}", missing=True, count=item[3]))
+    return out
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+
+
+def parse_size(value, what="--max-member-size") -> int:
+    """Bytes from an int or a string with an optional unit: `256M`, `1.5G`, `512KiB`, `4096` (K, M, G, T
+    are powers of 1024, with or without `B`/`iB`).
+
+    >>> parse_size("256M"), parse_size("1GiB"), parse_size(4096)
+    (268435456, 1073741824, 4096)
+    """
+    if isinstance(value, bool):
+        raise InputError(f"{what} takes a size such as 256M. Received: {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise InputError(f"{what} takes a size such as 256M, 1G or a number of bytes. Received: {value!r}")
+        n = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+    if n < 1:
+        raise InputError(f"{what} must be at least 1 byte. Received: {value!r}")
+    return n
+
+
+def check_retries(retries) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise InputError(f"retries must be an integer from 0 to 100. Received: {retries!r}")
+    return retries
+
+
+def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_field=None, max_member_size=None,
+                retries=None):
     """What `extract` and `iter_features` read: an `ImageList` (`scan_images`) for folders, files and
     lists; a `ShardInputs` when any input is a tar shard, a brace pattern or a URL.
 
@@ -241,11 +368,19 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
     and images; an image file or object given on its own is one row named as given. Rows of a single
     prefix (or folder) are named relative to it.
 
+    `max_member_size` (bytes, or a string such as `256M`; default `MAX_MEMBER_BYTES`): a larger tar
+    member or object fails unread. `retries` (default `vggfeat.faults.RETRIES`): how often a transient
+    fault is retried, with exponential backoff, before it is recorded as transient.
+
     Raises:
         InputError: shards mixed with list files; an input that does not exist; a brace range that
-            matches nothing; a prefix that cannot be listed (missing bucket, unreachable endpoint...).
+            matches nothing; a prefix that cannot be listed (missing bucket, unreachable endpoint...);
+            credentials in an `s3://` URL; a bad `max_member_size` or `retries`.
     """
     from .images import scan_images
+
+    max_bytes = MAX_MEMBER_BYTES if max_member_size is None else parse_size(max_member_size)
+    retries = faults.RETRIES if retries is None else check_retries(retries)
 
     given_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     given_list = [os.fspath(g) for g in given_list]
@@ -265,20 +400,17 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
     exclude = tuple([exclude] if isinstance(exclude, str) else [str(p) for p in (exclude or ())])
     sources, root = [], None
     single_prefix = len(given_list) == 1
+    folder_class = {}  # source index -> the first-level subfolder of its prefix (a class, as on disk)
     for given in given_list:
+        if is_url(given):
+            check_url(given)
         shown = _display(given)
         if has_braces(given):
-            names = expand_braces(given)
-            if not all(is_shard_name(n) for n in names):
-                raise InputError(f"{shown}: a brace pattern names tar shards (.tar); {names[0]} is not one")
-            there = _existing(names)
-            if not there:
-                raise InputError(f"no shard matches {shown} ({len(names)} names, from {_display(names[0])} to "
-                                 f"{_display(names[-1])}, none exists)")
-            sources.extend(Source("shard", n, _display(n), missing=n not in there) for n in names)
+            sources.extend(_range_sources(given, shown))
             continue
         remote_prefix = is_url(given) and (given.endswith("/") or given.count("/") == 2)
-        if is_url(given) and not remote_prefix and not is_shard_name(given) and not is_image_name(given, extensions):
+        if is_url(given) and not remote_prefix and not is_shard_name(given) \
+                and not is_image_name(url_path(given), extensions):
             fs, path = _filesystem(given)
             try:
                 remote_prefix = fs.isdir(path)  # a prefix written without its final slash
@@ -299,6 +431,8 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
                 kind = "shard" if is_shard_name(rel) else "image"
                 if kind == "image" and _excluded(exclude, rel, rel.rsplit("/", 1)[-1]):
                     continue
+                if kind == "image" and "/" in rel:
+                    folder_class[len(sources)] = escape_path(rel.split("/", 1)[0])
                 sources.append(Source(kind, url, escape_path(prefix + rel)))
             continue
         if is_url(given):
@@ -310,13 +444,36 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
             raise InputError(f"{given}: lists of images cannot be mixed with tar shards or URLs in one run")
         kind = "shard" if is_shard_name(given) else "image"
         sources.append(Source(kind, given, escape_path(shown)))
+    names = read_class_names(class_names)
+    # shards' .cls indices and subfolder names are two class lists: subfolders are classes of their own only
+    # when no tar shard is read, or through the class names given
+    if folder_class and (class_names is not None or not any(s.kind == "shard" for s in sources)):
+        names, sources = _folder_labels(sources, folder_class, names, class_names is not None)
     seen, unique = set(), []
     for s in sources:
         if s.url not in seen:
             seen.add(s.url)
             unique.append(s)
-    names = read_class_names(class_names)
-    return ShardInputs(unique, names, label_field, extensions, exclude, root if single_prefix else None)
+    return ShardInputs(unique, names, label_field, extensions, exclude, root if single_prefix else None,
+                       max_member_bytes=max_bytes, retries=retries)
+
+
+def _folder_labels(sources, folder_class, names, given):
+    """Loose images in a first-level subfolder of a prefix are of that subfolder's class, as in a folder
+    on disk (`scan_images`): the class names are the subfolders' names, sorted, unless `class_names` was
+    given, to which the subfolders are matched (one not in it: label -1, counted). With tar shards among
+    the inputs and no class names given, the shards' `.cls` indices are the labels and subfolders none."""
+    from dataclasses import replace
+
+    if not given:
+        names = sorted(set(folder_class.values()))
+    index = {c: i for i, c in enumerate(names)}
+    unknown = sorted({c for c in folder_class.values() if c not in index})
+    if unknown:
+        log.warning("%d subfolders are not among the class names (%s%s): their images are stored with label -1",
+                    len(unknown), ", ".join(unknown[:3]), ", ..." if len(unknown) > 3 else "")
+    out = [replace(s, label=index.get(folder_class[i], -1)) if i in folder_class else s for i, s in enumerate(sources)]
+    return names, out
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -341,6 +498,11 @@ def _key_ext(name):
     return (f"{d}/{stem}" if d else stem), ext
 
 
+#: Labels are class indices below 2**31 (stored as int32 by scikit-learn's estimators; HDF5 /labels is
+#: int64): a larger value, as a negative one or one outside the class names, is no label (-1, counted).
+MAX_LABEL = 2 ** 31 - 1
+
+
 class _Labels:
     def __init__(self, class_names, label_field):
         self.class_names = list(class_names)
@@ -355,14 +517,14 @@ class _Labels:
         try:
             if self.label_field is not None:
                 raw = members.get("json")
-                if raw is not None:
+                if isinstance(raw, bytes):
                     value = json.loads(raw.decode("utf-8"))
                     for part in self.label_field.split("."):
                         value = value.get(part) if isinstance(value, dict) else None
                     label = self._of(value)
-            elif members.get("cls") is not None:
+            elif isinstance(members.get("cls"), bytes):
                 label = self._of(members["cls"].decode("utf-8").strip())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, OverflowError, TypeError, RecursionError):
             label = None
         if label is None:
             self.unlabelled += 1
@@ -375,18 +537,35 @@ class _Labels:
             return None
         if isinstance(value, str) and value in self.index:
             return self.index[value]
+        if isinstance(value, float) and not value.is_integer():
+            return None
+        if isinstance(value, str) and len(value) > 12:  # past 2**31 whatever it spells; int() of 5000 digits is slow
+            return None
         try:
             i = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
-        if i < 0 or (self.class_names and i >= len(self.class_names)):
+        if i < 0 or i > MAX_LABEL or (self.class_names and i >= len(self.class_names)):
             return None
         return i
 
 
+def _is_http(url) -> bool:
+    return str(url).lower().startswith(("http://", "https://"))
+
+
 def _open(url):
     if is_url(url):
+        remember(url)
         fs, path = _filesystem(url)
+        if _is_http(url):
+            # streamed GET: no HEAD first (a pre-signed URL signs GET only), and the server's status as it
+            # is (fsspec's size probe turns any failure, a 500 too, into "not found")
+            return fs.open(path, "rb", block_size=0, size=1)
+        try:  # the listing may have cached a key that is also a "folder" as a folder of 0 bytes
+            fs.invalidate_cache(path)
+        except Exception:  # noqa: BLE001 - a filesystem without a cache
+            pass
         return fs.open(path, "rb", block_size=8 * 1024 * 1024)
     return open(url, "rb")
 
@@ -398,91 +577,290 @@ def _excluded(patterns, *names):
     return any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n.lower(), p.lower()) for p in patterns for n in names)
 
 
-def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=frozenset()):
-    """Yield the `Sample`s of one shard in member order, streaming it (never listing it first).
 
-    A shard that cannot be opened or read as a tar, or that holds no member, is one failed sample
-    named after the shard; a truncated member fails as itself and ends the shard; a sample with no
-    image member fails as `SHARD/KEY`."""
-    labels = labels or _Labels([], None)
-    name = source.name
-    if source.missing:
-        yield Sample(name, -1, ImageError("shard not found (named by the brace range)"))
-        return
-    try:
-        f = _open(source.url)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is this shard's
-        yield Sample(name, -1, ImageError(f"cannot open shard: {_reason(exc)}"))
-        return
-    members = 0
-    seen = set()
-    current, group = None, {}
-    order = []  # (ext, member name) of the current key, in member order
 
-    def emit():
-        images = [(ext, n) for ext, n in order if is_image_name(n, extensions)]
-        if not images:
-            if order:
-                exts = ", ".join(sorted(f".{e}" for e, _ in order))
-                yield Sample(escape_path(f"{name}/{current}"), -1,
-                             ImageError(f"no image in this sample (members: {exts})"))
+class _Transient(Exception):
+    """A transient fault while reading a shard: the shard is opened again and read on (`iter_shard`)."""
+
+    def __init__(self, exc, what):
+        super().__init__(what)
+        self.exc, self.what = exc, what
+
+
+@dataclass
+class _Deferred:
+    target: str  # a hard link to a member whose data is no longer held: read by a second pass
+
+
+class _Cache:
+    """Member bytes by name, the most recent first, up to `limit` bytes."""
+
+    def __init__(self, limit):
+        from collections import OrderedDict
+
+        self.limit, self.size, self.data = limit, 0, OrderedDict()
+
+    def put(self, name, data):
+        if not isinstance(data, bytes) or len(data) > self.limit:
             return
-        label = labels(group)
-        for ext, n in images:
-            row = escape_path(f"{name}/{n}")
-            if row in seen:  # a second member of the same name: one row per name
-                yield Sample(row + f" (member {members})", -1, ImageError("duplicate member name in the shard"))
-                continue
-            seen.add(row)
-            if row in skip or _excluded(exclude, n, n.rsplit("/", 1)[-1]):
-                continue
-            yield Sample(row, label, group[ext])
+        old = self.data.pop(name, None)
+        self.size += len(data) - (len(old) if old is not None else 0)
+        self.data[name] = data
+        while self.size > self.limit:
+            self.size -= len(self.data.popitem(last=False)[1])
 
-    try:
+    def get(self, name):
+        return self.data.get(name)
+
+
+def _norm(name):
+    return os.path.normpath(name).replace(os.sep, "/").lstrip("/") if name else name
+
+
+class _ShardPass:
+    """One pass over a shard: its samples in member order (a hard link to a member no longer held is
+    left for `second_pass`). Raises `_Transient` on a transient fault; a permanent one is a failed sample."""
+
+    def __init__(self, source, *, extensions, exclude, labels, skip, max_bytes):
+        self.source, self.extensions, self.exclude = source, extensions, exclude
+        self.labels, self.skip, self.max_bytes = labels, skip, max_bytes
+        self.name = source.name
+        self.members = 0  # members seen (1-based numbers in messages)
+        self.folders = 0  # of which folders (no input unit)
+        self.seen_rows = set()  # row names given, for duplicates (the first member of a name is kept)
+        self.names = {}  # member name -> its number, for hard links
+        self.cache = _Cache(LINK_CACHE_BYTES)
+        self.deferred = []  # (row, label, target member name)
+
+    def fail(self, row, why):
+        return Sample(row, -1, ImageError(why))
+
+    def wanted(self, member_name, ext):
+        if is_image_name(member_name, self.extensions):
+            return self.max_bytes
+        if ext == "cls" or (ext == "json" and self.labels.label_field is not None):
+            return min(self.max_bytes, MAX_LABEL_BYTES)
+        return 0  # not read: tarfile skips its data block by block
+
+    def open(self):
+        try:
+            f = _open(self.source.url)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is this shard's
+            if is_transient(exc):
+                raise _Transient(exc, "cannot open shard") from None
+            return None, self.fail(self.name, faults.reason(exc, "cannot open shard"))
+        return f, None
+
+    def samples(self):
+        f, failure = self.open()
+        if failure is not None:
+            yield failure
+            return
         with f:
             try:
                 tar = tarfile.open(fileobj=f, mode="r|*")
             except tarfile.ReadError as exc:
+                cause = exc.__cause__ or exc.__context__
+                if cause is not None and is_transient(cause):
+                    raise _Transient(cause, "cannot open shard") from None
                 why = "empty shard (0 bytes)" if "empty file" in str(exc) else f"not a tar file ({exc})"
-                yield Sample(name, -1, ImageError(why))
+                yield self.fail(self.name, why)
+                return
+            except Exception as exc:  # noqa: BLE001
+                if is_transient(exc):
+                    raise _Transient(exc, "cannot open shard") from None
+                yield self.fail(self.name, faults.reason(exc, "cannot read shard"))
                 return
             with tar:
-                it = iter(tar)
-                while True:
-                    try:
-                        m = next(it)
-                    except StopIteration:
-                        break
-                    except (tarfile.TarError, EOFError, OSError) as exc:
-                        yield from emit()
-                        current, group, order = None, {}, []
-                        yield Sample(name, -1, ImageError(f"truncated or damaged shard after {members} members: "
-                                                          f"{type(exc).__name__}: {exc}"))
-                        return
-                    if not m.isfile():
-                        continue
-                    members += 1
-                    key, ext = _key_ext(m.name)
-                    if key != current:
-                        yield from emit()
-                        current, group, order = key, {}, []
-                    try:
-                        data = tar.extractfile(m).read()
-                        if len(data) != m.size:
-                            raise EOFError(f"{len(data)} of {m.size} bytes")
-                    except (tarfile.TarError, EOFError, OSError) as exc:
-                        yield from emit()
-                        row = escape_path(f"{name}/{m.name}")
-                        yield Sample(row, -1, ImageError(f"truncated member: {type(exc).__name__}: {exc}"))
-                        return
-                    group[ext] = data
-                    order.append((ext, m.name))
-                yield from emit()
-    except Exception as exc:  # noqa: BLE001 - a read failing midway (the network...) is this shard's
-        yield Sample(name, -1, ImageError(f"read failed after {members} members: {_reason(exc)}"))
+                yield from self._members(tar)
+        if self.members == self.folders:
+            yield self.fail(self.name, "empty shard: a tar with no member" if not self.members else
+                            f"empty shard: a tar of {self.members} folders and no file")
+
+    def _read(self, tar, m):
+        """The member's bytes; a transient fault raises `_Transient`, a permanent one `ImageError`."""
+        try:
+            data = tar.extractfile(m).read()
+            if len(data) != m.size:
+                raise EOFError(f"{len(data)} of {m.size} bytes")
+            return data
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise _Transient(exc, f"read failed in member {self.members}") from None
+            raise ImageError(f"truncated member: {type(exc).__name__}: {redact(exc)}") from None
+
+    def _members(self, tar):
+        current, group, order = None, {}, []
+        it = iter(tar)
+        while True:
+            try:
+                m = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - tarfile's errors, and the transport's
+                if is_transient(exc):
+                    raise _Transient(exc, f"read failed after {self.members} members") from None
+                yield from self._emit(current, group, order)
+                yield self.fail(self.name, f"truncated or damaged shard after {self.members} members: "
+                                           f"{type(exc).__name__}: {redact(exc)}")
+                return
+            self.members += 1
+            number = self.members
+            if m.isdir():
+                self.folders += 1
+                continue
+            key, ext = _key_ext(m.name)
+            if key != current:
+                yield from self._emit(current, group, order)
+                current, group, order = key, {}, []
+            row = escape_path(f"{self.name}/{m.name}")
+            first = self.names.setdefault(m.name, number)
+            if not (m.isfile() or m.islnk()):  # a symbolic link, a device, a FIFO: never followed nor read
+                why = (f"symbolic link to {m.linkname!r}: links are not followed" if m.issym() else
+                       "not a regular file ({})".format({tarfile.CHRTYPE: "character device", tarfile.BLKTYPE:
+                                                         "block device", tarfile.FIFOTYPE: "FIFO"}.get(m.type, "tar "
+                                                         f"type {m.type!r}")))
+                if is_image_name(m.name, self.extensions) and ext not in group:
+                    order.append((ext, m.name, number))  # fails as this sample's image, with its label
+                    group[ext] = (ImageError(why), number)
+                else:
+                    yield self.fail(row if first == number else f"{row} (member {number})", why)
+                continue
+            limit = self.wanted(m.name, ext)
+            order.append((ext, m.name, number))
+            if not limit:
+                continue
+            if ext in group:  # the same name twice in a row: the first is kept
+                order.pop()
+                yield self.fail(f"{row} (member {number})",
+                                f"duplicate member name: member {group[ext][1]} of that name is kept")
+                continue
+            if m.islnk():
+                target = _norm(m.linkname)
+                data = self.cache.get(target)
+                size = len(data) if isinstance(data, bytes) else None
+                if data is None:
+                    data = _Deferred(target) if target in self.names and target != m.name else ImageError(
+                        f"hard link to {m.linkname!r}, which is no earlier member of the shard")
+            else:
+                size = m.size
+                data = None
+            if size is not None and size > limit:
+                data = ImageError(f"member of {size} bytes is over the limit of {limit} bytes "
+                                  "(--max-member-size); not read")
+            elif data is None:
+                try:
+                    data = self._read(tar, m)
+                except ImageError as exc:
+                    yield from self._emit(current, group, order[:-1])
+                    yield self.fail(row, str(exc))
+                    return
+                self.cache.put(m.name, data)
+            group[ext] = (data, number)
+        yield from self._emit(current, group, order)
+
+    def _emit(self, key, group, order):
+        images = [(ext, n, k) for ext, n, k in order if is_image_name(n, self.extensions) and ext in group
+                  and group[ext][1] == k]
+        if not images:
+            if order:
+                exts = ", ".join(sorted(f".{e}" for e, _, _ in order))
+                yield self.fail(escape_path(f"{self.name}/{key}"), f"no image in this sample (members: {exts})")
+            return
+        label = self.labels({e: d for e, (d, _) in group.items()})
+        for ext, n, k in images:
+            row = escape_path(f"{self.name}/{n}")
+            if row in self.seen_rows:  # a name seen before in the shard: the first member is kept
+                yield self.fail(f"{row} (member {k})", f"duplicate member name: member {self.names[n]} of that "
+                                                      "name is kept")
+                continue
+            self.seen_rows.add(row)
+            if row in self.skip or _excluded(self.exclude, n, n.rsplit("/", 1)[-1]):
+                continue
+            data = group[ext][0]
+            if isinstance(data, _Deferred):
+                self.deferred.append((row, label, data.target))
+                continue
+            yield Sample(row, label, data)
+
+    def second_pass(self):
+        """The hard links left for later: the shard read again for their targets' bytes, one at a time."""
+        if not self.deferred:
+            return
+        wanted = {}
+        for row, label, target in self.deferred:
+            wanted.setdefault(target, []).append((row, label))
+        f, failure = self.open()
+        if failure is not None:
+            for rows in wanted.values():
+                for row, _ in rows:
+                    yield self.fail(row, f"hard link: {failure.data}")
+            return
+        with f:
+            try:
+                tar = tarfile.open(fileobj=f, mode="r|*")
+                for m in tar:
+                    if m.name in wanted and m.isfile():
+                        try:
+                            data = self._read(tar, m)
+                        except ImageError as exc:
+                            data = exc
+                        for row, label in wanted.pop(m.name):
+                            yield Sample(row, label, data) if isinstance(data, bytes) else self.fail(row, str(data))
+                        if not wanted:
+                            break
+            except _Transient:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if is_transient(exc):
+                    raise _Transient(exc, "read failed (second pass for hard links)") from None
+        for target, rows in wanted.items():
+            for row, _ in rows:
+                yield self.fail(row, f"hard link to {target!r}, whose data could not be read again")
+
+
+def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=frozenset(),
+               max_member_bytes=MAX_MEMBER_BYTES, retries=faults.RETRIES, retry_delay=faults.DELAY):
+    """Yield the `Sample`s of one shard in member order, streaming it (never listing it first).
+
+    Every member ends as a row or a failure: a shard that cannot be opened or read as a tar, or that
+    holds no member, is one failed sample named after the shard; a truncated member fails as itself and
+    ends the shard; a sample with no image member fails as `SHARD/KEY`; a symbolic link or a member that
+    is no regular file fails as itself (links are never followed); a hard link is read as its target's
+    bytes under its own name; a name met a second time fails as `ROW (member N)`, the first member of
+    that name being kept; a member over `max_member_bytes` fails unread. Only image members and label
+    members are read. A transient fault (throttling, a 5xx answer, a timeout, a reset connection) opens
+    the shard again after a wait, up to `retries` times, and goes on where it was; past that the shard's
+    failure is recorded as transient (`vggfeat.faults`), which `--resume` reads again."""
+    labels = labels or _Labels([], None)
+    if source.missing:
+        why = ("shard not found (named by the brace range)" if source.count == 1 else
+               f"{source.count} consecutive shards of the brace range not found (from the first to the last named)")
+        yield Sample(source.name, -1, ImageError(why))
         return
-    if members == 0:
-        yield Sample(name, -1, ImageError("empty shard: a tar with no member"))
+    given, attempt = 0, 0  # samples given so far: a pass after a transient fault skips as many
+    while True:
+        reader = _ShardPass(source, extensions=extensions, exclude=exclude, labels=_Labels(labels.class_names,
+                            labels.label_field), skip=skip, max_bytes=max_member_bytes)
+        produced = 0
+        try:
+            for sample in itertools.chain(reader.samples(), reader.second_pass()):
+                produced += 1
+                if produced > given:
+                    given += 1
+                    yield sample
+            labels.unlabelled += reader.labels.unlabelled
+            labels.labelled += reader.labels.labelled
+            return
+        except _Transient as t:
+            if attempt >= retries:
+                labels.unlabelled += reader.labels.unlabelled
+                labels.labelled += reader.labels.labelled
+                yield Sample(source.name, -1, ImageError(faults.reason(t.exc, t.what)))
+                return
+            log.info("%s: %s (%s); retry %d of %d", source.name, t.what, faults.describe(t.exc), attempt + 1, retries)
+            faults.wait(attempt, retry_delay)
+            attempt += 1
 
 
 def _last_source_with_rows(sources, done) -> int:
@@ -524,45 +902,80 @@ def unit_numbers(sources) -> list:
     return out
 
 
+def _by_source(sources, rows) -> dict:
+    """{source index: [row, ...]} for rows named after a source (the source itself or `SOURCE/...`)."""
+    index = {s.name: i for i, s in enumerate(sources)}
+    out = {}
+    for p in rows:
+        i = index.get(p)
+        k = p.find("/")
+        while i is None and k > 0:
+            i = index.get(p[:k])
+            k = p.find("/", k + 1)
+        if i is not None:
+            out.setdefault(i, []).append(p)
+    return out
+
+
+def _read_object(source, inputs):
+    """The bytes of a loose image in object storage (at most `max_member_bytes`), or an `ImageError`;
+    transient faults retried, then recorded as transient."""
+
+    def read():
+        with _open(source.url) as f:
+            size = getattr(f, "size", None)  # known from the listing for object stores: not read when over
+            what = f"{size} bytes"
+            if not (isinstance(size, int) and size > inputs.max_member_bytes):
+                data = f.read(inputs.max_member_bytes + 1)
+                size, what = len(data), f"more than {inputs.max_member_bytes} bytes"
+        if size > inputs.max_member_bytes:
+            return ImageError(f"object of {what} is over the limit of {inputs.max_member_bytes} bytes "
+                              "(--max-member-size); not read")
+        return data
+
+    try:
+        return faults.retry(read, retries=inputs.retries, delay=inputs.retry_delay, what=source.name)
+    except Exception as exc:  # noqa: BLE001 - permanent, or transient past the retries: recorded
+        return ImageError(faults.reason(exc, "cannot read"))
+
+
 def iter_samples(inputs: ShardInputs, skip=frozenset()):
     """Every `Sample` of the inputs, in order: shard by shard, member by member.
 
     Resuming (`skip`: the rows already written), a shard before the last source that has a written row
     was read to its end by the earlier run (rows are written in order), so it is not read again: its
-    failures of that run (`inputs.previous_failed`, {row: reason}) are given again as they were."""
+    failures of that run (`inputs.previous_failed`, {row: reason}) are given again as they were, unless
+    one of them is transient (`vggfeat.faults`): that shard is read again, its written rows skipped."""
     labels = _Labels(inputs.class_names, inputs.label_field)
     complete_before = _last_source_with_rows(inputs.sources, skip) if skip else -1
     previous = inputs.previous_failed or {}
-    inputs.shards_skipped = 0
+    earlier = _by_source(inputs.sources, previous) if previous else {}
+    inputs.shards_skipped = inputs.reread = 0
     units = unit_numbers(inputs.sources)
     for i, s in enumerate(inputs.sources):
         if s.kind == "shard" and i < complete_before:
-            inputs.shards_skipped += 1
-            for p, reason in previous.items():
-                if p == s.name or p.startswith(s.name + "/"):
-                    yield Sample(p, -1, ImageError(reason), units[i])
-            continue
+            if not any(faults.is_transient_reason(previous[p]) for p in earlier.get(i, ())):
+                inputs.shards_skipped += 1
+                for p in earlier.get(i, ()):
+                    yield Sample(p, -1, ImageError(previous[p]), units[i])
+                continue
+            inputs.reread += 1
         if s.kind == "shard":
             for sample in iter_shard(s, extensions=inputs.extensions, exclude=inputs.exclude, labels=labels,
-                                     skip=skip):
+                                     skip=skip, max_member_bytes=inputs.max_member_bytes, retries=inputs.retries,
+                                     retry_delay=inputs.retry_delay):
                 sample.unit = units[i]
                 yield sample
         elif s.name in skip:
             continue
         elif is_url(s.url):
-            try:
-                fs, path = _filesystem(s.url)
-                data = fs.cat_file(path)
-            except Exception as exc:  # noqa: BLE001
-                data = ImageError(f"cannot read: {_reason(exc)}")
-            yield Sample(s.name, -1, data, units[i])
+            yield Sample(s.name, s.label, _read_object(s, inputs), units[i])
         else:
-            yield Sample(s.name, -1, s.url, units[i])
-    import logging
-
-    if inputs.shards_skipped:
-        logging.getLogger("vggfeat").info("resumed: %d shards read to their end by the earlier run were not "
-                                          "read again", inputs.shards_skipped)
+            yield Sample(s.name, s.label, s.url, units[i])
+    if inputs.shards_skipped or inputs.reread:
+        again = (f"; {inputs.reread} with a transient failure were read again" if inputs.reread else "")
+        log.info("resumed: %d shards read to their end by the earlier run were not read again%s",
+                 inputs.shards_skipped, again)
     inputs.unlabelled, inputs.labelled = labels.unlabelled, labels.labelled
     if inputs.warn_unlabelled:
         warn_unlabelled(inputs, labels.unlabelled, labels.labelled)

@@ -59,6 +59,7 @@ import numpy as np
 from ._version import __version__
 from .config import attr_value
 from .errors import InputError, LayerError, OutputError, VggfeatError, WriteFailed
+from .redact import redact, redact_urls
 from .specs import canonical_layer
 
 _attr = attr_value
@@ -433,7 +434,7 @@ def write_root_attrs(f, fmt, version, settings, dtype, compression):
     f.attrs["format_version"] = version
     for k, v in settings.items():
         if v is not None:
-            f.attrs[k] = v
+            f.attrs[k] = redact_urls(v) if isinstance(v, str) else v
     f.attrs["dtype"] = dtype
     f.attrs["compression"] = compression or "none"
     f.attrs["vggfeat_version"] = __version__
@@ -767,12 +768,12 @@ class FeatureWriter:
                 raise ValueError(f"rows of {name} have shape {values.shape[1:]}, the file {ds.shape[1:]}")
             if n:
                 b[name].append(values)
-        b["paths"].extend(str(p) for p in paths)
+        b["paths"].extend(redact_urls(p) for p in paths)  # credentials never reach the file
         b["labels"].extend(int(x) for x in labels)
         if self._indexed:
             b["index"].extend(int(i) for i in index)
             b["failed_index"].extend(int(i) for i in failed_index)
-        b["failed"].extend((str(p), str(r)) for p, r in failed)
+        b["failed"].extend((redact_urls(p), redact(r)) for p, r in failed)
         self._buffered += n
         whole = self._buffered - (self._rows + self._buffered) % self._chunk
         if whole > 0:

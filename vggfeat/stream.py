@@ -157,11 +157,11 @@ def _decode_in_order(samples, geometry, workers, depth, max_pixels, timeout=DECO
 
 
 def _to_list(images: ImageList | ShardInputs | list | str, extensions=None, exclude=(), class_names=None,
-             label_field=None):
+             label_field=None, max_member_size=None, retries=None):
     if isinstance(images, (ImageList, ShardInputs)):
         return images
     return scan_inputs(images, extensions=extensions, exclude=exclude, class_names=class_names,
-                       label_field=label_field)
+                       label_field=label_field, max_member_size=max_member_size, retries=retries)
 
 
 def _prefetch(iterable, size):
@@ -204,7 +204,7 @@ def _prefetch(iterable, size):
 
 def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(), progress=None, strict=False,
                   max_pixels=MAX_PIXELS, decode_timeout=DECODE_TIMEOUT, extensions=None, exclude=(), class_names=None,
-                  label_field=None, **config):
+                  label_field=None, max_member_size=None, retries=None, **config):
     """Yield `FeatureBatch`es of the images in `inputs`, in input order, holding only a few batches.
 
     Args:
@@ -212,7 +212,8 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
             `scan_images`; `extensions` and `exclude` as for `scan_images`. Or tar shards (WebDataset:
             `shards/00000.tar`, `shards/{00000..00009}.tar`) and URLs (`s3://bucket/prefix/`), streamed
             shard by shard (see `vggfeat.shards`), with labels from `.cls` or the JSON field
-            `label_field`, and `class_names` (a list, a file or a comma-separated string).
+            `label_field`, and `class_names` (a list, a file or a comma-separated string);
+            `max_member_size` and `retries` as for `extract`.
         extractor: a `FeatureExtractor` or `MultiScaleExtractor`, or an `ExtractorConfig` to build one;
             None: built from `config`, the fields of `ExtractorConfig` (layers, arch, weights, seed,
             form, pooling, input_size, resize, precision, scales, flip, aggregate, l2).
@@ -229,7 +230,7 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
     """
     from .config import ExtractorConfig
 
-    images = _to_list(inputs, extensions, exclude, class_names, label_field)
+    images = _to_list(inputs, extensions, exclude, class_names, label_field, max_member_size, retries)
     if extractor is not None and config:
         raise TypeError(f"pass either an extractor or its settings, not both: {sorted(config)}")
     if extractor is None:
