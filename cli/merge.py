@@ -15,7 +15,9 @@ from ._common import output_options, quiet_option, reports_errors
 def merge_command(index, output, overwrite, quiet):
     """Write the parts listed by INDEX (from `vggfeat extract --output-shards`) into one features file
     OUTPUT: the rows, values and failures, in order, that a single-file run writes. INDEX and its parts
-    are left as they are.
+    are left as they are. OUTPUT is written under a temporary name beside it (OUTPUT.vggfeat-tmp) and
+    renamed into place only when complete: a merge cut short (an error, a full disk, a kill) leaves no
+    OUTPUT (or, with --overwrite, the old one as it was); run it again.
 
     \b
     Example: vggfeat merge features.h5 -o features-all.h5

@@ -820,22 +820,31 @@ def open_features(path, layer=None) -> FeatureSet:
 
 def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[int, int]:
     """Write the parts of the index `index_path` into one vggfeat file `output`: the rows, values and
-    failures, in order, that a single-file run writes. Returns (rows, failures)."""
-    from .store import FeatureWriter
+    failures, in order, that a single-file run writes. Returns (rows, failures).
+
+    The file is written beside `output` (`output` + `.vggfeat-tmp`, locked while written) and renamed
+    onto `output` only once complete and flushed to disk: a merge cut short (an error, a full disk,
+    kill -9) leaves `output` as it was (absent, or the old file of an `overwrite`); the next merge
+    removes the temporary a killed one left."""
+    from .store import OVERWRITE_SUFFIX, FeatureWriter, open_read
     from .stream import progress_bar
 
     index = read_index(index_path)
     if not index.complete:
         raise OutputError(f"{index_path} is incomplete (the run was interrupted); `vggfeat extract --resume "
                           "--output-shards` completes it first")
+    output = os.fspath(output)
     if os.path.abspath(output) == os.path.abspath(index_path):
         raise OutputError("the merged file must not replace its own index")
     folder = os.path.dirname(index.part_path(0)) if index.files else None
     if folder and os.path.abspath(os.path.dirname(os.path.abspath(output))) == os.path.abspath(folder):
         raise OutputError(f"the merged file must not go into the index's parts folder {folder}")
-    FeatureWriter.check_output(output, overwrite=overwrite)
-    from .store import open_read
-
+    if os.path.lexists(output) and not overwrite:
+        raise OutputError(f"{output} exists; pass --overwrite to replace it")
+    try:
+        FeatureWriter.check_output(output, overwrite=overwrite)
+    except WriteFailed as exc:  # its hint is a run's (--resume); a merge writes nothing until it is done
+        raise _merge_failed(exc, output) from None
     for i in range(len(index.files)):  # every part there and its index's, before anything is written
         p = index.part_path(i)
         if not part_complete(p):
@@ -844,26 +853,48 @@ def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[
             check_part(index, i, f)
     settings = {k: v for k, v in index.attrs.items() if k not in _INDEX_ONLY}
     layers = list(index.feature_shapes)
-    writer = FeatureWriter.create(output, settings=settings, feature_shapes=index.feature_shapes,
-                                  class_names=index.class_names, dtype=index.attrs.get("dtype", "float32"),
-                                  compression=None if index.attrs.get("compression") in (None, "none")
-                                  else index.attrs["compression"], overwrite=overwrite)
+    try:
+        writer = FeatureWriter.create(output, settings=settings, feature_shapes=index.feature_shapes,
+                                      class_names=index.class_names, dtype=index.attrs.get("dtype", "float32"),
+                                      compression=None if index.attrs.get("compression") in (None, "none")
+                                      else index.attrs["compression"], overwrite=overwrite, beside=True)
+    except WriteFailed as exc:
+        raise _merge_failed(exc, output) from None
+    assert writer.path == output + OVERWRITE_SUFFIX
     bar = progress_bar(int(index.rows.sum()), progress, desc="merge")
     rows = failures = 0
     ok = False
+    failure = None
     try:
         for i in range(len(index.files)):
             r, fl = append_part(writer, index.part_path(i), layers, on_rows=bar.update)
             rows += r
             failures += fl
         ok = True
+    except WriteFailed as exc:
+        failure = _merge_failed(exc, output)
     finally:
         bar.close()
-        fresh = writer.path == writer.final_path  # not an --overwrite (whose old file stays if this fails)
-        writer.close(complete=ok and rows > 0)
-        if not ok and fresh and os.path.exists(output):
-            os.remove(output)  # a merge cut short leaves nothing: it is simply run again
+        try:  # complete: flushed, fsynced and renamed onto `output`; else the temporary is removed
+            writer.close(complete=ok and rows > 0, place=ok)
+        except WriteFailed as exc:
+            if failure is None:
+                failure = _merge_failed(exc, output)
+    if failure is not None:
+        raise failure
     return rows, failures
+
+
+def _merge_failed(exc, output) -> WriteFailed:
+    """A failed write of a merge, in one line: nothing was written, `output` is as it was."""
+    import errno as _errno
+
+    cause = str(exc).split("; ")[0]
+    full = getattr(exc.__cause__ or exc.__context__, "errno", None) in (_errno.ENOSPC, _errno.EDQUOT) \
+        or "No space left" in cause or "quota" in cause.lower()
+    what = "free some space" if full else "fix the cause"
+    return WriteFailed(f"{cause}; nothing was written ({output} was left as it was): {what} and run "
+                       "`vggfeat merge` again")
 
 
 def append_part(writer, part, layers, *, skip=None, on_rows=None) -> tuple[int, int]:

@@ -509,11 +509,12 @@ class FeatureWriter:
 
     @classmethod
     def create(cls, path, *, settings: dict, feature_shapes: dict, class_names, dtype="float32",
-               compression=None, overwrite=False, index=False):
+               compression=None, overwrite=False, index=False, beside=False):
         """Create `path`; refuses an existing file unless `overwrite`, in which case the new file is
         written beside it (`path` + OVERWRITE_SUFFIX) and renamed over it by `close(complete=True)`.
-        With `index`, rows and failures also carry their position in the run's image list (the
-        shards of a distributed run)."""
+        With `beside`, a new file is written beside its name that way too: nothing is at `path` until
+        `close` puts it there (a run cut short leaves no file; `vggfeat merge`). With `index`, rows and
+        failures also carry their position in the run's image list (the shards of a distributed run)."""
         path = os.fspath(path)
         if dtype not in ("float32", "float16"):
             raise InputError(f"unknown storage dtype {dtype!r}; choose float32 or float16")
@@ -535,6 +536,9 @@ class FeatureWriter:
                 raise
             target = path + OVERWRITE_SUFFIX
             _remove_stale(target)
+        elif beside:
+            target = path + OVERWRITE_SUFFIX
+            _remove_stale(target)  # the temporary of a run killed before it was complete
         try:
             fd = _open_fd(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, "create")
         except BaseException:
@@ -879,10 +883,12 @@ class FeatureWriter:
             self._f.attrs[k] = v
         self._flush_checked()
 
-    def close(self, complete=False):
+    def close(self, complete=False, *, place=None):
         """Commit what is buffered and close; with `complete`, mark the file complete and, for an
-        `--overwrite`, put it in place of the old file. Without `complete`, an `--overwrite`'s new
-        file is removed and the old one left as it was."""
+        `--overwrite` (or a file created `beside`), put it in place of the old file, once flushed to
+        disk (fsync). Without `complete`, an `--overwrite`'s new file is removed and the old one left as
+        it was. `place` (default: `complete`) decides the latter apart from the `complete` mark."""
+        place = complete if place is None else place
         if not self._f.id.valid:
             return
         failure = None
@@ -900,8 +906,9 @@ class FeatureWriter:
         replacing = self.path != self.final_path
         self._abandon()
         if replacing:
-            if complete and failure is None:
+            if place and failure is None:
                 os.replace(self.path, self.final_path)
+                _sync_folder(self.final_path)
             else:
                 _remove_stale(self.path)
         if getattr(self, "_old_fd", None) is not None:
@@ -939,6 +946,20 @@ def _check_suffix(path):
         raise OutputError(f"{path}: vggfeat writes HDF5, not {_OTHER_FORMATS[suffix]}; name the output "
                           f"{os.path.splitext(os.path.basename(path))[0]}.h5 (load_features then gives NumPy "
                           "arrays)")
+
+
+def _sync_folder(path):
+    """fsync the folder of `path` (a rename in it reaches the disk); best effort."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove_stale(path):
