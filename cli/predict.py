@@ -56,7 +56,7 @@ def predict_command(inputs, ext, exclude, max_member_size, retries, label_field,
     from vggfeat.prediction import PredictionTally, class_names_of
 
     if output:
-        check_output(output, overwrite=overwrite)
+        check_output(output, overwrite=overwrite, inputs=list(inputs), extensions=ext or None)
     show_progress_lines(quiet)
     # the classifier file, its settings, the weights and the inputs are checked before Keras starts
     loaded = load_predictor(classifier, weights=weights, top_k=top_k)

@@ -274,9 +274,12 @@ _ZIP_FLOOR = 1 << 30
 _ZIP_MAX_EXPANSION = 100
 
 
-def check_output(path, *, overwrite=False) -> str:
+def check_output(path, *, overwrite=False, inputs=(), extensions=None) -> str:
     """Check, before any work, that a file (a classifier file, a CSV of predictions) can be written at
     `path`: not a folder, its folder exists and is writable, and an existing file only with `overwrite`.
+    With `inputs` (of `predict`): not one of them, as `extract` checks its output (an input file or list
+    given by name, or a name a folder scan reads, by `extensions`, inside an input folder; see
+    `vggfeat.pipeline.prepare_extract`).
 
     Raises:
         OutputError: one line naming the path and the way out.
@@ -291,6 +294,10 @@ def check_output(path, *, overwrite=False) -> str:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: permission denied")
+    if inputs:
+        from .pipeline import check_output_not_input
+
+        check_output_not_input(path, inputs, extensions=extensions)
     return path
 
 

@@ -248,7 +248,20 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
     inputs (that they exist and hold images), the weights and layers (`check_extractor`: Keras's
     ImageNet file is downloaded now if it is not cached). On the `vggfeat` logger (INFO), it says what
     it found (`Found 12 images in 3 classes`, as Keras's `image_dataset_from_directory` does) and what
-    `run()` will load (`loading vgg16 with imagenet weights...`). Arguments as for `extract`."""
+    `run()` will load (`loading vgg16 with imagenet weights...`). Arguments as for `extract`.
+
+    The output is never one of the inputs (`OutputError`, before the network is built). Refused:
+    the output is the same file (`os.path.samefile`) as an input given by name (an image, a tar shard,
+    a list file) or as a file the scan found (an image a list names, a shard of a brace range); the
+    output lies inside an input folder (at any depth, by `os.path.realpath`; a folder given along with
+    shards too) and has a name that scanning a folder reads (an image extension of `extensions`, or a
+    tar shard `.tar`/`.tar.gz`/`.tgz`), even when it does not exist yet: the next run would read it;
+    with `output_shards`, `OUTPUT.parts/` is an input folder or holds an input (`--overwrite` empties
+    it). Allowed: a name no scan reads (`features.h5`, and so `OUTPUT.parts/` of `.h5` parts) inside an
+    input folder. URLs are not compared.
+
+    Resuming (`resume`) an existing output, single file or index of parts, with settings that differ in
+    what is known without the network (`_check_resume`) is refused here too, before Keras."""
     import logging
 
     began = time.perf_counter()
@@ -287,6 +300,7 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
         check_parts_output(output, resume=resume, overwrite=overwrite)
     else:
         check_single_output(output, resume=resume)
+    check_output_not_input(output, inputs, extensions=extensions, output_shards=output_shards)
     runner.check(output, resume=resume, overwrite=overwrite)
     try:
         check = None
@@ -300,6 +314,7 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
             _check_resume(output, config, check, inputs, dtype)
         images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
                              label_field=label_field, max_member_size=max_member_size, retries=retries)
+        _check_output_not_scanned(output, images)
         log.info(images.found())
         if check is not None:
             check.fetch()  # Keras's ImageNet file, when it is not cached yet
@@ -319,12 +334,85 @@ def _inputs_attr(inputs) -> str:
         os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs))])
 
 
+def _local_inputs(inputs) -> list:
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return [g for g in (os.fspath(g) for g in given) if not is_url(g)]
+
+
+def _inside(path, folder) -> bool:
+    """Whether the real path `path` is `folder` or lies under it (both real, absolute)."""
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # another drive
+        return False
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_not_input(output, inputs, *, extensions=None, output_shards=False):
+    """Refuse an output that is, or would be read as, one of the inputs given (see `prepare_extract`):
+    the inputs as given, without scanning them (`_check_output_not_scanned` checks what a scan found)."""
+    from . import braces
+    from .images import is_image_name, normalize_extensions
+    from .parts import parts_dir
+    from .shards import has_braces, is_shard_name
+
+    extensions = normalize_extensions(extensions)
+    real = os.path.realpath(output)
+    parts = os.path.realpath(parts_dir(output)) if output_shards else None
+    scanned_name = is_image_name(output, extensions) or is_shard_name(output)
+    for given in _local_inputs(inputs):
+        if has_braces(given):
+            folder, name = braces.split_name(given)
+            if not has_braces(folder) and os.path.isdir(folder or ".") \
+                    and os.path.realpath(folder or ".") == os.path.dirname(real) \
+                    and braces.index_of(name, os.path.basename(real)):
+                raise OutputError(f"the output {output} is one of the inputs (a shard of {given}); choose "
+                                  "another output")
+            continue
+        if not os.path.exists(given):
+            continue  # scan_inputs says so
+        where = os.path.realpath(given)
+        if os.path.isdir(given):
+            if scanned_name and _inside(real, where):
+                raise OutputError(f"the output {output} is inside the input folder {given} with a name that is "
+                                  "read as an input (an image or a tar shard); choose another name or folder")
+        elif _same_file(output, given) or real == where:
+            raise OutputError(f"the output {output} is the input {given}; choose another output")
+        if parts is not None and _inside(where, parts):
+            raise OutputError(f"the parts' folder {parts_dir(output)} of the output would hold the input "
+                              f"{given} (a run with --output-shards --overwrite empties it); name the output "
+                              "elsewhere")
+
+
+def _check_output_not_scanned(output, images):
+    """Refuse an existing output that is one of the files the scan found (an image a list names, a shard
+    of a brace range...); compared by `os.path.samefile`, only for the files with the output's name."""
+    if not os.path.exists(output):
+        return  # every file found exists
+    if isinstance(images, ShardInputs):
+        files = (s.url for s in images.sources if not s.missing and not is_url(s.url))
+    else:
+        files = images.files
+    names = {os.path.basename(output), os.path.basename(os.path.realpath(output))}
+    tails = tuple(os.sep + n for n in names)
+    for f in files:
+        if (f in names or f.endswith(tails)) and _same_file(output, f):
+            raise OutputError(f"the output {output} is one of the inputs ({f}); choose another output")
+
+
 def _check_resume(output, config, check, inputs, dtype):
     """Before anything is built: refuse to resume a file made with other settings (those known without
     the network: layers, form, pooling, geometry, precision, the descriptor, the weights' kind and
     architecture, the inputs, the storage dtype), with the message the writer gives. A file whose
     settings cannot be read is left to the writer (which may rebuild it)."""
-    from .store import read_attrs, settings_differences
+    from .parts import read_attrs  # a single file, or the index of an --output-shards run
+    from .store import settings_differences
 
     try:
         have = read_attrs(output)
