@@ -15,7 +15,8 @@ from ._common import reports_errors
 def verify_command(file, repair_to):
     """Read every row of FILE and check it against the checksums written with it.
 
-    FILE may be the index of `extract --output-shards`: every part it lists is checked.
+    FILE may be the index of `extract --output-shards`: every part it lists is checked; a missing part,
+    a part that is not the index's, or an incomplete index is damage (exit 1), never intact.
 
     Exit code 0: intact. 1: damaged (the damaged row ranges are listed; --repair OUT writes the intact
     part into a new file, leaving FILE as it is). 2: not a vggfeat file, or not readable at all.
@@ -55,6 +56,8 @@ def verify_command(file, repair_to):
 
 
 def _verify_index(file, verify):
+    """Every part of the index `file`: a missing part, a part that is not the index's, a damaged part
+    or an incomplete index is damage (one line each, exit 1), never "intact"."""
     import os
 
     import h5py
@@ -64,10 +67,16 @@ def _verify_index(file, verify):
 
     index = read_index(file)
     bad = rows = 0
+    missing = []
     for i in range(len(index.files)):
         part = index.part_path(i)
-        if not index.complete and not os.path.isfile(part):
-            continue  # not written yet
+        if not os.path.isfile(part):
+            missing.append(part)
+            if index.complete:
+                click.echo(f"{part} is missing: {file} lists it; `vggfeat extract --resume --output-shards -o "
+                           f"{file}` with the same inputs writes it again")
+                bad += 1
+            continue
         try:
             report = verify(part)
             with h5py.File(part, "r") as f:
@@ -80,10 +89,14 @@ def _verify_index(file, verify):
             click.echo(report.line())
             bad += 1
         rows += report.rows
-    state = "" if index.complete else " (incomplete: `vggfeat extract --resume --output-shards` completes it)"
     n = len(index.files)
+    if not index.complete:
+        click.echo(f"{file} is incomplete (the run was interrupted): {len(missing)} of {n} parts are missing"
+                   + (f" (first: {missing[0]})" if missing else "")
+                   + "; `vggfeat extract --resume --output-shards` completes it")
+        bad += 1
     failures = int(index.failed[index.failed >= 0].sum())
-    click.echo(f"{file}: {n} part{'' if n == 1 else 's'}, {rows} rows, {failures} failed images{state}; "
+    click.echo(f"{file}: {n} part{'' if n == 1 else 's'}, {rows} rows, {failures} failed images; "
                + (f"{bad} damaged or missing" if bad else "every part intact"))
     if bad:
         raise SystemExit(1)

@@ -159,3 +159,101 @@ def test_a_full_tmpfs_during_merge_is_one_line_from_the_cli(tmp_path, big_index)
         assert os.listdir(disk) == []
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_an_index_with_missing_parts_is_never_intact(tmp_path, complete):
+    """Parts of a real index removed (one, then all), complete or interrupted: `verify` exits 1 with a
+    line per missing part (or one for the incomplete index) naming `--resume --output-shards`;
+    `load_features` raises a one-line OutputError naming the first missing part, never 0 rows."""
+    from vggfeat import open_features
+    from vggfeat.errors import OutputError
+
+    index = make_index(tmp_path / "idx.h5", n_parts=3, per=20, width=8, complete=complete)
+    folder = parts_dir(index)
+    r = run_cli("verify", index)
+    if complete:
+        assert r.returncode == 0 and "3 parts, 60 rows, 0 failed images; every part intact" in r.stdout, r.stdout
+    else:  # an interrupted run's index: damage to report, whatever its parts hold
+        assert r.returncode == 1 and "is incomplete (the run was interrupted): 0 of 3 parts are missing; " \
+                                     "`vggfeat extract --resume --output-shards` completes it" in r.stdout, r.stdout
+    os.remove(os.path.join(folder, "part-000001.h5"))
+    r = run_cli("verify", index)
+    assert r.returncode == 1 and "intact" not in r.stdout, r.stdout
+    if complete:
+        assert f"{folder}/part-000001.h5 is missing: {index} lists it; `vggfeat extract --resume --output-shards" \
+               in r.stdout and "1 damaged or missing" in r.stdout, r.stdout
+    else:
+        assert f"1 of 3 parts are missing (first: {folder}/part-000001.h5)" in r.stdout, r.stdout
+    with pytest.raises(OutputError, match=r"part-000001.h5 is missing.*--resume --output-shards") as info:
+        load_features(index)
+    assert "\n" not in str(info.value)
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+    r = run_cli("verify", index)
+    assert r.returncode == 1 and "intact" not in r.stdout and "--resume --output-shards" in r.stdout, r.stdout
+    lines = r.stdout.splitlines()
+    assert len(lines) == (3 + 1 if complete else 1 + 1), r.stdout  # one a part (or the index), and the summary
+    for read in (lambda: load_features(index), lambda: open_features(index)):
+        with pytest.raises(OutputError, match=r"part-000000\.h5.*--resume --output-shards") as info:
+            read()
+        assert "\n" not in str(info.value)
+    # a part that is not the index's: damage, and what to do
+    make_index(tmp_path / "other.h5", n_parts=3, per=20, width=8, seed=1)
+    for name in os.listdir(parts_dir(tmp_path / "other.h5")):
+        os.rename(os.path.join(parts_dir(tmp_path / "other.h5"), name), os.path.join(folder, name))
+    with h5py_file(os.path.join(folder, "part-000002.h5")) as f:
+        f.attrs["run_id"] = "another run"
+    r = run_cli("verify", index)
+    assert r.returncode == 1 and "part-000002.h5 is not part 2 of" in r.stdout and "intact" not in r.stdout
+    assert "`vggfeat extract --resume --output-shards` with the same inputs writes it again" in r.stdout
+
+
+def h5py_file(path):
+    import h5py
+
+    return h5py.File(path, "r+")
+
+
+def test_a_single_file_run_is_refused_while_a_parts_run_writes_the_output(tmp_path):
+    """Two real processes: while `vggfeat extract --output-shards -o OUT` runs, a single-file extraction
+    onto OUT (--overwrite, --resume, or a new file once OUT is gone) is refused in one line; the parts
+    run completes and its index is intact. A single file being written holds OUT against a parts run."""
+    from test_shards import FAST_CLI, png, write_tar
+    from vggfeat import extract
+    from vggfeat.errors import OutputError
+
+    for s in range(24):
+        write_tar(str(tmp_path / "s" / f"{s:05d}.tar"),
+                  [m for i in range(8) for m in ((f"{s * 8 + i:06d}.png", png(s * 8 + i)),
+                                                 (f"{s * 8 + i:06d}.cls", str(i % 3).encode()))])
+    inputs = [f"{tmp_path}/s/{{00000..00023}}.tar"]
+    out = tmp_path / "out.h5"
+    proc = cli("extract", *inputs, "--layer", "fc7", "--batch-size", "4", "--workers", "1", "--output-shards",
+               *FAST_CLI, "-o", out)
+    folder = parts_dir(out)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if os.path.isdir(folder) and any(n.endswith(".h5") for n in os.listdir(folder)):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the parts run ended before the test could run beside it"
+    try:
+        for kw in ({"overwrite": True}, {"resume": True}):
+            with pytest.raises(OutputError, match=r"is being written by an --output-shards run .*wait for it") as info:
+                extract(inputs, out, "fc7", arch="vgg11", weights="random", input_size=32, progress=False, **kw)
+            assert "\n" not in str(info.value)
+        assert proc.poll() is None, "the parts run ended while the refusals were tested: make it longer"
+    finally:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    r = run_cli("verify", out)
+    assert r.returncode == 0 and "24 parts, 192 rows" in r.stdout and "every part intact" in r.stdout, r.stdout
+    # the other way round: a single file being written (its writer's flock on OUT) refuses a parts run
+    single = tmp_path / "single.h5"
+    w = FeatureWriter.create(single, settings=SETTINGS, feature_shapes={"fc7": (4,)}, class_names=[])
+    try:
+        with pytest.raises(OutputError, match="in use by another process"):
+            extract(inputs, single, "fc7", arch="vgg11", weights="random", input_size=32, progress=False,
+                    overwrite=True, output_shards=True)
+    finally:
+        w.close()

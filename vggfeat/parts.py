@@ -328,8 +328,8 @@ def check_part(index: Index, i: int, f) -> tuple[int, int]:
     key = attr_value(f.attrs.get("part_key", ""))
     if run != index.attrs.get("run_id", "") or number != i or (index.keys and key != index.keys[i]):
         raise OutputError(f"{path} is not part {i} of {index.path} (it belongs to another run or another "
-                          "part: an --overwrite cut short, or files moved by hand); run the extraction again "
-                          "with --overwrite")
+                          "part: an --overwrite cut short, or files moved by hand); `vggfeat extract --resume "
+                          "--output-shards` with the same inputs writes it again")
     if index.complete and (n, m) != (int(index.rows[i]), int(index.failed[i])):
         raise OutputError(f"{path} holds {n} rows and {m} failures, its index {index.path} says "
                           f"{int(index.rows[i])} and {int(index.failed[i])}: one of them was changed")
@@ -388,7 +388,11 @@ class _locked_folder:
 
 
 def check_single_output(output, *, resume):
-    """A single-file run refuses to resume an index."""
+    """A single-file run (create, resume or overwrite) refuses an output that an `--output-shards` run is
+    writing (its parts folder is locked), and refuses to resume an index."""
+    from .store import refuse_parts_run
+
+    refuse_parts_run(output)
     if resume and os.path.exists(output) and is_index(output):
         raise OutputError(f"{output} is an index of parts (--output-shards): resume it with --output-shards")
 
@@ -581,6 +585,10 @@ class FeatureSet:
             self._numbers = list(range(len(self.parts)))
             if not index.complete:
                 keep = [i for i, p in enumerate(self.parts) if part_complete(p)]
+                if not keep and self.parts:  # nothing to read is no dataset: never 0 rows and a warning
+                    raise OutputError(f"{self.path} is incomplete and none of its {len(self.parts)} parts is "
+                                      f"written (first missing: {self.parts[0]}); `vggfeat extract --resume "
+                                      "--output-shards` completes it")
                 self._numbers = keep
                 import warnings
 
@@ -595,7 +603,8 @@ class FeatureSet:
                 for p in self.parts:
                     if not os.path.isfile(p):
                         raise OutputError(f"{self.path}: its part {p} is missing (an index reads its parts from "
-                                          f"{os.path.dirname(p)}; move them with it)")
+                                          f"{os.path.dirname(p)}; move them with it, or `vggfeat extract --resume "
+                                          "--output-shards` with the same inputs writes it again)")
         else:
             with open_read(self.path) as f:
                 from .config import attr_value
@@ -781,6 +790,13 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
     path = os.fspath(path)
     if not (os.path.isfile(path) and is_index(path)):
         return store.load_features(path, layer, return_X_y=return_X_y, verify=verify)
+    index = read_index(path)
+    if not index.complete:  # read whole, an index lacking parts is not the dataset: open_features reads them
+        missing = [index.part_path(i) for i in range(len(index.files)) if not part_complete(index.part_path(i))]
+        if missing:
+            raise OutputError(f"{path} is incomplete (the run was interrupted): its part {missing[0]} is missing "
+                              f"({len(missing)} of {len(index.files)}); `vggfeat extract --resume --output-shards` "
+                              "completes it (open_features reads the parts written so far)")
     fs = open_features(path, layer)
     features, labels, paths = fs.read(verify=verify)
     return store.as_bunch(path, features, labels, paths, fs.class_names, fs.failed(), fs.layer, dict(fs.attrs),

@@ -187,6 +187,26 @@ def _lock(fd, path, shared=False):
             raise OutputError(f"cannot lock {path}: {exc.strerror}") from None
 
 
+def _refuse_parts_run(path):
+    """Refuse to write the single file `path` while an `--output-shards` run writes `path` as an index:
+    that run holds a lock (flock) on `path`.parts for its whole run (one writer per output name)."""
+    folder = os.fspath(path) + ".parts"
+    if not os.path.isdir(folder):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OutputError(f"{path} is being written by an --output-shards run{_holder_of_lock(fd)} (its parts "
+                              f"folder {folder} is locked); wait for it to finish") from None
+    finally:
+        os.close(fd)
+
+
 def _os_error(path, exc, doing="write") -> OutputError:
     reason = getattr(exc, "strerror", None) or _first_line(exc)
     if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -549,6 +569,7 @@ class FeatureWriter:
         f = None
         try:
             _lock(fd, target)
+            _refuse_parts_run(path)
             f = h5py.File(io, "w")
             write_root_attrs(f, FORMAT, FORMAT_VERSION, settings, dtype, compression)
             f.attrs["complete"] = False
@@ -602,6 +623,7 @@ class FeatureWriter:
         f = None
         try:
             _lock(fd, path)
+            _refuse_parts_run(path)
             try:
                 f = h5py.File(io, "r+")
             except OSError as exc:
@@ -1156,3 +1178,4 @@ crc = _crc
 crc_strings = _crc_strings
 as_bunch = _loaded
 lock = _lock
+refuse_parts_run = _refuse_parts_run
