@@ -286,12 +286,25 @@ def input_size_option(help, default=None):
     return decorate
 
 
+def local_output(ctx, param, value):
+    """Outputs are local paths: a URL is refused as itself (redacted), never turned into a path that would
+    show its credentials in a later message."""
+    import re
+
+    if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(value)):
+        from vggfeat.redact import redact_url
+
+        raise UserError(f"the output must be a local path; vggfeat writes no URL (got {redact_url(value)})")
+    return value
+
+
 def output_options(what, *, resume=True, required=True,
                    overwrite_help="Replace an existing output (only once the new one is complete)."):
     """-o/--output, --overwrite and (where a run can be continued) --resume."""
 
     def decorate(func):
-        options = [click.option("-o", "--output", required=required, type=click.Path(dir_okay=False), help=what)]
+        options = [click.option("-o", "--output", required=required, type=click.Path(dir_okay=False), help=what,
+                                callback=local_output)]
         if resume:
             options.append(click.option("--resume", is_flag=True,
                                         help="Continue an existing output (same settings): skip what is done."))

@@ -6,13 +6,14 @@ import os
 
 import click
 
-from ._common import (input_size_option, model_options, precision_option, quiet_backend, reports_errors,
-                      show_progress_lines)
+from ._common import (input_size_option, local_output, model_options, precision_option, quiet_backend,
+                      reports_errors, show_progress_lines)
 
 
 @click.command("finetune")
 @click.argument("train_dir", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.",
+              callback=local_output)
 @model_options
 @click.option("--val-dir", type=click.Path(), default=None, help="Validation images (class subfolders).")
 @click.option("--val-split", type=float, default=0.2, show_default=True,

@@ -473,3 +473,85 @@ def test_redaction_of_urls_and_text():
     remember(f"http://user:{HTTP_SECRET}@h/x")
     # a library quoting the secret out of its URL (a header, a repr) is masked too
     assert HTTP_SECRET not in redact(f"Authorization failed for password {HTTP_SECRET!r}")
+
+
+# ---- found by a hostile review ----------------------------------------------------------------------------
+
+
+def test_a_retry_that_meets_a_permanent_fault_records_the_shard(tmp_path, monkeypatch):
+    """A connection reset mid-shard, then an expired pre-signed URL (403) on the retry: the shard's failure
+    is recorded (it was swallowed: the rest of the shard vanished from a file marked complete)."""
+    import vggfeat.shards as shards
+
+    write_tar(str(tmp_path / "f.tar"), [(f"{i:03d}.png", png(i)) for i in range(8)])
+    raw = (tmp_path / "f.tar").read_bytes()
+    opened = []
+
+    class Cut(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > len(raw) // 2:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return super().read(n)
+
+    def fake_open(url):
+        opened.append(url)
+        if len(opened) == 1:
+            return Cut(raw)
+        raise PermissionError(13, "Forbidden (the pre-signed URL expired)")
+
+    monkeypatch.setattr(shards, "_open", fake_open)
+    got, _ = samples(str(tmp_path / "f.tar"), retries=2)
+    given = [p for p, _, why in got if why is None]
+    assert 0 < len(given) < 8 and len(opened) == 2
+    assert got[-1][0].endswith("f.tar") and got[-1][2].startswith("cannot open shard: access denied")
+
+
+def test_an_at_sign_in_a_path_is_no_user_information(tmp_path, http_files):
+    from vggfeat.redact import redact_url
+
+    assert redact_url("http://127.0.0.1:8765/d/p@q.tar") == "http://127.0.0.1:8765/d/p@q.tar"
+    assert redact_url("s3://bucket/2024-01-01T10:00/img@2x.tar") == "s3://bucket/2024-01-01T10:00/img@2x.tar"
+    assert redact_url("s3://KEY:SE/CRET@bucket/x@y.tar") == "s3://bucket/x@y.tar"
+    for d in ("d", "e"):
+        write_tar(str(http_files.root / d / "p@q.tar"), [("0.png", png(0))])
+    got, si = samples([f"{http_files.url}/d/p@q.tar", f"{http_files.url}/e/p@q.tar"])
+    assert [p for p, _, _ in got] == [f"{http_files.url}/d/p@q.tar/0.png", f"{http_files.url}/e/p@q.tar/0.png"]
+    with pytest.raises(InputError, match="percent-encode"):
+        scan_inputs(f"http://user:pa/ss@{http_files.url.split('//')[1]}/d/p@q.tar")
+
+
+def test_hard_links_of_tar_dot_chains_and_limits(tmp_path, monkeypatch):
+    """`tar cf x.tar -C dir .` names members `./000.png`: their links resolved (they all failed); a chain of
+    links resolves; a link to a folder says so; a link to a member over the limit fails as it does (it was
+    read whole by the second pass)."""
+    import vggfeat.shards as shards
+
+    monkeypatch.chdir(tmp_path)
+    with tarfile.open("dot.tar", "w") as t:
+        add(t, "./", type=tarfile.DIRTYPE)
+        add(t, "./000.png", png(0))
+        add(t, "./sub", type=tarfile.DIRTYPE)
+        add(t, "./001.png", type=tarfile.LNKTYPE, linkname="./000.png")
+        add(t, "./002.png", type=tarfile.LNKTYPE, linkname="./001.png")  # a chain
+        add(t, "./003.png", type=tarfile.LNKTYPE, linkname="./sub")
+        add(t, "./big.png", png(1) + bytes(5000))
+        add(t, "./004.png", type=tarfile.LNKTYPE, linkname="./big.png")
+    for cache in (shards.LINK_CACHE_BYTES, 1):  # at once, and through the second pass
+        monkeypatch.setattr(shards, "LINK_CACHE_BYTES", cache)
+        got, _ = samples("dot.tar", max_member_size=4096)
+        rows = {p: why for p, _, why in got}
+        assert rows["dot.tar/./001.png"] is None and rows["dot.tar/./002.png"] is None
+        assert "a folder" in rows["dot.tar/./003.png"]
+        assert "over the limit" in rows["dot.tar/./big.png"] and "over the limit" in rows["dot.tar/./004.png"]
+
+
+def test_urls_where_a_path_or_names_are_expected_are_refused_without_their_secret(tmp_path):
+    from vggfeat.shards import read_class_names
+
+    with pytest.raises(InputError, match="not a URL") as info:
+        read_class_names(f"http://u:{HTTP_SECRET}@h/classes.txt")
+    assert HTTP_SECRET not in str(info.value)
+    for args in (["extract", str(tmp_path), "-o", f"http://u:{HTTP_SECRET}@h/x.h5"],
+                 ["finetune", str(tmp_path), "-o", f"http://u:{HTTP_SECRET}@h/m.keras"]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "must be a local path" in r.stderr and HTTP_SECRET not in r.stderr + r.stdout

@@ -51,23 +51,34 @@ def is_secret_param(name: str) -> bool:
 
 
 def split_userinfo(url: str) -> tuple[str, str, str]:
-    """(scheme://, user information or '', the rest) of a URL. The user information runs to the last `@`
-    before the host: an `@` after `scheme://` counts when the text before it holds a `:` (user:password,
-    whose password may hold `/`, `@`, `?`...) or no `/` (a bare user or token). Where this is ambiguous
-    (an `@` in a query), more is removed rather than less. Text that is no URL gives
-    ('', '', text)."""
+    """(scheme://, user information or '', the rest) of a URL.
+
+    The user information is what precedes the last `@` before the first `/` (the standard authority:
+    `user:p@ss@host/x`). A URL whose password holds an unencoded `/` (AWS secret keys often do:
+    `s3://KEY:SE/CRET@bucket/x`) has no `@` before its first `/`; then the first `@` counts whose text before
+    it holds a `:` with no `/` before that `:` (a user name holds none), unless what follows the `:` up to
+    the first `/` is a port (`http://host:8080/a@b.tar`: an `@` in a path). A path with an `@` after a
+    `/` and no such `:` (`s3://bucket/2024-01-01T10:00/img@2x.tar`) has no user information. Text that is
+    no URL gives ('', '', text)."""
     m = _SCHEME.match(url)
     if not m:
         return "", "", url
     scheme, rest = m.group(0), url[m.end():]
-    end = -1
+    slash = rest.find("/")
+    head = rest if slash < 0 else rest[:slash]
+    if "@" in head:
+        at = head.rfind("@")
+        return scheme, rest[:at], rest[at + 1:]
     for at in (i for i, ch in enumerate(rest) if ch == "@"):
         before = rest[:at]
-        if ":" in before or "/" not in before:
-            end = at
-    if end < 0:
-        return scheme, "", rest
-    return scheme, rest[:end], rest[end + 1:]
+        colon = before.find(":")
+        if colon < 0 or "/" in before[:colon]:
+            continue
+        after = before[colon + 1:].split("/", 1)[0]
+        if after.isdigit() and len(after) <= 5:  # host:port/path: the @ is in the path
+            continue
+        return scheme, before, rest[at + 1:]
+    return scheme, "", rest
 
 
 def _strip_userinfo(m) -> str:

@@ -34,7 +34,7 @@ from . import braces, faults
 from .errors import ImageError, InputError
 from .faults import is_transient
 from .images import escape_path, is_image_name, normalize_extensions
-from .redact import has_credentials, redact, redact_url, remember
+from .redact import has_credentials, redact, redact_url, remember, split_userinfo
 
 log = logging.getLogger("vggfeat")
 
@@ -126,6 +126,12 @@ def check_url(url: str) -> None:
         raise InputError(f"{redact_url(url)}: {proto}:// URLs take no credentials in the URL (removed here, never "
                          "stored); S3 credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                          "AWS_PROFILE or ~/.aws/credentials (fsspec's FSSPEC_S3_* variables work too)")
+    userinfo = split_userinfo(url)[1]
+    if userinfo and (any(c in userinfo for c in "/?#@ ") or not userinfo.isascii()):
+        raise InputError(f"{redact_url(url)}: the user name or password in this URL holds characters a URL cannot "
+                         "carry as they are (/ ? # @, spaces, non-ASCII): percent-encode them (%2F for /, %3F for ?, "
+                         "%23 for #, %40 for @; python -c \"import urllib.parse; print(urllib.parse.quote('PASSWORD', "
+                         "safe=''))\")")
 
 
 def _filesystem(url):
@@ -205,6 +211,8 @@ def read_class_names(value) -> list:
     """Class names from a list, a file (one name a line) or a comma-separated string."""
     if value is None:
         return []
+    if isinstance(value, str) and is_url(value):  # not read from a URL, nor kept as a name (its credentials)
+        raise InputError(f"--class-names takes names or a local file, not a URL: {redact_url(value)}")
     if isinstance(value, (list, tuple)):
         names = [str(v) for v in value]
     elif os.path.isfile(os.fspath(value)):
@@ -590,6 +598,7 @@ class _Transient(Exception):
 @dataclass
 class _Deferred:
     target: str  # a hard link to a member whose data is no longer held: read by a second pass
+    limit: int  # the most bytes read for it
 
 
 class _Cache:
@@ -628,7 +637,8 @@ class _ShardPass:
         self.members = 0  # members seen (1-based numbers in messages)
         self.folders = 0  # of which folders (no input unit)
         self.seen_rows = set()  # row names given, for duplicates (the first member of a name is kept)
-        self.names = {}  # member name -> its number, for hard links
+        self.names = {}  # member name -> its number, for duplicates
+        self.kinds = {}  # normalised member name -> ("file", size) | ("link", target) | ("dir",) | ("other",)
         self.cache = _Cache(LINK_CACHE_BYTES)
         self.deferred = []  # (row, label, target member name)
 
@@ -706,6 +716,8 @@ class _ShardPass:
                 return
             self.members += 1
             number = self.members
+            self.kinds.setdefault(_norm(m.name), ("dir",) if m.isdir() else ("file", m.size) if m.isfile() else
+                                  ("link", _norm(m.linkname)) if m.islnk() else ("other",))
             if m.isdir():
                 self.folders += 1
                 continue
@@ -736,12 +748,13 @@ class _ShardPass:
                                 f"duplicate member name: member {group[ext][1]} of that name is kept")
                 continue
             if m.islnk():
-                target = _norm(m.linkname)
-                data = self.cache.get(target)
-                size = len(data) if isinstance(data, bytes) else None
-                if data is None:
-                    data = _Deferred(target) if target in self.names and target != m.name else ImageError(
-                        f"hard link to {m.linkname!r}, which is no earlier member of the shard")
+                target, size = self._link_target(m)
+                if target is None:
+                    data, size = ImageError(size), None
+                else:
+                    data = self.cache.get(target)
+                    if data is None and size <= limit:
+                        data = _Deferred(target, limit)
             else:
                 size = m.size
                 data = None
@@ -755,9 +768,25 @@ class _ShardPass:
                     yield from self._emit(current, group, order[:-1])
                     yield self.fail(row, str(exc))
                     return
-                self.cache.put(m.name, data)
+                self.cache.put(_norm(m.name), data)
             group[ext] = (data, number)
         yield from self._emit(current, group, order)
+
+    def _link_target(self, m):
+        """(the regular member a hard link stands for, its size), through chains of links; or (None, why)."""
+        target, seen = _norm(m.linkname), {_norm(m.name)}
+        while True:
+            kind = self.kinds.get(target)
+            if kind is None or target in seen:
+                return None, f"hard link to {m.linkname!r}, which is no earlier member of the shard"
+            if kind[0] == "link":
+                seen.add(target)
+                target = kind[1]
+                continue
+            if kind[0] != "file":
+                what = "a folder" if kind[0] == "dir" else "no regular file"
+                return None, f"hard link to {m.linkname!r}, {what}"
+            return target, kind[1]
 
     def _emit(self, key, group, order):
         images = [(ext, n, k) for ext, n, k in order if is_image_name(n, self.extensions) and ext in group
@@ -779,7 +808,7 @@ class _ShardPass:
                 continue
             data = group[ext][0]
             if isinstance(data, _Deferred):
-                self.deferred.append((row, label, data.target))
+                self.deferred.append((row, label, data.target, data.limit))
                 continue
             yield Sample(row, label, data)
 
@@ -788,25 +817,30 @@ class _ShardPass:
         if not self.deferred:
             return
         wanted = {}
-        for row, label, target in self.deferred:
-            wanted.setdefault(target, []).append((row, label))
+        for row, label, target, limit in self.deferred:
+            wanted.setdefault(target, []).append((row, label, limit))
         f, failure = self.open()
         if failure is not None:
             for rows in wanted.values():
-                for row, _ in rows:
+                for row, _, _ in rows:
                     yield self.fail(row, f"hard link: {failure.data}")
             return
         with f:
             try:
                 tar = tarfile.open(fileobj=f, mode="r|*")
                 for m in tar:
-                    if m.name in wanted and m.isfile():
-                        try:
-                            data = self._read(tar, m)
+                    name = _norm(m.name)
+                    if name in wanted and m.isfile():
+                        rows = wanted.pop(name)
+                        try:  # the limit was checked against the size the first pass saw; checked again
+                            data = self._read(tar, m) if m.size <= max(r[2] for r in rows) else ImageError(
+                                f"member of {m.size} bytes is over the limit (--max-member-size); not read")
                         except ImageError as exc:
                             data = exc
-                        for row, label in wanted.pop(m.name):
-                            yield Sample(row, label, data) if isinstance(data, bytes) else self.fail(row, str(data))
+                        for row, label, limit in rows:
+                            ok = isinstance(data, bytes) and len(data) <= limit
+                            yield Sample(row, label, data) if ok else self.fail(row, str(data) if not isinstance(
+                                data, bytes) else f"member of {len(data)} bytes is over the limit of {limit} bytes")
                         if not wanted:
                             break
             except _Transient:
@@ -815,7 +849,7 @@ class _ShardPass:
                 if is_transient(exc):
                     raise _Transient(exc, "read failed (second pass for hard links)") from None
         for target, rows in wanted.items():
-            for row, _ in rows:
+            for row, _, _ in rows:
                 yield self.fail(row, f"hard link to {target!r}, whose data could not be read again")
 
 
@@ -838,16 +872,14 @@ def iter_shard(source: Source, *, extensions, exclude=(), labels=None, skip=froz
                f"{source.count} consecutive shards of the brace range not found (from the first to the last named)")
         yield Sample(source.name, -1, ImageError(why))
         return
-    given, attempt = 0, 0  # samples given so far: a pass after a transient fault skips as many
+    given, attempt = set(), 0  # rows and failures given: a pass after a transient fault gives each once
     while True:
         reader = _ShardPass(source, extensions=extensions, exclude=exclude, labels=_Labels(labels.class_names,
                             labels.label_field), skip=skip, max_bytes=max_member_bytes)
-        produced = 0
         try:
             for sample in itertools.chain(reader.samples(), reader.second_pass()):
-                produced += 1
-                if produced > given:
-                    given += 1
+                if sample.path not in given:  # a pass after a retry may end otherwise: its failure is given
+                    given.add(sample.path)
                     yield sample
             labels.unlabelled += reader.labels.unlabelled
             labels.labelled += reader.labels.labelled
