@@ -555,3 +555,9 @@ def test_urls_where_a_path_or_names_are_expected_are_refused_without_their_secre
                  ["finetune", str(tmp_path), "-o", f"http://u:{HTTP_SECRET}@h/m.keras"]):
         r = run_cli(*args)
         assert r.returncode == 2 and "must be a local path" in r.stderr and HTTP_SECRET not in r.stderr + r.stdout
+
+
+def test_a_prefix_with_a_query_is_refused(http_files):
+    with pytest.raises(InputError, match="cannot be listed: name its shards") as info:
+        scan_inputs(f"{http_files.url}/d/?token=SECRETTOKEN123")
+    assert "SECRETTOKEN123" not in str(info.value)

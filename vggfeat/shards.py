@@ -416,7 +416,7 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
         if has_braces(given):
             sources.extend(_range_sources(given, shown))
             continue
-        remote_prefix = is_url(given) and (given.endswith("/") or given.count("/") == 2)
+        remote_prefix = is_url(given) and (url_path(given).endswith("/") or url_path(given).count("/") == 2)
         if is_url(given) and not remote_prefix and not is_shard_name(given) \
                 and not is_image_name(url_path(given), extensions):
             fs, path = _filesystem(given)
@@ -426,6 +426,9 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
                 raise InputError(f"cannot read {shown}: {_reason(exc)}") from None
             if remote_prefix:
                 given, shown = given + "/", shown + "/"
+        if remote_prefix and "?" in given:
+            raise InputError(f"{shown}: a prefix with a query (a pre-signed or token URL) cannot be listed: name its "
+                             "shards, one URL each or with the brace notation")
         if remote_prefix or (not is_url(given) and os.path.isdir(given)):
             listed = _list_prefix(given, extensions)
             if not listed:
