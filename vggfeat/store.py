@@ -489,6 +489,10 @@ class FeatureWriter:
         """Cheap checks of an output before any model is built: the folder exists and can be written,
         an existing file is refused unless resumed or overwritten, a file in use is refused."""
         path = os.fspath(path)
+        if path.endswith(("/", os.sep)):  # `-o newdir/`: a folder meant, whether it exists or not
+            there = "" if os.path.isdir(path) else ", which does not exist"
+            raise OutputError(f"the output {path} names a folder{there}; give the file to write, e.g. "
+                              f"{os.path.join(path, 'features.h5')}")
         if os.path.isdir(path):
             raise OutputError(f"the output is a folder: {path}")
         _check_suffix(path)

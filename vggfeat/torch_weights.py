@@ -670,6 +670,8 @@ def resolve(weights, *, download=True):
         repo, _ = timm_repo(w)
         path = timm_weights_path(w) if download else cached_timm_path(w)
         return path, f"{TIMM_PREFIX}{name}", repo
+    if is_pickle(w) and not os.path.exists(w):  # a mistyped path is not found, whatever its extension
+        raise WeightsError(f"weights file not found: {w}")
     if is_pickle(w):
         refuse_pickle(w)
     if not os.path.exists(w):

@@ -1,0 +1,33 @@
+"""The second hour (issue 22): behaviour a user expects once the first run works. Each test failed before
+its fix."""
+
+import os
+
+from conftest import run_cli
+
+
+def test_a_mistyped_pth_path_is_not_found(tmp_path, image_folder):
+    """It was 'a pickled PyTorch file, convert it', for a file that does not exist."""
+    r = run_cli("extract", image_folder, "-o", tmp_path / "f.h5", "--weights", tmp_path / "missing.pth")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"Error: weights file not found: {tmp_path / 'missing.pth'}"]
+    (tmp_path / "real.pth").write_bytes(b"\x80\x02}q\x00.")  # an existing pickle is still refused as one
+    r = run_cli("extract", image_folder, "-o", tmp_path / "f.h5", "--weights", tmp_path / "real.pth")
+    assert r.returncode == 2 and "pickled PyTorch file" in r.stderr
+
+
+def test_an_output_naming_a_folder_is_refused_before_tensorflow(tmp_path, image_folder):
+    """`-o newdir/` took 6 s and 1.2 GB before failing with 'newdir/ is a folder', which was false."""
+    r = run_cli("extract", image_folder, "-o", str(tmp_path / "newdir") + os.sep, "--weights", "random", "--arch",
+                "vgg11", "--input-size", "32")
+    assert r.returncode == 2 and "names a folder, which does not exist" in r.stderr
+    assert f"{tmp_path / 'newdir' / 'features.h5'}" in r.stderr and "Found" not in r.stderr  # before the scan
+    assert not os.path.exists(tmp_path / "newdir")
+    from vggfeat.errors import OutputError
+    from vggfeat.store import FeatureWriter
+
+    try:  # an existing folder (click refuses it first at the CLI)
+        FeatureWriter.check_output(str(tmp_path) + os.sep)
+    except OutputError as exc:
+        assert "names a folder;" in str(exc)
+    else:
+        raise AssertionError("an existing folder was accepted as an output")
