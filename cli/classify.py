@@ -55,7 +55,9 @@ def classify_command(features, layer, classifier, C, neighbors, normalize, cv, t
     if not held_out:
         for i, s in enumerate(result.fold_scores, 1):
             click.echo(f"  fold {i}: accuracy {s:.4f}")
-    click.echo(f"accuracy: {result.mean:.4f} +/- {result.std:.4f}")
+    # one score (a held-out split, a test file) has no spread to report
+    spread = f" +/- {result.std:.4f}" if len(result.fold_scores) > 1 else ""
+    click.echo(f"accuracy: {result.mean:.4f}{spread}")
     click.echo(result.report.rstrip())
     if plot:
         plot_confusion(result, plot)
