@@ -31,3 +31,21 @@ def test_an_output_naming_a_folder_is_refused_before_tensorflow(tmp_path, image_
         assert "names a folder;" in str(exc)
     else:
         raise AssertionError("an existing folder was accepted as an output")
+
+
+def test_a_grey_array_gives_the_network_input_of_its_grey_file(tmp_path):
+    """`extract` reads grey files; `VGGFeaturizer` and `prepare_array` refused grey (H, W) arrays."""
+    import numpy as np
+    from PIL import Image
+
+    from vggfeat.images import Geometry, load_image, prepare_array
+
+    grey = (np.arange(48 * 40) % 251).astype(np.uint8).reshape(48, 40)
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    geometry = Geometry("crop", 32)
+    from_file = load_image(str(tmp_path / "g.png"), geometry)
+    np.testing.assert_array_equal(prepare_array(grey, geometry), from_file)
+    np.testing.assert_array_equal(prepare_array(grey[..., None], geometry), from_file)
+    from vggfeat.sklearn import VGGFeaturizer
+
+    np.testing.assert_array_equal(VGGFeaturizer._image(grey, geometry), from_file)

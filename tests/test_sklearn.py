@@ -93,7 +93,7 @@ def test_featurizer_errors(tmp_path):
     fz = VGGFeaturizer(**SMALL).fit()
     with pytest.raises(InputError, match="cannot read image"):
         fz.transform([str(tmp_path / "missing.png")])
-    with pytest.raises(InputError, match="file paths or RGB images"):
+    with pytest.raises(InputError, match="file paths, RGB images of shape"):
         fz.transform(np.zeros((2, 10)))
     from sklearn.exceptions import NotFittedError
 

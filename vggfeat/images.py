@@ -291,7 +291,7 @@ def prepare_array(image, geometry: Geometry | None = Geometry(), max_pixels: int
     a path or as its decoded pixels.
 
     Raises:
-        InputError: not an (H, W, 3) image, or over the size limits.
+        InputError: not an (H, W, 3) or grey (H, W) image, or over the size limits.
 
     Examples:
         >>> import numpy as np
@@ -302,8 +302,12 @@ def prepare_array(image, geometry: Geometry | None = Geometry(), max_pixels: int
     if isinstance(image, Image.Image):
         image = _to_rgb(image)
     a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:  # grey, as a grey file is read: R = G = B
+        a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] != 3:
-        raise InputError(f"an image must be an array of shape (H, W, 3). Received shape: {a.shape}")
+        raise InputError(f"an image must be an array of shape (H, W, 3), or grey (H, W). Received shape: {a.shape}")
     h, w = a.shape[:2]
     if h < 1 or w < 1 or max(h, w) > max_side or h * w > max_pixels:
         raise InputError(f"image of shape {a.shape} is outside the size limits ({max_side} pixels a side, "

@@ -146,9 +146,9 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
             except ImageError as exc:
                 raise InputError(f"cannot read image {x}: {exc}") from None
         a = np.asarray(x)
-        if a.ndim != 3 or a.shape[-1] != 3:
-            raise InputError("VGGFeaturizer takes image file paths or RGB images of shape (H, W, 3); "
-                             f"received an item of shape {a.shape}")
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3))):
+            raise InputError("VGGFeaturizer takes image file paths, RGB images of shape (H, W, 3) or grey ones "
+                             f"of shape (H, W); received an item of shape {a.shape}")
         return prepare_array(a, geometry)
 
     def get_feature_names_out(self, input_features=None):
