@@ -552,12 +552,22 @@ def local_run_parts(units, folder, extractor, *, settings, class_names, dtype, c
 
 @dataclass
 class Rows:
-    """A run of consecutive rows read by `FeatureSet.iter_batches`."""
+    """Rows read by `FeatureSet.iter_batches`: consecutive ones in file order, or, shuffled, rows from
+    anywhere (`index` says which: `features[k]`, `labels[k]` and `paths[k]` are row `index[k]`)."""
 
     features: np.ndarray
     labels: np.ndarray
     paths: list
-    start: int  # the first row's number in the whole dataset
+    start: int  # the first row's number in the whole dataset (-1 when shuffled: see `index`)
+    index: np.ndarray = None  # each row's number in the whole dataset
+
+    def __post_init__(self):
+        if self.index is None:
+            self.index = np.arange(self.start, self.start + len(self.labels), dtype=np.int64)
+
+
+#: The default shuffle buffer (`shuffle=True`): rows in this many bytes, or 4 batches if more.
+SHUFFLE_BYTES = 256 << 20
 
 
 def _check(path, record, cols, got):
@@ -677,14 +687,40 @@ class FeatureSet:
                 raise
         return f
 
-    def iter_batches(self, rows=8192, *, verify=True):
-        """Yield `Rows` of at most `rows` consecutive rows, in row order, reading only them (and, with
-        `verify`, checking them against their commit records' checksums)."""
+    def shuffle_buffer(self, rows=8192, shuffle=True) -> int:
+        """The rows a shuffle buffer holds for batches of `rows`: `shuffle` rows if a number (at least
+        one batch), by default (`True`) as many rows as fit in `SHUFFLE_BYTES` (256 MB: about 16,000 rows
+        of fc7's 4,096 float32) or 4 batches, whichever is more; 0 for file order (`shuffle=0`/`False`)."""
+        if shuffle is None or shuffle is False:
+            return 0
+        if shuffle is True:
+            row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape)) + 136  # + label, number, path
+            return max(4 * int(rows), SHUFFLE_BYTES // row_bytes)
+        if isinstance(shuffle, (float, np.floating)) and shuffle != int(shuffle) or int(shuffle) < 0:
+            raise InputError(f"shuffle must be a number of rows (0 for file order) or True. Received: {shuffle}")
+        return 0 if int(shuffle) == 0 else max(int(shuffle), int(rows))
+
+    def iter_batches(self, rows=8192, *, verify=True, shuffle=0, seed=None):
+        """Yield `Rows` of at most `rows` rows, reading only them (and, with `verify`, checking them
+        against their commit records' checksums).
+
+        By default (`shuffle=0`) rows come in file order, `rows` consecutive ones at a time (`Rows.start`).
+        `shuffle=N` (rows) or `True` (see `shuffle_buffer`: 256 MB of rows or 4 batches) shuffles with
+        memory bounded by the buffer, never by the file: the file's checked steps are read in a random
+        order (across parts) into a buffer of N rows, and each batch is a random pick from it, so
+        classes stored one after another mix even when one class is larger than the buffer. Every row
+        comes exactly once; `Rows.index` says which rows a batch holds (`paths[k]` is row `index[k]`'s).
+        `seed`: the same seed gives the same order; None, a fresh one each time.
+        """
         from .store import commit_columns, crc, crc_strings, decode_strings
 
         if int(rows) < 1:
             raise InputError(f"rows must be at least 1. Received: {rows}")
         rows = int(rows)
+        buffer = self.shuffle_buffer(rows, shuffle)
+        if buffer:
+            yield from self._shuffled(rows, buffer, verify, seed)
+            return
         key = f"features/{self.layer}"
         for i, p in enumerate(self.parts):
             n = int(self._rows[i])
@@ -734,17 +770,144 @@ class FeatureSet:
                                        int(self.offsets[i]) + a)
                     start = stop
 
-    def iter_X_y(self, rows=8192, *, verify=True):
-        """Yield (X, y) of the labelled rows, `rows` at a time, for `partial_fit`:
+    def iter_X_y(self, rows=8192, *, verify=True, shuffle=True, seed=None):
+        """Yield (X, y) of the labelled rows, at most `rows` at a time, for `partial_fit`, shuffled by
+        default: a file of a folder is sorted by class, and `partial_fit` on one class after another
+        learns mostly the last. `shuffle=True` mixes them in a buffer of 256 MB of rows or 4 batches,
+        whichever is more (`shuffle_buffer`); `shuffle=N` holds N rows; `shuffle=0` keeps file order.
+        `seed` fixes the order (call again with another seed, or None, for the next epoch):
 
             >>> fs = vggfeat.open_features("features.h5")            # doctest: +SKIP
-            >>> for X, y in fs.iter_X_y(10000):                      # doctest: +SKIP
+            >>> for X, y in fs.iter_X_y(10000, seed=0):              # doctest: +SKIP
             ...     clf.partial_fit(X.reshape(len(X), -1), y, classes=fs.classes)
         """
-        for r in self.iter_batches(rows, verify=verify):
+        batches = self._shuffled(int(rows), self.shuffle_buffer(rows, shuffle), verify, seed, paths=False) \
+            if int(rows) >= 1 and self.shuffle_buffer(rows, shuffle) else self.iter_batches(rows, verify=verify)
+        for r in batches:
             keep = r.labels >= 0
             if keep.any():
                 yield (r.features, r.labels) if keep.all() else (r.features[keep], r.labels[keep])
+
+    def _shuffled(self, rows, buffer, verify, seed, paths=True):
+        """`iter_batches` shuffled in a buffer of `buffer` rows (see there); `paths=False` keeps no paths
+        (`iter_X_y`): they are read to check their checksums only."""
+        from collections import OrderedDict
+
+        from .store import commit_columns, crc, crc_strings, decode_strings
+
+        rng = np.random.default_rng(seed)
+        key = f"features/{self.layer}"
+        step = max(1, min(rows, buffer // 8))  # reads: the buffer holds at least 8 from places far apart
+        reads = []  # (part, start, stop, row of the commit it is a piece of, or -1)
+        for i in range(len(self.parts)):
+            n = int(self._rows[i])
+            with self._open(i) as f:
+                records = f["commits"][()] if verify and "commits" in f else None
+            if records is not None:
+                records = records[(records[:, 1] > records[:, 0]) & (records[:, 1] <= n)]
+                ends = records[:, 1]
+            else:
+                ends = np.arange(0, n, step)
+            bounds = np.unique(np.concatenate([[0, n], ends[(ends > 0) & (ends < n)]])).tolist()
+            start = 0
+            while start < n:  # whole commits up to `step` rows, or a larger commit in pieces of `step`
+                j = bisect.bisect_right(bounds, start + step) - 1
+                if bounds[j] > start:
+                    reads.append((i, start, bounds[j], -1))
+                    start = bounds[j]
+                else:
+                    stop = bounds[bisect.bisect_right(bounds, start)]
+                    reads.extend((i, a, min(stop, a + step), start) for a in range(start, stop, step))
+                    start = stop
+        order = rng.permutation(len(reads))
+        handles = OrderedDict()  # a few parts open at once: part -> (file, its commit records, columns)
+        checked = set()  # (part, first row) of the large commits checked whole
+
+        def part(i):
+            if i in handles:
+                handles.move_to_end(i)
+                return handles[i]
+            if len(handles) >= 16:
+                handles.popitem(last=False)[1][0].close()
+            f = self._open(i)
+            n = int(self._rows[i])
+            records = f["commits"][()] if verify and "commits" in f else None
+            if records is not None:
+                records = records[(records[:, 1] > records[:, 0]) & (records[:, 1] <= n)]
+            handles[i] = (f, records, commit_columns(f) if records is not None else [])
+            return handles[i]
+
+        def read(i, start, stop, big):
+            f, records, cols = part(i)
+            p = self.parts[i]
+            feats, labels = f[key][start:stop], f["labels"][start:stop].astype(np.int64)
+            names = decode_strings(f["paths"][start:stop])
+            if records is not None and big < 0:
+                lo = int(np.searchsorted(records[:, 0], start, "left"))
+                hi = int(np.searchsorted(records[:, 0], stop, "left"))
+                for r in records[lo:hi]:
+                    a, b = int(r[0]) - start, int(r[1]) - start
+                    _check(p, r, cols, {"paths": crc_strings(names[a:b]), "labels": crc(labels[a:b]),
+                                        key: crc(feats[a:b])})
+            elif records is not None and (i, big) not in checked:  # the whole commit, in steps, once
+                r = records[int(np.searchsorted(records[:, 0], big, "left"))]
+                running = {"paths": 0, "labels": 0, key: 0}
+                end = int(r[1])
+                for a in range(big, end, step):
+                    b = min(end, a + step)
+                    text = ("\0" if a > big else "") + "\0".join(decode_strings(f["paths"][a:b]))
+                    for name, data in (("paths", text.encode("utf-8", "surrogateescape")),
+                                       ("labels", f["labels"][a:b]), (key, f[key][a:b])):
+                        if not isinstance(data, bytes):
+                            data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+                        running[name] = zlib.crc32(data, running[name])
+                _check(p, r, cols, running)
+                checked.add((i, big))
+            return feats, labels, names
+
+        size = min(buffer + step, len(self))
+        bf = np.empty((size,) + self.row_shape, self.dtype)
+        bl = np.empty(size, np.int64)
+        bi = np.empty(size, np.int64)
+        bp = np.empty(size, dtype=object) if paths else None
+        fill = 0
+
+        def take(m):
+            """`m` rows picked at random from the buffer, their places filled from its end."""
+            nonlocal fill
+            pick = np.sort(rng.choice(fill, size=m, replace=False))
+            rng.shuffle(pick)
+            out = Rows(bf[pick], bl[pick], bp[pick].tolist() if paths else [], -1, bi[pick])
+            gone = np.zeros(m, bool)
+            tail = pick >= fill - m
+            gone[pick[tail] - (fill - m)] = True
+            holes = pick[~tail]
+            src = np.flatnonzero(~gone) + (fill - m)
+            bf[holes], bl[holes], bi[holes] = bf[src], bl[src], bi[src]
+            if paths:
+                bp[holes] = bp[src]
+                bp[fill - m:fill] = None
+            fill -= m
+            return out
+
+        try:
+            for k in order:
+                i, start, stop, big = reads[k]
+                feats, labels, names = read(i, start, stop, big)
+                m = stop - start
+                bf[fill:fill + m], bl[fill:fill + m] = feats, labels
+                bi[fill:fill + m] = np.arange(start, stop) + int(self.offsets[i])
+                if paths:
+                    bp[fill:fill + m] = names
+                fill += m
+                del feats, labels, names
+                while fill >= buffer:
+                    yield take(rows)
+            while fill:
+                yield take(min(rows, fill))
+        finally:
+            for f, _, _ in handles.values():
+                f.close()
 
     def read(self, *, verify=True):
         """Every row at once: (features, labels, paths)."""
@@ -821,8 +984,9 @@ def open_features(path, layer=None) -> FeatureSet:
 
     Returns:
         A `FeatureSet`: `len()`, `shape`, `class_names`, `classes`, `attrs`, `labels()`, `failed()`,
-        `iter_batches(rows)` (at most `rows` rows in memory at once, in row order, checksums checked),
-        `iter_X_y(rows)` (labelled rows, for scikit-learn's `partial_fit`) and `read()`.
+        `iter_batches(rows)` (at most `rows` rows in memory at once, in row order unless `shuffle=N`,
+        checksums checked), `iter_X_y(rows)` (labelled rows for scikit-learn's `partial_fit`, shuffled
+        by default in a bounded buffer; `shuffle=0` for file order) and `read()`.
 
     Examples:
         >>> fs = open_features("features.h5", "fc7")                      # doctest: +SKIP
