@@ -6,6 +6,8 @@ import os
 
 import click
 
+from vggfeat.finetuning import AUGMENTS
+
 from ._common import (input_size_option, local_output, model_options, precision_option, quiet_backend,
                       reports_errors, show_progress_lines)
 
@@ -33,13 +35,16 @@ from ._common import (input_size_option, local_output, model_options, precision_
 @click.option("--recipe", type=click.Choice(["paper"]), default=None,
               help="The paper's training (Sect. 3.1): SGD 0.9, weight decay 5e-4, lr 1e-2, scale jittering, "
                    "flips, colour shift.")
-@click.option("--augment", type=click.Choice(["none", "light", "paper", "randaugment"]), default="light",
-              show_default=True)
+@click.option("--augment", type=click.Choice(list(AUGMENTS)), default="light", show_default=True,
+              help="What happens to training images: " + "; ".join(f"{k}: {v}" for k, v in AUGMENTS.items())
+              + ". Flips only with flip, paper or randaugment: a mirrored digit or letter is another image. "
+              "The model's metadata records the level.")
 @click.option("--class-weights/--no-class-weights", default=True, show_default=True,
               help="Weight classes by inverse frequency.")
 @precision_option
 @click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Early stopping on validation loss.")
+              help="Early stopping on validation loss. Whether it stops early or not, OUTPUT holds the weights "
+                   "of the epoch with the lowest validation loss (the last epoch's without validation images).")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in OUTPUT.work from its last finished epoch.")
 @click.option("--overwrite", is_flag=True,
@@ -62,6 +67,9 @@ def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split,
 
     Checkpoints go to OUTPUT.work every epoch: an interrupted run continues with --resume, or starts
     again with --overwrite; an existing OUTPUT or OUTPUT.work is refused without one of them.
+
+    OUTPUT holds the weights of the epoch with the lowest validation loss, not necessarily the last epoch's
+    (without validation images: the last epoch's); the last line and the model's metadata name the epoch.
 
     Before training it says what it found (images, classes, the training/validation split); at the end it
     names the files it wrote. Epochs are numbered from 1 in the progress lines, the CSV log and the plot.
@@ -87,10 +95,12 @@ def finetune_command(train_dir, output, arch, weights, seed, val_dir, val_split,
         kept = (f"the finished epochs are kept in {work}; --resume continues the run" if os.path.isdir(work)
                 else f"nothing was written to {output}")
         raise KeyboardInterrupt(kept) from None
-    last = {k: v[-1] for k, v in history.history.items()}
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+    kept = history.kept_metrics
+    metrics = ", ".join(f"{k} {kept[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in kept)
     failed = len(getattr(history, "failed", {}))
-    click.echo(f"saved {output} after {len(history.epoch) and history.epoch[-1] + 1} epochs: {metrics}"
+    which = (f"the weights of epoch {history.kept_epoch} (lowest val_loss)" if history.kept == "lowest val_loss"
+             else "the weights of the last epoch (no validation images to choose by)")
+    click.echo(f"saved {output} after {history.epochs_run} epochs, with {which}: {metrics}"
                + (f"; {failed} images could not be read and were skipped" if failed else ""), err=True)
     click.echo(_written(history.files, history.optimizer_saved, output + ".work"), err=True)
 

@@ -67,6 +67,11 @@ def test_frozen_layers_keep_their_weights_bit_for_bit(train_dir, tmp_path):
     finetune(train_dir, out, arch="vgg11", weights=str(tmp_path / "start.weights.h5"), input_size=32, epochs=1,
              batch_size=8, augment="light", train_from="conv5_1", verbose=0, val_split=None)
     tuned = keras.saving.load_model(out)
+    from vggfeat.finetuning import AUGMENTS
+    from vggfeat.weights import read_keras_metadata
+
+    meta = read_keras_metadata(out)
+    assert (meta["augment"], meta["augmentation"], meta["horizontal_flips"]) == ("light", AUGMENTS["light"], False)
     for layer in start.layers:
         if not layer.weights or layer.name == "predictions":
             continue
@@ -91,12 +96,22 @@ def test_resume_continues_from_the_saved_epoch_in_the_second_stage(train_dir, tm
         finetune(train_dir, out, epochs=3, unfreeze_after=1, callbacks=[_Interrupt()], **QUICK)
     assert not out.exists() and os.path.isdir(str(out) + ".work")
     assert os.path.exists(str(out) + ".work/stage1.weights.h5")
+    assert os.path.exists(str(out) + ".work/best.npz")  # the best epoch so far, kept for the resumed run
     with h5py.File(str(out) + ".work/stage1.weights.h5") as f:  # the checkpoints keep the optimizer: resume needs it
         assert "optimizer" in f and len(f["optimizer"]["vars"])
     history = finetune(train_dir, out, epochs=3, unfreeze_after=1, resume=True, **QUICK)
     assert history.epoch == [2]  # Keras's index of the third epoch
     with open(str(out)[:-6] + ".log.csv") as f:  # numbered as Keras's progress lines and the plot number them
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # the kept epoch is chosen among all three, the two before the interruption included
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    from vggfeat.weights import read_keras_metadata
+
+    meta = read_keras_metadata(out)
+    assert (meta["kept"], meta["kept_epoch"], meta["epochs_run"]) == ("lowest val_loss", int(best["epoch"]), 3)
+    assert history.kept_epoch == int(best["epoch"])
+    assert np.isclose(meta["kept_metrics"]["val_loss"], float(best["val_loss"]), rtol=1e-5)
     assert out.exists() and not os.path.exists(str(out) + ".work")
     assert _weights_groups(out) == ["layers", "vars"]  # the final model without optimizer state
     assert sorted(os.listdir(tmp_path)) == ["r.curves.png", "r.keras", "r.log.csv"]  # no partial file left
@@ -115,6 +130,12 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     (root / "circles" / "bad.png").write_bytes(b"broken")
     h = finetune(root, tmp_path / "m.keras", epochs=1, val_split=None, **QUICK)
     assert list(h.failed) == [str(root / "circles" / "bad.png")]
+    from vggfeat.weights import read_keras_metadata
+
+    meta = read_keras_metadata(tmp_path / "m.keras")  # no validation images: the last epoch is kept, and said so
+    assert (h.kept, h.kept_epoch, meta["kept"], meta["kept_epoch"], meta["epochs_run"]) == (
+        "last epoch", 1, "last epoch", 1, 1)
+    assert (meta["augment"], meta["horizontal_flips"]) == ("none", False)
 
 
 def test_errors(tmp_path, train_dir):
@@ -424,7 +445,11 @@ def test_the_cli_says_the_dataset_first_and_names_the_files_it_wrote(train_dir, 
     stem = str(tmp_path / "cli")
     paths = [str(out), stem + ".curves.png", stem + ".log.csv", str(tmp_path / "tb")]
     w = max(map(len, paths))
-    assert lines[-7].startswith(f"saved {out} after 2 epochs: "), result.stderr
+    from vggfeat.weights import read_keras_metadata
+
+    kept = read_keras_metadata(out)["kept_epoch"]
+    assert lines[-7].startswith(f"saved {out} after 2 epochs, with the weights of epoch {kept} (lowest val_loss): "
+                                "loss "), result.stderr
     assert lines[-6:] == [
         "wrote:",
         f"  {paths[0].ljust(w)}  the fine-tuned model ({size:.1f} MB, without optimizer state; --save-optimizer "
@@ -496,3 +521,69 @@ def test_describe_split_names_classes_and_the_split():
     data = (["f"] * 4, np.array([0, 0, 1, 1]), ["v"] * 3, np.array([0, 1, 1]), ["a", "b"])
     assert describe_split(data, val_dir="val/") == ["Found 4 images in 2 classes: a (2), b (2)",
                                                     "training on 4 images, validating on 3 images of val/"]
+
+
+class _WorseLater(keras.callbacks.Callback):
+    """From the third epoch on, scramble the new head before the epoch (the same noise every run), so that
+    the last epoch is not the best; record each epoch's weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= 2:
+            head = self.model.get_layer("predictions")
+            rng = np.random.default_rng(epoch)
+            head.set_weights([w + rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in head.get_weights()])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch + 1] = self.model.get_weights()
+
+
+def test_the_saved_model_holds_the_epoch_with_the_lowest_validation_loss(train_dir, tmp_path):
+    """The last epoch is made the worst: the model saved is the best epoch's, weight for weight, and its
+    metadata, the History and the CLI's summary name that epoch."""
+    out = tmp_path / "best.keras"
+    worse = _WorseLater()
+    h = finetune(train_dir, out, epochs=4, optimizer="adam", lr=3e-4, val_split=0.25, callbacks=[worse], **QUICK)
+    val = h.history["val_loss"]
+    print("validation loss per epoch:", [round(v, 3) for v in val])
+    best = int(np.argmin(val)) + 1
+    assert best < 4 and val[3] > min(val)  # the last epoch is not the best
+    from vggfeat.weights import read_keras_metadata
+
+    meta = read_keras_metadata(out)
+    assert (meta["kept"], meta["kept_epoch"], meta["epochs_run"]) == ("lowest val_loss", best, 4)
+    assert (h.kept, h.kept_epoch, h.epochs_run) == ("lowest val_loss", best, 4)
+    assert meta["kept_metrics"]["val_loss"] == pytest.approx(min(val))
+    saved = keras.saving.load_model(out).get_weights()
+    for a, b in zip(saved, worse.weights[best]):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, worse.weights[4]))
+
+
+def test_each_augment_level_says_what_it_does_and_only_flip_levels_flip():
+    from click.testing import CliRunner
+    from vggfeat.finetuning import AUGMENTS, augmentation, flips
+    from vggfeat_cli.main import cli
+
+    assert FinetuneSettings().augment == "light" and FinetuneSettings(augment="flip").augment == "flip"
+    built = {level: augmentation(level, 32) for level in AUGMENTS}
+    assert built["none"] == (Geometry("crop", 32), [])
+    assert [type(l).__name__ for l in built["light"][1]] == ["RandomCrop", "RandomBrightness"]
+    assert [type(l).__name__ for l in built["flip"][1]] == ["RandomCrop", "RandomBrightness", "RandomFlip"]
+    assert {level: flips(layers) for level, (_, layers) in built.items()} == {
+        "none": False, "light": False, "flip": True, "paper": True, "randaugment": True}
+    # the default pipeline leaves an image with a handedness as it is, up to shifts and brightness: never mirrored
+    x = np.zeros((16, 37, 37, 3), "float32")
+    x[:, :, :10] = 255  # a bright left edge
+    y = x
+    for layer in built["light"][1]:
+        y = layer(y, training=True)
+    y = np.asarray(y)
+    assert (y[:, :, :3].mean(axis=(1, 2, 3)) > y[:, :, -3:].mean(axis=(1, 2, 3)) + 100).all()
+    text = " ".join(CliRunner().invoke(cli, ["finetune", "--help"]).output.split())
+    for level, what in AUGMENTS.items():
+        assert f"{level}: {what}" in text
+    assert "[default: light]" in text

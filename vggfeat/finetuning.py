@@ -8,7 +8,8 @@ inside the archive, which Keras ignores).
 
 Long runs: a checkpoint of the model and optimiser every epoch (Keras `BackupAndRestore`, in
 `<output>.work/`), `resume=True` continuing from the last finished epoch (of either stage of a two-stage
-run), early stopping on validation loss, a CSV log, a PNG of the learning curves, and TensorBoard logs on
+run), early stopping on validation loss, the weights of the epoch with the lowest validation loss kept
+(`KeepBest`; the last epoch's without validation data), a CSV log, a PNG of the learning curves, and TensorBoard logs on
 request.
 
 `finetune` is made of parts that can be used and tested one by one, in the order it calls them:
@@ -45,6 +46,17 @@ from .specs import get_arch, layer_names, resolve_layer
 OPTIMIZERS = ("sgd", "adam")
 RECIPES = ("paper",)
 DISTRIBUTE = ("none", "mirrored")
+#: `--augment` levels -> what each does to a training image (`--help`, the README and the model's metadata say
+#: the same). No level below `flip` flips: a mirrored digit, letter or anything with a handedness is another image.
+AUGMENTS = {
+    "none": "nothing random: the extraction geometry (shorter side to size*256/224, centre crop)",
+    "light": "random crops (shifts of up to size/7 pixels) and brightness (+-10%); no flips",
+    "flip": "light plus random horizontal flips (only for classes that look the same mirrored)",
+    "paper": "the paper's: scale jittering, random crops, horizontal flips, RGB colour shift",
+    "randaugment": "random crops, horizontal flips and keras-cv's RandAugment",
+}
+#: The levels whose pipeline flips images horizontally.
+FLIPPING_AUGMENTS = ("flip", "paper", "randaugment")
 #: --precision -> the Keras dtype policy of the network (None: the global policy, float32).
 DTYPE_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: The precision names of earlier releases (Keras policy names), accepted by `finetune` with a warning.
@@ -94,8 +106,6 @@ class FinetuneSettings:
     distribute: str = "none"
 
     def __post_init__(self):
-        from .augment import POLICIES
-
         set_ = object.__setattr__
         if self.weights is None:
             raise InputError("weights must be 'imagenet', 'random' or a path; there is no default of no weights")
@@ -121,7 +131,7 @@ class FinetuneSettings:
         _choose("optimizer", self.optimizer, OPTIMIZERS)
         _choose("precision", self.precision, PRECISIONS)
         _choose("distribute", self.distribute, DISTRIBUTE, "the only strategy is 'mirrored'")
-        _choose("augment", self.augment, POLICIES)
+        _choose("augment", self.augment, tuple(AUGMENTS))
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if value is not None:
@@ -505,6 +515,35 @@ def compile_network(net, settings: FinetuneSettings, lr=None):
 # of a fine-tuning run, imports without Keras; `vggfeat.finetuning.ImageBatches` still names it.
 
 
+def augmentation(level, size, seed=0):
+    """`(load_geometry, [keras layers])` of an `--augment` level (`AUGMENTS` says what each does) at crop
+    `size`: images are decoded at `load_geometry`, then the layers run on 0-255 batches before preprocessing.
+
+    `none`, `light` and `flip` are built here (`light` never flips; `flip` is `light` plus horizontal flips);
+    `paper` and `randaugment` come from `vggfeat.augment` (keras-cv), and both flip."""
+    import keras
+
+    if level not in AUGMENTS:
+        raise InputError(f"unknown augment {level!r}; choose one of {', '.join(AUGMENTS)}")
+    if level in ("paper", "randaugment"):
+        from . import augment
+
+        return augment.augmentation(level, size, seed)
+    base = Geometry("crop", size)
+    if level == "none":
+        return base, []
+    layers = [keras.layers.RandomCrop(size, size, seed=seed),
+              keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed)]
+    if level == "flip":
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    return Geometry("crop", base.resize_side), layers
+
+
+def flips(layers) -> bool:
+    """Whether a pipeline of augmentation `layers` flips images horizontally."""
+    return any(getattr(layer, "mode", "") in ("horizontal", "horizontal_and_vertical") for layer in layers)
+
+
 def __getattr__(name):
     if name == "ImageBatches":
         from .batches import ImageBatches
@@ -559,6 +598,60 @@ def _epoch_log_class():
     return _EPOCH_LOG
 
 
+#: In the work folder: the weights of the epoch with the lowest validation loss so far, with that epoch's
+#: number and metrics (`KeepBest`), in one file replaced whole, so that `resume` keeps the best of the
+#: epochs before the interruption too.
+BEST_WEIGHTS = "best.npz"
+
+
+def _keep_best_class():
+    """`KeepBest`, made on first use (this module imports without Keras)."""
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        """At the end of each epoch whose `monitor` (validation loss) is the lowest so far, write the
+        network's weights, the epoch (numbered from 1, across both stages) and its metrics to `path` (a
+        partial file renamed over it: an interruption leaves the previous best whole). The best so far is
+        read back from `path` when training (re)starts, so a resumed run compares with the epochs before
+        the interruption."""
+
+        def __init__(self, path, monitor="val_loss"):
+            super().__init__()
+            self.path, self.monitor = path, monitor
+
+        def best(self):
+            """`(epoch, metrics)` of the file at `path`, or None."""
+            if not os.path.exists(self.path):
+                return None
+            import json
+
+            with np.load(self.path) as f:
+                return int(f["epoch"]), json.loads(str(f["metrics"]))
+
+        def on_epoch_end(self, epoch, logs=None):
+            import json
+
+            value = _number((logs or {}).get(self.monitor))
+            held = self.best()
+            if value is None or (held is not None and not value < held[1][self.monitor]):
+                return
+            metrics = {k: float(v) for k, v in (logs or {}).items() if _number(v) is not None}
+            partial = self.path[: -len(".npz")] + ".partial.npz"
+            arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+            np.savez(partial, epoch=np.array(epoch + 1), metrics=np.array(json.dumps(metrics)), **arrays)
+            os.replace(partial, self.path)
+
+        def restore(self):
+            """Load the best epoch's weights into the model; return `(epoch, metrics)`, or None."""
+            held = self.best()
+            if held is not None:
+                with np.load(self.path) as f:
+                    self.model.set_weights([f[f"w{i}"] for i in range(len(self.model.weights))])
+            return held
+
+    return KeepBest
+
+
 #: In the work folder: the weights at the end of the first stage, written once it is complete, so that
 #: `resume` continues a two-stage run in its second stage without training the first again.
 STAGE1_WEIGHTS = "stage1.weights.h5"
@@ -568,12 +661,23 @@ def train(net, train_data, val_data, settings: FinetuneSettings, *, work, log_cs
           tensorboard=None, extra_callbacks=(), verbose=1, scope=None):
     """Fit `net` for `settings.epochs` epochs: the first stage as compiled, then (with `unfreeze_after`)
     every layer at lr / 10. `resume` continues from the checkpoints in `work`. Returns the last stage's
-    Keras `History`."""
+    Keras `History`.
+
+    With validation data, `net` ends with the weights of the epoch with the lowest validation loss (of
+    both stages, and of the epochs before a resumed interruption: `KeepBest` keeps them in `work`), not
+    the last epoch's; without, the last epoch's. The History says which: `kept` (`"lowest val_loss"` or
+    `"last epoch"`), `kept_epoch` (numbered from 1), `kept_metrics` (that epoch's loss, accuracy...) and
+    `epochs_run` (the last epoch trained, numbered from 1: fewer than `settings.epochs` after early stopping)."""
     scope = scope or contextlib.nullcontext
     cw = inverse_frequency_weights(train_data.labels, net.output.shape[-1]) if settings.class_weights else None
     common = dict(validation=val_data is not None, patience=settings.patience, tensorboard=tensorboard,
                   extra=extra_callbacks)
     stage1, done = settings.stage1_epochs, os.path.join(work, STAGE1_WEIGHTS)
+    keep = _keep_best_class()(os.path.join(work, BEST_WEIGHTS)) if val_data is not None else None
+    if keep is not None:
+        if not resume and os.path.exists(keep.path):
+            os.remove(keep.path)  # an earlier run's best is no candidate (the caller removes `work` on overwrite)
+    first = [keep] if keep is not None else []  # before the checkpoint: a resumed epoch is never lost to it
     history = None
     if settings.two_stage and resume and os.path.exists(done):
         if net.optimizer is not None and not net.optimizer.built:
@@ -581,7 +685,7 @@ def train(net, train_data, val_data, settings: FinetuneSettings, *, work, log_cs
         net.load_weights(done)
     else:
         history = net.fit(train_data, validation_data=val_data, epochs=stage1, class_weight=cw, verbose=verbose,
-                          callbacks=make_callbacks(work, log_csv, stage=1, append=resume, **common))
+                          callbacks=first + make_callbacks(work, log_csv, stage=1, append=resume, **common))
         if settings.two_stage:
             partial = os.path.join(work, "stage1.partial.weights.h5")
             net.save_weights(partial)
@@ -593,8 +697,22 @@ def train(net, train_data, val_data, settings: FinetuneSettings, *, work, log_cs
             compile_network(net, settings, lr=settings.lr / 10)
         history = net.fit(train_data, validation_data=val_data, initial_epoch=stage1, epochs=settings.epochs,
                           class_weight=cw, verbose=verbose,
-                          callbacks=make_callbacks(work, log_csv, stage=2, append=True, **common))
+                          callbacks=first + make_callbacks(work, log_csv, stage=2, append=True, **common))
+    _kept(history, net, keep)
     return history
+
+
+def _kept(history, net, keep):
+    """Load the best epoch's weights into `net` (with `keep`) and say on `history` which epoch's weights
+    `net` holds."""
+    last = history.epoch[-1] + 1 if history.epoch else 0
+    logs = {k: float(v[-1]) for k, v in history.history.items() if v and _number(v[-1]) is not None}
+    held = keep.restore() if keep is not None else None
+    if held is None:  # no validation data (or no finite validation loss): the last epoch
+        history.kept, history.kept_epoch, history.kept_metrics = "last epoch", last, logs
+    else:
+        history.kept, (history.kept_epoch, history.kept_metrics) = "lowest val_loss", held
+    history.epochs_run = last
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,12 +820,17 @@ def finetune(train_dir, output, *, arch=None, weights="imagenet", val_dir=None, 
             when validation accuracy stalls.
         recipe: `paper`: SGD momentum 0.9, weight decay 5e-4, dropout 0.5, lr 1e-2 with /10 on plateau,
             scale jittering, flips and colour shift (`augment="paper"`).
-        augment: `none`, `light`, `paper` or `randaugment` (see `vggfeat.augment`).
+        augment: `none`; `light` (random crops and brightness, no flips; the default); `flip` (`light`
+            plus horizontal flips); `paper` or `randaugment` (both flip). `AUGMENTS` says what each does;
+            the saved model's metadata records it (`augment`, `augmentation`, `horizontal_flips`).
         class_weights: weight classes by inverse frequency (imbalanced folders).
         precision: `float32`, `bfloat16` or `float16` (mixed precision: float32 weights, low-precision
             compute), as for extraction. The Keras policy names `mixed_bfloat16` and `mixed_float16` of
             earlier releases still work, with a `DeprecationWarning`.
         patience: early stopping on validation loss after this many epochs without improvement.
+            With validation data the saved model holds the weights of the epoch with the lowest validation
+            loss, not the last epoch's; without, the last epoch's. The History (`kept`, `kept_epoch`,
+            `kept_metrics`, `epochs_run`) and the model's metadata (the same keys) say which.
         resume: continue an interrupted run (`<output>.work/`) from its last finished epoch.
         overwrite: start again: replace an existing output, and discard an interrupted run's work folder
             (only once every other argument has been checked).
@@ -802,7 +925,6 @@ def prepare_finetune(train_dir, output, *, arch=None, weights="imagenet", val_di
 def _run(settings, plan, output, work, data, *, resume, tensorboard, save_optimizer, workers, verbose, callbacks):
     import keras
 
-    from .augment import augmentation
     from .batches import ImageBatches
 
     files, labels, vfiles, vlabels, class_names = data
@@ -843,7 +965,11 @@ def _run(settings, plan, output, work, data, *, resume, tensorboard, save_optimi
     save_model(net, output, {
         "arch": plan.arch, "class_names": class_names, "input_size": settings.input_size,
         "preprocessing": info.preprocessing, "base_weights": info.name, "augment": settings.augment,
+        "augmentation": AUGMENTS[settings.augment], "horizontal_flips": flips(aug_layers),
         "failed_images": len(failed),
+        # which epoch's weights the file holds: the lowest validation loss, or the last without validation data
+        "kept": history.kept, "kept_epoch": history.kept_epoch, "epochs_run": history.epochs_run,
+        "kept_metrics": history.kept_metrics,
     }, work=work, include_optimizer=save_optimizer)
     shutil.rmtree(work, ignore_errors=True)
     _learning_curves(stem + ".log.csv", stem + ".curves.png")
@@ -856,7 +982,7 @@ def _run(settings, plan, output, work, data, *, resume, tensorboard, save_optimi
     return history
 
 
-__all__ = ["FinetuneJob", "FinetuneSettings", "ImageBatches", "NetworkPlan", "build_network", "check_output",
-           "compile_network", "describe_split", "finetune", "freeze", "inverse_frequency_weights", "make_callbacks",
-           "make_optimizer", "plan_network", "prepare_finetune", "save_model", "split_images", "train",
-           "weights_layout"]
+__all__ = ["AUGMENTS", "FinetuneJob", "FinetuneSettings", "ImageBatches", "NetworkPlan", "augmentation",
+           "build_network", "check_output", "compile_network", "describe_split", "finetune", "freeze",
+           "inverse_frequency_weights", "make_callbacks", "make_optimizer", "plan_network", "prepare_finetune",
+           "save_model", "split_images", "train", "weights_layout"]
