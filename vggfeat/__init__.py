@@ -33,6 +33,8 @@ _API = {
     "merge_parts": "parts",
     "read_attrs": "parts",
     "verify": "store",
+    # the classifier `vggfeat classify` fits: L2 rows then a linear SVM (C=10), logistic regression or k-NN
+    "make_classifier": "classifier",
     "repair": "store",
     # images
     "scan_images": "images",
