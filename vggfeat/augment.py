@@ -4,10 +4,12 @@ Each policy is `(load_geometry, layers)`: images are decoded by the shared loade
 `load_geometry`, then the layers run on uint8-valued batches (0-255) before preprocessing.
 
 - `none`: the extraction geometry itself (shorter side to size*256/224, centre crop).
-- `light`: shorter side to size*256/224, random `size` crop, random horizontal flip.
+- `light` (finetune's default): shorter side to size*256/224, random `size` crop, brightness +-10%; no flip
+  (a flip changes the meaning of digits, text, anything with a handedness).
+- `flip`: `light` plus random horizontal flips.
 - `paper`: Sect. 3.1: scale jittering (training scale S in [256, 512] for 224 crops, via keras-cv's
   `JitteredResize`), random crops, flips, and an RGB colour shift (keras-cv's `RandomChannelShift`).
-- `randaugment`: `light` plus keras-cv's `RandAugment`.
+- `randaugment`: random crops and flips plus keras-cv's `RandAugment`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from .errors import InputError
 from .images import Geometry
 
-POLICIES = ("none", "light", "paper", "randaugment")
+POLICIES = ("none", "light", "flip", "paper", "randaugment")  # the keys of vggfeat.finetuning.AUGMENTS
 
 
 def augmentation(policy, size, seed=0):
@@ -30,8 +32,9 @@ def augmentation(policy, size, seed=0):
     flip = keras.layers.RandomFlip("horizontal", seed=seed)
     crop = keras.layers.RandomCrop(size, size, seed=seed)
     light_geometry = Geometry("crop", base.resize_side)
-    if policy == "light":
-        return light_geometry, [crop, flip]
+    if policy in ("light", "flip"):
+        light = [crop, keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed)]
+        return light_geometry, light + ([flip] if policy == "flip" else [])
     import keras_cv
 
     if policy == "randaugment":

@@ -519,24 +519,13 @@ def augmentation(level, size, seed=0):
     """`(load_geometry, [keras layers])` of an `--augment` level (`AUGMENTS` says what each does) at crop
     `size`: images are decoded at `load_geometry`, then the layers run on 0-255 batches before preprocessing.
 
-    `none`, `light` and `flip` are built here (`light` never flips; `flip` is `light` plus horizontal flips);
-    `paper` and `randaugment` come from `vggfeat.augment` (keras-cv), and both flip."""
-    import keras
+    `light` never flips; `flip` is `light` plus horizontal flips; `paper` and `randaugment` flip. Built by
+    `vggfeat.augment` (the one place of augmentation layers, and of keras-cv)."""
+    from . import augment
 
     if level not in AUGMENTS:
         raise InputError(f"unknown augment {level!r}; choose one of {', '.join(AUGMENTS)}")
-    if level in ("paper", "randaugment"):
-        from . import augment
-
-        return augment.augmentation(level, size, seed)
-    base = Geometry("crop", size)
-    if level == "none":
-        return base, []
-    layers = [keras.layers.RandomCrop(size, size, seed=seed),
-              keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed)]
-    if level == "flip":
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    return Geometry("crop", base.resize_side), layers
+    return augment.augmentation(level, size, seed)
 
 
 def flips(layers) -> bool:
