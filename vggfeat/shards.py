@@ -238,12 +238,18 @@ def _display(given: str) -> str:
     return safe_url(url_path(given)) if has_credentials(given.split("@", 1)[-1]) else safe_url(given)
 
 
-def _list_prefix(given, extensions):
+#: Retries of a transient fault while listing, before anything is read (at most; `--retries` 0 makes none):
+#: an unreachable endpoint at the start is more often a wrong setting than a passing fault.
+LISTING_RETRIES = 2
+
+
+def _list_prefix(given, extensions, retries=LISTING_RETRIES):
     """Sorted (url, relative name) of the shards and images under a prefix (URL) or local folder."""
     if is_url(given):
         fs, path = _filesystem(given)
         try:
-            found = faults.retry(lambda: fs.find(path, detail=False), what=f"listing {safe_url(given)}")
+            found = faults.retry(lambda: fs.find(path, detail=False), retries=retries,
+                                 what=f"listing {safe_url(given)}")
         except Exception as exc:  # noqa: BLE001 - every filesystem error is the input's
             raise InputError(f"cannot list {safe_url(given)}: {_reason(exc)}") from None
         base = path.rstrip("/") + "/"
@@ -260,7 +266,7 @@ def _list_prefix(given, extensions):
     return [(u, r) for u, r in out if is_shard_name(r) or is_image_name(r, extensions)]
 
 
-def _existing(urls) -> set:
+def _existing(urls, retries=LISTING_RETRIES) -> set:
     """Which of these shard names exist: local ones by `os.path.isfile`, remote ones by listing each
     parent once (one request per folder, not one per shard)."""
     out, remote = set(), {}
@@ -276,7 +282,7 @@ def _existing(urls) -> set:
             continue
         try:
             listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in faults.retry(
-                lambda: fs.ls(path, detail=False, refresh=True), what=f"listing {safe_url(parent)}/")}
+                lambda: fs.ls(path, detail=False, refresh=True), retries=retries, what=f"listing {safe_url(parent)}/")}
         except FileNotFoundError:
             listed = set()
         except Exception as exc:  # noqa: BLE001
@@ -289,7 +295,7 @@ def _existing(urls) -> set:
 MAX_HTTP_RANGE = 1_000_000
 
 
-def _list_folder(folder):
+def _list_folder(folder, retries=LISTING_RETRIES):
     """The file names in one folder of a brace range (`braces.resolve`): None when it does not exist."""
     if not is_url(folder):
         try:
@@ -300,7 +306,8 @@ def _list_folder(folder):
             raise InputError(f"cannot list {folder}: {exc.strerror or exc}") from None
     fs, path = _filesystem(folder)
     try:
-        found = faults.retry(lambda: fs.ls(path, detail=False, refresh=True), what=f"listing {safe_url(folder)}")
+        found = faults.retry(lambda: fs.ls(path, detail=False, refresh=True), retries=retries,
+                             what=f"listing {safe_url(folder)}")
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001
@@ -308,7 +315,7 @@ def _list_folder(folder):
     return [p.rstrip("/").rsplit("/", 1)[-1] for p in found]
 
 
-def _range_sources(given, shown):
+def _range_sources(given, shown, retries=LISTING_RETRIES):
     """The sources of a brace range, resolved without expanding it (`vggfeat.braces`): a shard per name
     that exists, one missing source per run of names that do not (one failure recorded for the run)."""
     n = braces.count(given)
@@ -321,7 +328,7 @@ def _range_sources(given, shown):
         if n > MAX_HTTP_RANGE:
             raise InputError(f"{shown} names {n} shards; over HTTP (not listed) at most {MAX_HTTP_RANGE}")
         return [Source("shard", x, _display(x)) for x in braces.iter_names(given)]
-    items = braces.resolve(given, _list_folder)
+    items = braces.resolve(given, lambda folder: _list_folder(folder, retries))
     if braces.none_exists(items):
         raise InputError(f"no shard matches {shown} ({n} names, from {_display(ends[0])} to {_display(ends[1])}, "
                          "none exists)")
@@ -389,6 +396,7 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
 
     max_bytes = MAX_MEMBER_BYTES if max_member_size is None else parse_size(max_member_size)
     retries = faults.RETRIES if retries is None else check_retries(retries)
+    listing = min(retries, LISTING_RETRIES)
 
     given_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     given_list = [os.fspath(g) for g in given_list]
@@ -414,7 +422,7 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
             check_url(given)
         shown = _display(given)
         if has_braces(given):
-            sources.extend(_range_sources(given, shown))
+            sources.extend(_range_sources(given, shown, listing))
             continue
         remote_prefix = is_url(given) and (url_path(given).endswith("/") or url_path(given).count("/") == 2)
         if is_url(given) and not remote_prefix and not is_shard_name(given) \
@@ -430,7 +438,7 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
             raise InputError(f"{shown}: a prefix with a query (a pre-signed or token URL) cannot be listed: name its "
                              "shards, one URL each or with the brace notation")
         if remote_prefix or (not is_url(given) and os.path.isdir(given)):
-            listed = _list_prefix(given, extensions)
+            listed = _list_prefix(given, extensions, listing)
             if not listed:
                 raise InputError(f"no tar shard or image found under {shown}")
             if single_prefix:
@@ -447,7 +455,7 @@ def scan_inputs(inputs, *, extensions=None, exclude=(), class_names=None, label_
                 sources.append(Source(kind, url, escape_path(prefix + rel)))
             continue
         if is_url(given):
-            if not _existing([given]):
+            if not _existing([given], listing):
                 raise InputError(f"input not found: {shown}")
         elif not os.path.exists(given):
             raise InputError(f"input not found: {given}")
