@@ -83,3 +83,31 @@ def test_one_place_builds_the_augmentation_levels():
         flips = any(isinstance(x, keras.layers.RandomFlip) for x in augment.augmentation(level, 32)[1])
         assert flips == (level in FLIPPING_AUGMENTS)
         assert [type(x) for x in augmentation(level, 32)[1]] == [type(x) for x in augment.augmentation(level, 32)[1]]
+
+
+def test_a_notebook_shows_extract_progress_by_default(tmp_path):
+    """A kernel's stderr is no terminal: `vggfeat.extract` in a notebook was silent for minutes."""
+    import json
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = """
+import os
+import numpy as np
+from PIL import Image
+import vggfeat
+os.makedirs("imgs", exist_ok=True)
+for i in range(3):
+    Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(f"imgs/{i}.png")
+summary = vggfeat.extract(["imgs"], "f.h5", arch="vgg11", weights="random", input_size=32, layers=["pool5"])
+print(summary.written)
+"""
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = book.cells[0].outputs
+    text = json.dumps(outputs)
+    assert any(o.get("name") == "stdout" and "3" in o.get("text", "") for o in outputs), text[:2000]
+    widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    bar = any(o.get("name") == "stderr" and "img" in o.get("text", "") for o in outputs)
+    assert widget or bar, text[:2000]

@@ -1,5 +1,6 @@
 """The progress bar of every extraction: nothing at all when progress is off, a bar that degrades quietly.
 
+`progress=None` (the default) shows it on a terminal and in a Jupyter notebook, nowhere else;
 `progress=False` creates no bar and imports no tqdm. In Jupyter, `tqdm.auto` draws a widget when
 ipywidgets is installed; without it tqdm warns `IProgress not found` and vggfeat uses the text bar instead.
 """
@@ -20,11 +21,22 @@ class NoBar:
         pass
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (its stderr is no terminal, but the user looks at it)."""
+    shell = sys.modules.get("IPython")
+    try:
+        ip = shell.get_ipython() if shell is not None else None
+    except Exception:  # noqa: BLE001 - no usable IPython: not a notebook
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
 def progress_bar(total, progress, desc="extract"):
-    """A tqdm bar of `total` images on stderr; `progress` None: only when stderr is a terminal.
+    """A tqdm bar of `total` images on stderr; `progress` None: where the user is, on a terminal or in a
+    Jupyter notebook (a widget, or a text bar without ipywidgets), never into a pipe or a file.
     Returns `NoBar()` when progress is off."""
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = sys.stderr.isatty() or in_notebook()
     if not progress:
         return NoBar()
     from tqdm import TqdmWarning
