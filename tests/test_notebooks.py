@@ -49,8 +49,11 @@ def executed(request, tmp_path_factory):
         async def run(book, folder):
             # as in Jupyter: the kernel's inline backend turns each figure into a PNG output
             async with at_once:
+                tmp = folder / "tmp"  # the kernel's temporary folder: what a notebook leaves there is seen
+                tmp.mkdir()
                 await NotebookClient(book, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(folder)}}).async_execute()
+                                     resources={"metadata": {"path": str(folder)}}).async_execute(
+                    env={**os.environ, "TMPDIR": str(tmp)})
 
         return await asyncio.gather(*(run(book, folder) for book, folder in runs.values()), return_exceptions=True)
 
@@ -68,3 +71,5 @@ def test_notebook_runs(name, executed):
         raise error
     images = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{name} shows no picture"
+    left = [p.name for p in (folder / "tmp").glob("vggfeat-nb-*")]
+    assert not left, f"{name} left its temporary folder {left} (issue 22: they piled up in the temp dir)"
