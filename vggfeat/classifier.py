@@ -55,7 +55,20 @@ DEFAULT_C = {"linear-svm": 10.0, "logreg": 100.0}
 def make_classifier(kind="linear-svm", C=None, normalize=True, neighbors=5):
     """The paper's post-processing and classifier as one pipeline: L2 normalisation (`Normalizer`),
     then a linear SVM (default), logistic regression or k-NN. `C` None: `DEFAULT_C[kind]` (10 for
-    linear-svm, 100 for logreg), suited to unit-norm rows."""
+    linear-svm, 100 for logreg), suited to unit-norm rows.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vggfeat import make_classifier
+        >>> clf = make_classifier()
+        >>> [name for name, _ in clf.steps], clf.named_steps["classifier"].C
+        (['normalize', 'classifier'], 10.0)
+        >>> y = np.repeat([0, 1], 10)
+        >>> X = np.random.default_rng(0).random((20, 8)) * 0.1
+        >>> X[np.arange(20), y] += 1  # class 0 along the first column, class 1 along the second
+        >>> clf.fit(X, y).score(X, y)
+        1.0
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline
@@ -178,6 +191,35 @@ def classify(features_path, layer="fc7", *, classifier="linear-svm", C=None, nor
     Returns:
         `ClassifyResult` with per-fold accuracies, predictions, a classification report, the fitted
         pipeline and the extraction settings of the file.
+
+    Examples:
+        Extract a tiny folder of two classes (random weights at 32x32, so that it runs in seconds),
+        cross-validate, save the classifier as `vggfeat classify -o` does, and predict with it:
+
+        >>> import os, shutil, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> import vggfeat
+        >>> from vggfeat.classifier import save_classifier
+        >>> folder = tempfile.mkdtemp()
+        >>> rng = np.random.default_rng(0)
+        >>> for name, level in [("dark", 0), ("bright", 127)]:
+        ...     os.makedirs(os.path.join(folder, "images", name))
+        ...     for i in range(4):
+        ...         pixels = (rng.integers(0, 128, (40, 48, 3)) + level).astype(np.uint8)
+        ...         Image.fromarray(pixels).save(os.path.join(folder, "images", name, f"{i}.png"))
+        >>> features = os.path.join(folder, "features.h5")
+        >>> summary = vggfeat.extract([os.path.join(folder, "images")], features, arch="vgg11",
+        ...                           weights="random", input_size=32, progress=False)
+        >>> result = vggfeat.classify(features, cv=2)
+        >>> len(result.fold_scores), result.class_names
+        (2, ['bright', 'dark'])
+        >>> save_classifier(result, os.path.join(folder, "clf.skops"))
+        >>> rows = list(vggfeat.predict_images(os.path.join(folder, "clf.skops"), [os.path.join(folder, "images")],
+        ...                                    progress=False))
+        >>> len(rows), sorted(rows[0])
+        (8, ['error', 'label', 'path', 'score', 'true_label'])
+        >>> shutil.rmtree(folder)
     """
     from sklearn.base import clone
     from sklearn.metrics import accuracy_score, classification_report

@@ -43,11 +43,31 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
             `fully_conv`; see `vggfeat.multiscale`).
 
     Examples:
+        Six small images in a temporary folder, dark ones and bright ones; random weights at 32x32 so
+        that it runs in seconds (use `weights="imagenet"` and the default size for real features):
+
+        >>> import os, shutil, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
         >>> from sklearn.pipeline import make_pipeline
         >>> from sklearn.preprocessing import Normalizer
         >>> from sklearn.svm import LinearSVC
-        >>> pipe = make_pipeline(VGGFeaturizer(weights="imagenet"), Normalizer(), LinearSVC())
-        >>> pipe.fit(train_paths, train_labels).score(test_paths, test_labels)  # doctest: +SKIP
+        >>> from vggfeat import VGGFeaturizer
+        >>> folder = tempfile.mkdtemp()
+        >>> rng = np.random.default_rng(0)
+        >>> paths, labels = [], []
+        >>> for i in range(6):
+        ...     pixels = rng.integers(0, 128, (40, 48, 3), dtype=np.uint8) + 127 * (i % 2)
+        ...     paths.append(os.path.join(folder, f"{i}.png"))
+        ...     Image.fromarray(pixels.astype(np.uint8)).save(paths[-1])
+        ...     labels.append(i % 2)
+        >>> featurizer = VGGFeaturizer(arch="vgg11", weights="random", input_size=32)
+        >>> featurizer.fit(paths).transform(paths).shape
+        (6, 4096)
+        >>> pipe = make_pipeline(featurizer, Normalizer(), LinearSVC())
+        >>> pipe.fit(paths, labels).predict(paths[:2]).shape
+        (2,)
+        >>> shutil.rmtree(folder)
     """
 
     def __init__(self, arch=None, weights="imagenet", layer="fc7", pooling="avg", form="standard",

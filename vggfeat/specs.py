@@ -251,7 +251,15 @@ def layer_table(arch: str, input_size: int = 224, dense: bool = False, include_t
     The receptive field and stride are in input pixels. In the standard form the FC layers see the
     whole (fixed-size) input; in the dense form (Sect. 3.2) fc6 is a 7x7 convolution over pool5 and
     fc7/fc8 are 1x1 convolutions, so they have a finite receptive field and work at any input size
-    >= 224.
+    >= 224. (`vggfeat info` prints this table; no TensorFlow is needed.)
+
+    Examples:
+        >>> from vggfeat import layer_table
+        >>> rows = layer_table("vgg16")
+        >>> [(r.name, r.alias, r.receptive_field, r.stride) for r in rows if r.alias in ("conv5_3", "pool5")]
+        [('block5_conv3', 'conv5_3', 196, 16), ('block5_pool', 'pool5', 212, 32)]
+        >>> f"{sum(r.params for r in rows):,} parameters, {sum(r.macs for r in rows) / 1e9:.2f} G MACs"
+        '138,357,544 parameters, 15.47 G MACs'
     """
     spec = get_arch(arch)
     if input_size < 32:
