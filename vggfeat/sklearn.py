@@ -28,9 +28,10 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
     """Images (file paths or arrays) to VGG features, as a scikit-learn transformer.
 
     Args:
-        arch: `vgg11`, `vgg11-lrn`, `vgg13`, `vgg16c`, `vgg16`, `vgg19` (or A..E); None: from the
-            weight file, else vgg16.
-        weights: `imagenet`, `random` or a path (`.h5`, `.weights.h5`, `.keras`).
+        arch: `vgg11`, `vgg11-lrn`, `vgg13`, `vgg16c`, `vgg16`, `vgg19` (or A..E), or with batch norm
+            `vgg11-bn`, `vgg13-bn`, `vgg16-bn`, `vgg19-bn`; None: from the weight file, else vgg16.
+        weights: `imagenet`, `random`, `timm:NAME` (torchvision's ImageNet weights, `timm:vgg11` ..
+            `timm:vgg19_bn`) or a path (`.h5`, `.weights.h5`, `.keras`, `.safetensors`).
         layer: the layer to extract (`fc7`, `fc6`, `conv5_3`, `pool5`...), after the ReLU.
         pooling: `avg` or `max` global pooling of spatial maps (`none` flattens them).
         form: `standard`, `fully_conv` or `dense` (see `vggfeat.FeatureExtractor`).
