@@ -111,3 +111,57 @@ print(summary.written)
     widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     bar = any(o.get("name") == "stderr" and "img" in o.get("text", "") for o in outputs)
     assert widget or bar, text[:2000]
+
+
+def _fake_imagenet_notop(tmp_path, monkeypatch):
+    """Keras's ImageNet vgg16 'notop' file, made here (random values in Keras's legacy layout) and put in
+    a private Keras cache with its MD5, as test_weights.py does: ImageNet weights cannot download here."""
+    import hashlib
+
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    import vggfeat.weights as W
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    os.makedirs(tmp_path / "keras" / "models")
+    fname, _, _ = W.IMAGENET_FILES[("vgg16", False)]
+    target = tmp_path / "keras" / "models" / fname
+    keras.utils.set_random_seed(3)
+    with h5py.File(target, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, keras.applications.VGG16(weights=None, include_top=False,
+                                                                                input_shape=(32, 32, 3)))
+    md5 = hashlib.md5(target.read_bytes()).hexdigest()
+    monkeypatch.setitem(W.IMAGENET_FILES, ("vgg16", False), (fname, "http://127.0.0.1:9/none.h5", md5))
+    return target
+
+
+def test_a_config_read_back_from_its_file_equals_it(tmp_path, monkeypatch):
+    """README: `ExtractorConfig.from_attrs(read_attrs("voc.h5"))  # == config`. It was not: the file records
+    the resolved arch (vgg16 for arch=None) and input size (224 for None); a weight file by its absolute path."""
+    import shutil
+
+    import vggfeat
+    from conftest import make_folder
+    from vggfeat import ExtractorConfig, build_extractor
+
+    make_folder(str(tmp_path / "images"), per_class=1, size=(40, 32))
+    notop = _fake_imagenet_notop(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(notop, tmp_path / "mine.h5")
+    configs = [ExtractorConfig(layers=["pool5"], weights="imagenet", form="fully_conv"),  # arch, size: defaults
+               ExtractorConfig(layers=["pool5"], weights="imagenet", form="fully_conv", scales=[32, 48], flip=True),
+               ExtractorConfig(layers=["pool5"], weights="mine.h5", form="fully_conv", input_size=32)]  # relative
+    for i, config in enumerate(configs):
+        out = tmp_path / f"{i}.h5"
+        vggfeat.extract(["images"], out, config=config, progress=False)
+        same = ExtractorConfig.from_attrs(vggfeat.read_attrs(out))
+        if config.weights_is_file:  # its arch, size and SHA-256 are known once it is read
+            assert same == build_extractor(config).config and same != config
+        else:
+            assert same == config and hash(same) == hash(config) and not same.differing(config), config
+        assert ExtractorConfig.from_attrs(config.to_attrs()) == config
+    assert ExtractorConfig(weights="random") == ExtractorConfig(weights="random", arch="vgg16", input_size=224)
+    assert ExtractorConfig(weights="random") != ExtractorConfig(weights="random", arch="vgg19")
+    assert ExtractorConfig(weights="random") != ExtractorConfig(weights="random", input_size=192)

@@ -35,7 +35,7 @@ MIN_DENSE_SIZE = 224
 _NAMED_WEIGHTS = ("imagenet", "random")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ExtractorConfig:
     """The settings that decide the features an extractor computes.
 
@@ -60,6 +60,13 @@ class ExtractorConfig:
 
     A config is validated when it is made (`ValueError` subclasses with one-line messages naming the
     setting); `ExtractorConfig(**c.to_kwargs()) == c` and `from_attrs(to_attrs(c)) == c`.
+
+    Two configs are equal when they give the same features: a default that the weights decide compares
+    as what it resolves to (with `imagenet` and `random` weights, `arch=None` is vgg16 and, without
+    scales, `input_size=None` is 224), and a weight file by its absolute path. So the config read back
+    from an output file (`from_attrs(read_attrs(path))`, which records the resolved values) equals the
+    one it was extracted with; for a weight file, whose architecture, size and SHA-256 are known only once
+    it is read, it equals the built extractor's (`build_extractor(config).config`).
     `vggfeat.build_extractor(config)` builds the extractor it describes.
 
     Examples:
@@ -173,6 +180,30 @@ class ExtractorConfig:
             raise InputError(f"a scale is given twice. Received: scales={list(self.scales)}")
 
     # -----------------------------------------------------------------------------------------
+    def _resolved(self, name):
+        """The value of setting `name` as it decides features: what a default resolves to where the
+        config alone says (see the class docstring), a weight file's absolute path."""
+        value = getattr(self, name)
+        if name == "weights" and self.weights_is_file:
+            return os.path.abspath(value)
+        if self.weights in _NAMED_WEIGHTS:
+            if name == "arch" and value is None:
+                return "vgg16"
+            if name == "input_size" and value is None and self.scales is None:
+                return 224
+        return value
+
+    def _key(self):
+        return tuple(self._resolved(f.name) for f in fields(self))
+
+    def __eq__(self, other):
+        if not isinstance(other, ExtractorConfig):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
     @property
     def multiscale(self) -> bool:
         return self.scales is not None
@@ -244,7 +275,7 @@ class ExtractorConfig:
         the same SHA-256 under another path is the same weights)."""
         out = []
         for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            mine, theirs = self._resolved(f.name), other._resolved(f.name)
             if f.name == "weights" and self.weights_is_file and other.weights_is_file:
                 mine, theirs = os.path.basename(mine), os.path.basename(theirs)
                 if self.weights_sha256 and self.weights_sha256 == other.weights_sha256:
