@@ -33,7 +33,12 @@ def verify_command(file, repair_to):
         if repair_to is not None:
             raise click.UsageError(f"{file} is an index of parts: --repair takes one file (repair the damaged "
                                    "part it names)")
-        _verify_index(file, verify)
+        report = verify(file)
+        for problem in report.problems:
+            click.echo(problem)
+        click.echo(report.line())
+        if not report.ok:
+            raise SystemExit(1)
         return
     try:
         report = verify(file)
@@ -52,51 +57,4 @@ def verify_command(file, repair_to):
         click.echo(f"{repair_to}: kept {kept} of {claimed} rows (`vggfeat extract --resume -o {repair_to} ...` "
                    "extracts the rest)")
     if damaged:
-        raise SystemExit(1)
-
-
-def _verify_index(file, verify):
-    """Every part of the index `file`: a missing part, a part that is not the index's, a damaged part
-    or an incomplete index is damage (one line each, exit 1), never "intact"."""
-    import os
-
-    import h5py
-
-    from vggfeat.errors import VggfeatError
-    from vggfeat.parts import check_part, read_index
-
-    index = read_index(file)
-    bad = rows = 0
-    missing = []
-    for i in range(len(index.files)):
-        part = index.part_path(i)
-        if not os.path.isfile(part):
-            missing.append(part)
-            if index.complete:
-                click.echo(f"{part} is missing: {file} lists it; `vggfeat extract --resume --output-shards -o "
-                           f"{file}` with the same inputs writes it again")
-                bad += 1
-            continue
-        try:
-            report = verify(part)
-            with h5py.File(part, "r") as f:
-                check_part(index, i, f)  # this index's own part, with the rows it records
-        except VggfeatError as exc:
-            click.echo(str(exc))
-            bad += 1
-            continue
-        if not report.ok:
-            click.echo(report.line())
-            bad += 1
-        rows += report.rows
-    n = len(index.files)
-    if not index.complete:
-        click.echo(f"{file} is incomplete (the run was interrupted): {len(missing)} of {n} parts are missing"
-                   + (f" (first: {missing[0]})" if missing else "")
-                   + "; `vggfeat extract --resume --output-shards` completes it")
-        bad += 1
-    failures = int(index.failed[index.failed >= 0].sum())
-    click.echo(f"{file}: {n} part{'' if n == 1 else 's'}, {rows} rows, {failures} failed images; "
-               + (f"{bad} damaged or missing" if bad else "every part intact"))
-    if bad:
         raise SystemExit(1)

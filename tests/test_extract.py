@@ -49,7 +49,7 @@ def test_attributes_record_the_settings(tmp_path, image_folder):
     for key in ("format", "format_version", "arch", "weights", "preprocessing", "resize", "input_size", "layers",
                 "pooling", "precision", "vggfeat_version", "created"):
         assert key in attrs, key
-    assert attrs["format"] == "vggfeat" and attrs["format_version"] == 2 and attrs["layers"] == '["fc7", "conv5_2"]'
+    assert attrs["format"] == "vggfeat" and attrs["format_version"] == 3 and attrs["layers"] == '["fc7", "conv5_2"]'
     assert attrs["weights"] == "random" and attrs["seed"] == 0 and attrs["arch"] == "vgg11"
     with h5py.File(out) as f:
         assert f["features/fc7"].shape == (12, 4096) and f["features/conv5_2"].shape == (12, 512)

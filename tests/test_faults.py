@@ -498,7 +498,7 @@ def test_format_1_files_are_read_verified_as_unverifiable_and_upgraded_by_resume
     done = run("extract", folder, *ARGS, "-o", old, "--resume")
     assert done.returncode == 0, done.stderr
     assert "rebuilt because it was written in format 1" in done.stderr
-    assert vggfeat.read_attrs(old)["format_version"] == 2 and verify(old).ok
+    assert vggfeat.read_attrs(old)["format_version"] == 3 and verify(old).ok
     assert_same_rows(clean, old)
 
 

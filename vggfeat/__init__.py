@@ -32,7 +32,7 @@ _API = {
     "open_features": "parts",
     "merge_parts": "parts",
     "read_attrs": "parts",
-    "verify": "store",
+    "verify": "parts",
     # the classifier `vggfeat classify` fits: L2 rows then a linear SVM (C=10), logistic regression or k-NN
     "make_classifier": "classifier",
     "repair": "store",

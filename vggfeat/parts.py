@@ -36,14 +36,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import ExtractFailed, InputError, LayerError, OutputError, WriteFailed
+from .errors import ExtractFailed, InputError, LayerError, OutputError, VggfeatError, WriteFailed
 from .redact import redact_urls
 from .shards import LOOSE_PER_UNIT
 
 log = logging.getLogger("vggfeat")
 
 INDEX_FORMAT = "vggfeat-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: settings and class names under checksums (`vggfeat.store.seal_meaning`)
+INDEX_READABLE = (1, 2)
 #: Loose images (folders, image files, lists, images under a prefix) per part.
 LOOSE_PER_PART = LOOSE_PER_UNIT
 PARTS_SUFFIX = ".parts"
@@ -84,6 +85,12 @@ class Unit:
             return "shard:" + self.inputs.sources[0].name
         names = [s.name for s in self.inputs.sources] if isinstance(self.inputs, ShardInputs) else self.inputs.paths
         return "images:" + hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def unit_sources(unit) -> dict:
+    """{shard: identity} of the shards of `unit` (recorded in its part; see `vggfeat.shards.identity`)."""
+    known = getattr(unit.inputs, "identities", None) or {}
+    return {s.name: known[s.name] for s in getattr(unit.inputs, "sources", ()) if s.name in known}
 
 
 def units_of(images, per_part=LOOSE_PER_PART) -> list:
@@ -182,13 +189,15 @@ def write_part(unit: Unit, path, extractor, *, settings, class_names, dtype, com
     began = time.perf_counter()
     tmp = path + _TMP
     remove_stale(tmp)  # refused if another process still writes it
-    writer = FeatureWriter.create(tmp, settings=settings, feature_shapes=extractor.output_shapes,
-                                  class_names=class_names, dtype=dtype, compression=compression)
+    # which part of which run it is, sealed with the settings (`vggfeat.store.seal_meaning`)
+    own = dict(settings, part_number=unit.number, part_of=redact_urls(unit.name), part_key=unit.key, run_id=run_id)
+    writer = FeatureWriter.create(tmp, settings=own, feature_shapes=extractor.output_shapes,
+                                  class_names=class_names, dtype=dtype, compression=compression,
+                                  sources=unit_sources(unit))
     rows = failed = 0
     failures = []
     done = False
     try:
-        writer.set_attrs(part_number=unit.number, part_of=unit.name, part_key=unit.key, run_id=run_id)
         for batch in iter_features(unit.inputs, extractor, workers=workers, progress=False, strict=strict,
                                    max_pixels=max_pixels or MAX_PIXELS):
             writer.append(batch.paths, batch.labels, batch.features, batch.failed)
@@ -250,7 +259,7 @@ def write_index(path, *, settings, class_names, feature_shapes, dtype, compressi
     """Write the index `path` whole (beside it, then renamed over it: it is never half-written)."""
     import h5py
 
-    from .store import STRING, write_root_attrs
+    from .store import STRING, seal_meaning, write_root_attrs
 
     tmp = path + _TMP
     if os.path.exists(tmp):
@@ -270,6 +279,7 @@ def write_index(path, *, settings, class_names, feature_shapes, dtype, compressi
         g.create_dataset("keys", data=np.array([u.key for u in units], dtype=object), dtype=STRING)
         g.create_dataset("rows", data=np.asarray(rows, dtype=np.int64).reshape(-1))
         g.create_dataset("failed", data=np.asarray(failed, dtype=np.int64).reshape(-1))
+        seal_meaning(f)  # every attribute but `complete`, and the class names
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -283,7 +293,7 @@ def read_index(path) -> Index:
     import h5py
 
     from .config import attr_value
-    from .store import decode_strings
+    from .store import check_meaning, decode_strings
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -293,8 +303,10 @@ def read_index(path) -> Index:
             if f.attrs.get("format") != INDEX_FORMAT:
                 raise OutputError(f"{path} is not an index of parts (format={attr_value(f.attrs.get('format', ''))!r})")
             version = int(attr_value(f.attrs.get("format_version", -1)))
-            if version != INDEX_VERSION:
-                raise OutputError(f"{path} is an index of format_version {version}; this vggfeat reads {INDEX_VERSION}")
+            if version not in INDEX_READABLE:
+                raise OutputError(f"{path} is an index of format_version {version}; this vggfeat reads "
+                                  f"{', '.join(map(str, INDEX_READABLE))}")
+            check_meaning(f, path)
             attrs = {k: attr_value(v) for k, v in f.attrs.items()}
             shapes = {k: tuple(v) for k, v in json.loads(attrs["feature_shapes"]).items()}
             files = decode_strings(f["parts/files"][()])
@@ -336,11 +348,78 @@ def check_part(index: Index, i: int, f) -> tuple[int, int]:
     return n, m
 
 
+@dataclass
+class IndexReport:
+    """What `verify` found in an index of parts: `problems` (one line each: a missing part, a part that
+    is not the index's, a damaged part, an incomplete index) and the rows and failures of its parts."""
+
+    path: str
+    parts: int
+    rows: int = 0
+    failures: int = 0
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        n = self.parts
+        head = f"{self.path}: {n} part{'' if n == 1 else 's'}, {self.rows} rows, {self.failures} failed images; "
+        return head + (f"{len(self.problems)} damaged or missing" if self.problems else "every part intact")
+
+
+def verify_index(path) -> IndexReport:
+    """Check every part of the index `path` (each part's rows against its checksums, and that it is this
+    index's part with the rows the index records): never "intact" when a part is missing or damaged or
+    the index is incomplete."""
+    from .store import open_read, verify_file
+
+    index = read_index(path)
+    report = IndexReport(os.fspath(path), len(index.files))
+    missing = []
+    for i in range(len(index.files)):
+        part = index.part_path(i)
+        if not os.path.isfile(part):
+            missing.append(part)
+            if index.complete:
+                report.problems.append(f"{part} is missing: {path} lists it; `vggfeat extract --resume "
+                                       f"--output-shards -o {path}` with the same inputs writes it again")
+            continue
+        try:
+            part_report = verify_file(part)
+            with open_read(part) as f:
+                check_part(index, i, f)  # this index's own part, with the rows it records
+        except VggfeatError as exc:
+            report.problems.append(str(exc))
+            continue
+        if not part_report.ok:
+            report.problems.append(part_report.line())
+        report.rows += part_report.rows
+    if not index.complete:
+        report.problems.append(f"{path} is incomplete (the run was interrupted): {len(missing)} of "
+                               f"{len(index.files)} parts are missing" + (f" (first: {missing[0]})" if missing else "")
+                               + "; `vggfeat extract --resume --output-shards` completes it")
+    report.failures = int(index.failed[index.failed >= 0].sum())
+    return report
+
+
+def verify(path):
+    """Check a vggfeat file (`vggfeat.store.VerifyReport`: every committed row against its checksum, and
+    its settings, class names and input identities against theirs) or an index of parts (`IndexReport`:
+    every part so, and that each is there and the index's own). `.ok` and `.line()` on both."""
+    from .store import verify_file
+
+    if os.path.isfile(os.fspath(path)) and is_index(path):
+        return verify_index(path)
+    return verify_file(path)
+
+
 # ---- extracting into parts -------------------------------------------------------------------------
 
 
 _INDEX_ONLY = ("format", "format_version", "feature_shapes", "parts_folder", "created", "vggfeat_version",
-               "complete", "dtype", "compression", "run_id")
+               "complete", "dtype", "compression", "run_id", "meaning_keys", "meaning_crc32")
 
 
 def check_parts_output(output, *, resume, overwrite):
@@ -400,12 +479,18 @@ def check_single_output(output, *, resume):
 def reusable_part(path, run_id, unit, settings, dtype) -> bool:
     """Whether the part at `path` is complete and holds `unit` for the run `run_id`, with its settings."""
     from .config import attr_value
-    from .store import read_attrs, settings_differences
+    from .shards import changed_sources
+    from .store import open_read, read_attrs, read_sources, settings_differences
 
     if not part_complete(path) or part_transient(path):  # a transient failure is read again
         return False
     attrs = read_attrs(path)
     if attr_value(attrs.get("run_id", "")) != run_id or attr_value(attrs.get("part_key", "")) != unit.key:
+        return False
+    with open_read(path, meaning=False) as f:
+        changed = changed_sources(read_sources(f), unit_sources(unit))
+    if changed:
+        log.warning("the shard %s changed since its part %s was written: it is read again", changed[0], path)
         return False
     diffs = settings_differences(attrs, settings, dtype, path)
     if diffs:
@@ -1006,7 +1091,7 @@ def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[
     onto `output` only once complete and flushed to disk: a merge cut short (an error, a full disk,
     kill -9) leaves `output` as it was (absent, or the old file of an `overwrite`); the next merge
     removes the temporary a killed one left."""
-    from .store import OVERWRITE_SUFFIX, FeatureWriter, open_read
+    from .store import OVERWRITE_SUFFIX, FeatureWriter, open_read, read_sources
     from .stream import progress_bar
 
     index = read_index(index_path)
@@ -1025,19 +1110,22 @@ def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[
         FeatureWriter.check_output(output, overwrite=overwrite)
     except WriteFailed as exc:  # its hint is a run's (--resume); a merge writes nothing until it is done
         raise _merge_failed(exc, output) from None
+    sources = {}
     for i in range(len(index.files)):  # every part there and its index's, before anything is written
         p = index.part_path(i)
         if not part_complete(p):
             raise OutputError(f"{index_path}: its part {p} is missing or incomplete")
         with open_read(p) as f:
             check_part(index, i, f)
+            sources.update(read_sources(f))
     settings = {k: v for k, v in index.attrs.items() if k not in _INDEX_ONLY}
     layers = list(index.feature_shapes)
     try:
         writer = FeatureWriter.create(output, settings=settings, feature_shapes=index.feature_shapes,
                                       class_names=index.class_names, dtype=index.attrs.get("dtype", "float32"),
                                       compression=None if index.attrs.get("compression") in (None, "none")
-                                      else index.attrs["compression"], overwrite=overwrite, beside=True)
+                                      else index.attrs["compression"], overwrite=overwrite, beside=True,
+                                      sources=sources)
     except WriteFailed as exc:
         raise _merge_failed(exc, output) from None
     assert writer.path == output + OVERWRITE_SUFFIX

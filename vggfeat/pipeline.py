@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 
 from .config import ExtractorConfig
-from .errors import ExtractFailed, ExtractInterrupted, InputError, OutputError
+from .errors import ExtractFailed, ExtractInterrupted, InputError, OutputError, VggfeatError
 from .images import MAX_PIXELS
-from .shards import ShardInputs, is_url, scan_inputs
+from .shards import ShardInputs, changed_sources, identities, is_url, scan_inputs
 from .stream import iter_features
 
 ENGINES = ("local", "ray")
@@ -315,6 +315,10 @@ def prepare_extract(inputs, output, layers=("fc7",), *, config=None, arch=None, 
         images = scan_inputs(inputs, extensions=extensions, exclude=exclude, class_names=class_names,
                              label_field=label_field, max_member_size=max_member_size, retries=retries)
         _check_output_not_scanned(output, images)
+        if isinstance(images, ShardInputs):
+            images.identities = identities(images)  # recorded with the rows (a shard changed is told)
+            if resume and not output_shards and os.path.exists(output):
+                _check_sources(output, images)
         log.info(images.found())
         if check is not None:
             check.fetch()  # Keras's ImageNet file, when it is not cached yet
@@ -430,6 +434,26 @@ def _check_resume(output, config, check, inputs, dtype):
         raise OutputError(f"cannot resume {output}: its settings differ from this run's: " + "; ".join(diffs))
 
 
+def _check_sources(output, images):
+    """Refuse to resume a single file (append-only) whose shards changed since it was begun: its rows of
+    the shard's old content would stay beside rows of the new (an index of parts reads such a shard
+    again instead)."""
+    from .store import open_read, read_sources
+
+    try:
+        with open_read(output) as f:
+            recorded = read_sources(f)
+    except VggfeatError:
+        return  # damaged or foreign: FeatureWriter.resume decides
+    changed = changed_sources(recorded, images.identities)
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise OutputError(f"cannot resume {output}: the shard {changed[0]}{more} changed since the run began "
+                          f"({recorded[changed[0]]}, now {images.identities.get(changed[0])}); its rows would mix "
+                          "old and new content: --overwrite starts again (or --output-shards reads changed "
+                          "shards again)")
+
+
 def _open_output(output, extractor, images, settings, *, resume, overwrite, dtype, compression):
     from .store import FeatureWriter
 
@@ -442,7 +466,7 @@ def _open_output(output, extractor, images, settings, *, resume, overwrite, dtyp
         return writer
     return FeatureWriter.create(output, settings=settings, feature_shapes=extractor.output_shapes,
                                 class_names=images.class_names, dtype=dtype, compression=compression,
-                                overwrite=overwrite)
+                                overwrite=overwrite, sources=getattr(images, "identities", None))
 
 
 def _run(images, output, extractor, runner, *, inputs, resume, overwrite, dtype, compression, batch_size, strict,

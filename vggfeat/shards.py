@@ -191,6 +191,7 @@ class ShardInputs:
     retries: int = faults.RETRIES  # of a transient fault, before it is recorded (as transient)
     retry_delay: float = faults.DELAY  # the first wait, in seconds (doubled each retry)
     reread: int = 0  # resuming: shards read again for a transient failure of the earlier run
+    identities: dict = field(default_factory=dict)  # {shard name: `identity`}, recorded with its rows
 
     @property
     def shards(self) -> int:
@@ -587,6 +588,83 @@ def _open(url):
             pass
         return fs.open(path, "rb", block_size=8 * 1024 * 1024)
     return open(url, "rb")
+
+
+#: what of an object store's listing entry says which version of an object it is
+_IDENTITY_KEYS = ("ETag", "etag", "VersionId", "version_id", "generation", "size", "LastModified", "mtime")
+
+
+def identity(source: Source, retries=LISTING_RETRIES) -> str:
+    """What a shard is now, to tell whether it changed since its rows were written: a local file's size
+    and modification time (ns); an object's ETag, version and size (one HEAD request); an HTTP file's
+    ETag, Last-Modified and Content-Length (the headers of a GET whose body is not read: a pre-signed
+    URL signs GET only). "missing" for a shard that does not exist; "unknown: ..." when it cannot be
+    asked now (then it cannot be told to have changed either)."""
+    if source.missing:
+        return "missing"
+    url = source.url
+    if not is_url(url):
+        try:
+            st = os.stat(url)
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return f"unknown: {faults.describe(exc)}"
+        return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+    remember(url)
+    try:
+        fs, path = _filesystem(url)
+        if _is_http(url):
+            def ask():
+                with fs.open(path, "rb", block_size=0, size=1) as f:
+                    return {k: f.r.headers.get(k) for k in ("ETag", "Last-Modified", "Content-Length")}
+        else:
+            def ask():
+                info = fs.info(path, refresh=True) if "refresh" in _parameters(fs.info) else fs.info(path)
+                return {k: info.get(k) for k in _IDENTITY_KEYS}
+        found = faults.retry(ask, retries=retries, what=f"asking what {safe_url(url)} is")
+    except FileNotFoundError:
+        return "missing"
+    except Exception as exc:  # noqa: BLE001 - asked again at the next resume
+        return f"unknown: {_reason(exc)}"
+    return " ".join(f"{k}={v}" for k, v in found.items() if v not in (None, "")) or "unknown: no version given"
+
+
+def _parameters(fn) -> tuple:
+    import inspect
+
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
+def identities(inputs) -> dict:
+    """{shard name: `identity`} of every tar shard of `inputs` (a `ShardInputs`; {} for anything else)."""
+    if not isinstance(inputs, ShardInputs):
+        return {}
+    shards = [s for s in inputs.sources if s.kind == "shard" and not s.missing]
+    remote = [s for s in shards if is_url(s.url)]
+    found = {}
+    if len(remote) > 1:  # one request each: asked 16 at a time
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            found = dict(zip((s.name for s in remote), pool.map(identity, remote)))
+    return {s.name: found[s.name] if s.name in found else identity(s) for s in shards}
+
+
+def changed_sources(recorded: dict, now: dict) -> list:
+    """The shards whose identity differs from the one recorded (one that could not be asked either
+    time is not called changed)."""
+    out = []
+    for name, was in recorded.items():
+        is_now = now.get(name)
+        if is_now is None or was.startswith("unknown") or is_now.startswith("unknown"):
+            continue
+        if is_now != was:
+            out.append(name)
+    return out
 
 
 def _excluded(patterns, *names):

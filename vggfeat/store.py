@@ -1,18 +1,23 @@
 """The HDF5 layout of vggfeat's output files: writing (append-only, verifiable commits) and reading.
 
-Layout (format "vggfeat", format_version 2; documented in the README):
+Layout (format "vggfeat", format_version 3; versions 1 and 2 are read too):
 
     /                   attrs: format, format_version, arch, weights[, weights_sha256, seed],
                         preprocessing, form, resize, input_size, geometry, layers (JSON list),
                         keras_layers, pooling, precision, dtype, compression, vggfeat_version,
                         created (ISO 8601), inputs (JSON list), complete (bool), chunk_rows,
-                        clean_rows (rows written by runs that closed cleanly)
+                        clean_rows (rows written by runs that closed cleanly),
+                        meaning_keys (JSON list), meaning_crc32 (JSON {settings, class_names[, sources]}:
+                        CRC-32s of those attributes, /class_names and /sources, sealed at creation;
+                        format 3)
     /paths              (N,)  UTF-8   relative to the given folder (absolute with several inputs)
     /labels             (N,)  int64   -1 where unlabelled
     /class_names        (K,)  UTF-8
     /features/<layer>   (N, ...) float32 or float16, chunked (chunk_rows rows a chunk), resizable
     /failed/paths       (M,)  UTF-8
     /failed/reasons     (M,)  UTF-8
+    /sources/names      (S,)  UTF-8   the input tar shards (format 3, runs over shards)
+    /sources/identities (S,)  UTF-8   each one's size and mtime, or ETag/version (`vggfeat.shards.identity`)
     /commits            (C, 3 + D) int64: one record per commit: first row, end row, end of /failed,
                         then a CRC-32 per column named in its attribute `columns` (paths, labels,
                         failed, each features/<layer>[, index])
@@ -67,8 +72,8 @@ _attr = attr_value
 log = logging.getLogger("vggfeat")
 
 FORMAT = "vggfeat"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 #: Suffix of the new file that `--overwrite` writes beside the old one until it is complete.
 OVERWRITE_SUFFIX = ".vggfeat-tmp"
@@ -267,8 +272,9 @@ def _check_format(f, path, versions=READABLE_VERSIONS):
     return version
 
 
-def _open_read(path):
-    """Open a vggfeat file for reading (any readable version); one-line errors."""
+def _open_read(path, *, meaning=True):
+    """Open a vggfeat file for reading (any readable version); one-line errors. With `meaning`, a file
+    whose settings, class names or input identities were changed after it was written is refused."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"file not found: {path}")
@@ -280,6 +286,8 @@ def _open_read(path):
         raise _h5_error(path, exc) from None
     try:
         _check_format(f, path)
+        if meaning:
+            check_meaning(f, path)
     except BaseException:
         f.close()
         raise
@@ -289,11 +297,70 @@ def _open_read(path):
 def read_attrs(path) -> dict:
     """The root attributes (settings) of a vggfeat file, checking its format (`vggfeat.read_attrs` reads
     an index of parts too)."""
-    with _open_read(path) as f:
+    with _open_read(path, meaning=False) as f:
         try:
             return {k: _attr(v) for k, v in f.attrs.items()}
         except (OSError, RuntimeError, KeyError) as exc:
             raise OutputError(f"{path} is damaged: its attributes cannot be read ({_first_line(exc)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# What rows mean: the settings, class names and input identities, under one checksum per kind.
+
+#: root attributes that are not part of what a row means (the run's state, or when it was written)
+_NOT_MEANING = ("complete", "clean_rows", "created", "vggfeat_version", "meaning_keys", "meaning_crc32")
+
+
+def _meaning_parts(f, keys) -> dict:
+    """{kind: CRC-32} of what decides what the rows of open file (or index) `f` mean."""
+    settings = [[k, _attr(f.attrs[k]) if k in f.attrs else None] for k in keys]
+    names = _decode(f["class_names"][()]) if "class_names" in f else []
+    out = {"settings": zlib.crc32(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")),
+           "class_names": _crc_strings(names) ^ len(names)}
+    if "sources" in f:
+        out["sources"] = _crc_strings(_decode(f["sources/names"][()]) + _decode(f["sources/identities"][()]))
+    return out
+
+
+def seal_meaning(f):
+    """Record the checksums of what the rows of `f` mean: every root attribute set so far (but the run's
+    state), /class_names and /sources (each input shard's identity). Called once, at creation."""
+    keys = sorted(k for k in f.attrs if k not in _NOT_MEANING)
+    f.attrs["meaning_keys"] = json.dumps(keys)
+    f.attrs["meaning_crc32"] = json.dumps(_meaning_parts(f, keys))
+
+
+def meaning_problem(f) -> str | None:
+    """None when the settings, class names and input identities of `f` are as written (or `f` predates
+    their checksums), else what was changed."""
+    if "meaning_crc32" not in f.attrs:
+        return None
+    try:
+        want = json.loads(_attr(f.attrs["meaning_crc32"]))
+        have = _meaning_parts(f, json.loads(_attr(f.attrs["meaning_keys"])))
+    except Exception as exc:  # noqa: BLE001 - unreadable metadata is changed metadata
+        return f"its settings cannot be checked ({_first_line(exc)})"
+    what = {"settings": "its settings (root attributes)", "class_names": "its /class_names",
+            "sources": "its /sources (the inputs' identities)"}
+    changed = [what.get(k, k) for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    if changed:
+        return (f"{' and '.join(changed)} were changed after its rows were written: its rows cannot be trusted "
+                "to mean what it says")
+    return None
+
+
+def check_meaning(f, path):
+    """Raise OutputError when `meaning_problem(f)`."""
+    problem = meaning_problem(f)
+    if problem:
+        raise OutputError(f"{path} is damaged: {problem} (`vggfeat extract --overwrite` writes it again)")
+
+
+def read_sources(f) -> dict:
+    """{input shard: identity} recorded in open file `f` (empty for files without /sources)."""
+    if "sources" not in f:
+        return {}
+    return dict(zip(_decode(f["sources/names"][()]), _decode(f["sources/identities"][()])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +436,8 @@ class VerifyReport:
         damaged: (first row, end row, reason) of each commit that failed its check.
         unverifiable: True for format 1 files, which hold no checksums.
         complete: the run that wrote it finished.
+        meaning: what of its settings, class names or input identities was changed after its rows
+            were written (None: nothing; files of format 3 and later hold their checksums).
     """
 
     path: str
@@ -379,16 +448,20 @@ class VerifyReport:
     damaged: list = field(default_factory=list)
     unverifiable: bool = False
     complete: bool = False
+    meaning: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.damaged
+        return not self.damaged and not self.meaning
 
     def line(self) -> str:
         if self.unverifiable:
             return (f"{self.path}: format 1 (written before vggfeat kept checksums): {self.rows} rows read without "
                     "error, but they cannot be verified")
         state = "complete" if self.complete else "incomplete (`vggfeat extract --resume` completes it)"
+        if self.meaning:
+            return (f"{self.path}: DAMAGED: {self.meaning} ({self.rows} rows; restore the original, or "
+                    "`vggfeat extract --overwrite` writes it again)")
         if self.ok:
             return f"{self.path}: intact: {self.rows} rows in {self.commits} commits verified; {state}"
         ranges = ", ".join(f"{a}-{b}" for a, b, _ in self.damaged)
@@ -408,7 +481,7 @@ def verify(path, *, start_row=0) -> VerifyReport:
         `VerifyReport`. Raises OutputError when the file cannot be opened or its structure is broken.
     """
     path = os.fspath(path)
-    with _open_read(path) as f:
+    with _open_read(path, meaning=False) as f:
         return _verify_open(f, path, start_row)
 
 
@@ -440,7 +513,8 @@ def _verify_open(f, path, start_row=0) -> VerifyReport:
             intact = stop
         previous, previous_failed = stop, int(record[2])
     rows = int(records[-1][1]) if len(records) else 0
-    return VerifyReport(path, version, rows, intact, len(records), damaged, complete=complete)
+    return VerifyReport(path, version, rows, intact, len(records), damaged, complete=complete,
+                        meaning=meaning_problem(f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,12 +607,14 @@ class FeatureWriter:
 
     @classmethod
     def create(cls, path, *, settings: dict, feature_shapes: dict, class_names, dtype="float32",
-               compression=None, overwrite=False, index=False, beside=False):
+               compression=None, overwrite=False, index=False, beside=False, sources=None):
         """Create `path`; refuses an existing file unless `overwrite`, in which case the new file is
         written beside it (`path` + OVERWRITE_SUFFIX) and renamed over it by `close(complete=True)`.
         With `beside`, a new file is written beside its name that way too: nothing is at `path` until
         `close` puts it there (a run cut short leaves no file; `vggfeat merge`). With `index`, rows and
-        failures also carry their position in the run's image list (the shards of a distributed run)."""
+        failures also carry their position in the run's image list (the shards of a distributed run).
+        `sources` ({input shard: identity}, see `vggfeat.shards.identities`) is recorded in /sources; it
+        and the settings and class names are sealed under checksums (`seal_meaning`)."""
         path = os.fspath(path)
         if dtype not in ("float32", "float16"):
             raise InputError(f"unknown storage dtype {dtype!r}; choose float32 or float16")
@@ -599,6 +675,11 @@ class FeatureWriter:
             c = f.create_dataset("commits", shape=(0, len(cols)), maxshape=(None, len(cols)), dtype="int64",
                                  chunks=(256, len(cols)))
             c.attrs["columns"] = json.dumps(cols)
+            if sources:
+                sg = f.create_group("sources")
+                for name, values in (("names", list(sources)), ("identities", list(sources.values()))):
+                    sg.create_dataset(name, data=np.array([redact_urls(v) for v in values], dtype=object), dtype=_STR)
+            seal_meaning(f)
             f.flush()
             if io.error is not None:
                 raise _os_error(target, io.error, "create")
@@ -634,6 +715,10 @@ class FeatureWriter:
                 raise _h5_error(path, exc) from None
             version = _check_format(f, path)
             _check_settings(f, path, settings, dtype)
+            problem = meaning_problem(f)
+            if problem:
+                raise OutputError(f"cannot resume {path}: {problem}; restore the original, or --overwrite "
+                                  "starts again")
             rebuild_reason = "it was written in format 1" if version == 1 else None
             report = None
             if rebuild_reason is None:
@@ -1044,8 +1129,12 @@ def repair(src, dst) -> tuple[int, int]:
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.lexists(dst):
         raise OutputError(f"{dst} exists; choose a new file for the repaired copy")
-    with _open_read(src) as f:
+    with _open_read(src, meaning=False) as f:
+        problem = meaning_problem(f)
+        if problem:  # its intact rows would be copied under the changed meaning
+            raise OutputError(f"cannot repair {src}: {problem}; restore the original settings first")
         try:
+            sources = read_sources(f)
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
             class_names = _decode(f["class_names"][()])
             layout = {k: (ds.shape[1:], ds.dtype, ds.compression) for k, ds in f["features"].items()}
@@ -1067,9 +1156,10 @@ def repair(src, dst) -> tuple[int, int]:
         compression = next(iter(layout.values()))[2] if layout else None
         settings = {k: v for k, v in attrs.items() if k not in (
             "format", "format_version", "dtype", "compression", "vggfeat_version", "created", "complete",
-            "chunk_rows", "clean_rows")}
+            "chunk_rows", "clean_rows", "meaning_keys", "meaning_crc32")}
         out = FeatureWriter.create(dst, settings=settings, feature_shapes={k: v[0] for k, v in layout.items()},
-                                   class_names=class_names, dtype=dtype, compression=compression, index=indexed)
+                                   class_names=class_names, dtype=dtype, compression=compression, index=indexed,
+                                   sources=sources)
         kept = 0
         try:
             failed_done = 0
@@ -1109,7 +1199,7 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
     """Read one vggfeat file whole (not an index of parts). The public `vggfeat.load_features`
     (`vggfeat.parts.load_features`, which documents the arguments and what is returned) reads either."""
     path = os.fspath(path)
-    with _open_read(path) as f:
+    with _open_read(path, meaning=verify) as f:
         names = list(f["features"].keys())
         if layer is None:
             if len(names) != 1:
@@ -1183,3 +1273,4 @@ crc_strings = _crc_strings
 as_bunch = _loaded
 lock = _lock
 refuse_parts_run = _refuse_parts_run
+verify_file = verify
