@@ -275,6 +275,19 @@ def precision_option(func):
                              "low-precision compute, faster on GPUs).")(func)
 
 
+def jpeg_decode_option(func):
+    """--jpeg-decode: how JPEG files are decoded (ExtractorConfig.jpeg_decode), recorded in the output."""
+    from vggfeat.config import JPEG_DECODES
+
+    return click.option("--jpeg-decode", type=click.Choice(list(JPEG_DECODES)), default="full", show_default=True,
+                        help="full: decode every JPEG at its own size, then resize (the same features as the "
+                             "decoded image given as an array); reduced: decode a JPEG over twice the target "
+                             "size at 1/2, 1/4 or 1/8 scale first (Pillow's draft): faster, slightly different "
+                             "features, and a JPEG over Pillow's 89-megapixel limit is judged at that scale. "
+                             "Recorded in the output; a file written before this option existed was decoded "
+                             "reduced: --resume it with --jpeg-decode reduced.")(func)
+
+
 def input_size_option(help, default=None):
     """--input-size, bounded as ExtractorConfig bounds it."""
     from vggfeat.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE

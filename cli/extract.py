@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ._common import (input_options, input_size_option, model_options, output_options, precision_option, quiet_backend,
-                      quiet_option, reports_errors, shard_label_options, show_progress_lines)
+from ._common import (input_options, input_size_option, jpeg_decode_option, model_options, output_options,
+                      precision_option, quiet_backend, quiet_option, reports_errors, shard_label_options,
+                      show_progress_lines)
 
 
 @click.command("extract")
@@ -34,6 +35,7 @@ from ._common import (input_options, input_size_option, model_options, output_op
               help="With --scales: average (VOC), concatenate (Caltech) or max over scales.")
 @click.option("--l2", is_flag=True, help="With --scales: L2-normalise the final descriptor.")
 @precision_option
+@jpeg_decode_option
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features.")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), default=None, help="HDF5 compression.")
@@ -62,7 +64,7 @@ from ._common import (input_options, input_size_option, model_options, output_op
 @quiet_option
 @reports_errors
 def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, pooling, fully_convolutional, dense,
-                    input_size, resize, scales, flip, aggregate, l2, precision, dtype, compression, batch_size, engine,
+                    input_size, resize, scales, flip, aggregate, l2, precision, jpeg_decode, dtype, compression, batch_size, engine,
                     workers, ray_workers, address, gpus_per_worker, block_size, max_member_size, retries, label_field, class_names, resume,
                     overwrite,
                     output_shards, strict, quiet):
@@ -89,15 +91,17 @@ def extract_command(inputs, ext, exclude, output, layers, arch, weights, seed, p
             scale_list = [int(q) for q in scales.replace(" ", "").split(",") if q]
         except ValueError:
             raise click.BadParameter(f"expected integers separated by commas, got {scales!r}", param_hint="--scales")
-    from vggfeat.pipeline import prepare_extract
+    from vggfeat.config import ExtractorConfig
+    from vggfeat.run.job import prepare_extract
 
     # every check that needs no TensorFlow (settings, output, inputs, weights, layers) comes first; it
     # says what it found and what it loads next (stderr, unless -q)
     show_progress_lines(quiet)
-    job = prepare_extract(list(inputs), output, list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
-                          form="dense" if dense else ("fully_conv" if fully_convolutional else "standard"),
-                          input_size=input_size, resize=resize, precision=precision, scales=scale_list,
-                          flip=flip, aggregate=aggregate, l2=l2, dtype=dtype, compression=compression,
+    config = ExtractorConfig(layers=list(layers), arch=arch, weights=weights, seed=seed, pooling=pooling,
+                             form="dense" if dense else ("fully_conv" if fully_convolutional else "standard"),
+                             input_size=input_size, resize=resize, precision=precision, scales=scale_list,
+                             flip=flip, aggregate=aggregate, l2=l2, jpeg_decode=jpeg_decode)
+    job = prepare_extract(list(inputs), output, config=config, dtype=dtype, compression=compression,
                           batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict, engine=engine,
                           address=address, gpus_per_worker=gpus_per_worker, block_size=block_size, workers=workers,
                           ray_workers=ray_workers, extensions=ext or None, exclude=exclude, class_names=class_names,

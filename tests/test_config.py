@@ -124,7 +124,8 @@ def test_format_1_attributes_read_as_the_same_config():
            "layers": '["fc7"]', "pooling": "avg", "precision": "float32", "scales": "[256, 384]", "flip": True,
            "aggregate": "mean", "l2": False, "preprocessing": "caffe", "keras_layers": '["fc2"]'}
     c = ExtractorConfig.from_attrs(old)
-    assert c == ExtractorConfig(layers=["fc7"], arch="vgg16", form="dense", scales=[256, 384], flip=True)
+    assert c == ExtractorConfig(layers=["fc7"], arch="vgg16", form="dense", scales=[256, 384], flip=True,
+                                jpeg_decode="reduced")  # the only JPEG decode then (not recorded)
 
 
 # ---------------------------------------------------------------------------------------------

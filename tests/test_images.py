@@ -372,20 +372,24 @@ def camera_jpeg(tmp_path_factory):
 
 
 def test_camera_sized_jpeg_is_judged_at_its_draft_size(camera_jpeg):
+    """With the reduced JPEG decode (jpeg_decode="reduced"); the full decode judges it at its own size."""
     import warnings
 
     max_image_pixels = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings(record=True) as caught:
-        a = load_image(camera_jpeg, Geometry("crop", 224))
+        a = load_image(camera_jpeg, Geometry("crop", 224, "reduced"))
     assert a.shape == (224, 224, 3) and np.abs(a.astype(int) - (200, 120, 40)).max() <= 3
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]  # no warning spam
     assert Image.MAX_IMAGE_PIXELS == max_image_pixels == 1024 * 1024 * 1024 // 4 // 3  # Pillow's untouched
     # decoded at 1/8 scale, 1500 x 1125: the limit counts those pixels
     with pytest.raises(ImageError, match=r"decompression bomb: 12000x9000 \(decoded at 1500x1125\) is 1687500 pixels"):
-        load_image(camera_jpeg, Geometry("crop", 224), max_pixels=1_000_000)
-    # at its own size (no geometry: no draft) it is still too big
+        load_image(camera_jpeg, Geometry("crop", 224, "reduced"), max_pixels=1_000_000)
+    # at its own size (no geometry, or the full decode: no draft) it is still too big
     with pytest.raises(ImageError, match=r"decompression bomb: 12000x9000 is 108000000 pixels"):
         load_image(camera_jpeg, None)
+    with pytest.raises(ImageError, match=r"decompression bomb: 12000x9000 is 108000000 pixels, more than the "
+                                         r"limit of \d+; the reduced JPEG decode \(--jpeg-decode reduced\)"):
+        load_image(camera_jpeg, Geometry("crop", 224))
 
 
 def test_other_formats_keep_the_source_size_limit(tmp_path):

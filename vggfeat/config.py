@@ -25,6 +25,9 @@ POOLINGS = ("avg", "max", "none")
 PRECISIONS = ("float32", "bfloat16", "float16")
 RESIZE_MODES = ("crop", "squash", "short")
 AGGREGATES = ("mean", "stack", "max")
+JPEG_DECODES = ("full", "reduced")
+#: What `from_attrs` reads for a file written before `jpeg_decode` was recorded: those were decoded reduced.
+JPEG_DECODE_BEFORE_RECORDED = "reduced"
 
 #: The input sizes (crop side, or shorter side) and scales vggfeat accepts, in pixels.
 MIN_INPUT_SIZE = 32
@@ -57,6 +60,11 @@ class ExtractorConfig:
         flip: with scales, average with the horizontally flipped image.
         aggregate: with scales, `mean`, `stack` or `max` over scales.
         l2: with scales, L2-normalise the descriptor.
+        jpeg_decode: `full` (default): a JPEG file is decoded at its own size and then resized, so a path
+            and its decoded array give exactly the same features; `reduced`: a JPEG over twice the target
+            size is decoded at a 1/2, 1/4 or 1/8 DCT scale first (Pillow's `draft`), faster to decode but
+            with slightly different pixels, so different features (docs/benchmarks.md measures both). A
+            file written before this setting was recorded was decoded `reduced`, and is read so.
 
     A config is validated when it is made (`ValueError` subclasses with one-line messages naming the
     setting); `ExtractorConfig(**c.to_kwargs()) == c` and `from_attrs(to_attrs(c)) == c`.
@@ -94,6 +102,7 @@ class ExtractorConfig:
     flip: bool = False
     aggregate: str = "mean"
     l2: bool = False
+    jpeg_decode: str = "full"
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -133,6 +142,7 @@ class ExtractorConfig:
         _choice("pooling", self.pooling, POOLINGS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("resize", self.resize, RESIZE_MODES)
+        _choice("jpeg_decode", self.jpeg_decode, JPEG_DECODES)
         if self.seed < 0:
             raise InputError(f"seed must be 0 or more. Received: seed={self.seed}")
         if self.input_size is not None and not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
@@ -224,7 +234,7 @@ class ExtractorConfig:
         `weights` is the name (`imagenet`, `random`) or the file's base name, as format 1 stored it;
         a file's full path is kept in `weights_path` and its identity in `weights_sha256`.
         """
-        out = {"layers": json.dumps(list(self.layers)), "weights": self.weights, "form": self.form, "pooling": self.pooling, "resize": self.resize, "precision": self.precision}
+        out = {"layers": json.dumps(list(self.layers)), "weights": self.weights, "form": self.form, "pooling": self.pooling, "resize": self.resize, "precision": self.precision, "jpeg_decode": self.jpeg_decode}
         if self.weights == "random":
             out["seed"] = self.seed
         if self.weights_is_file:
@@ -260,7 +270,8 @@ class ExtractorConfig:
                        seed=seed, form=a.get("form", "standard"), pooling=a.get("pooling", "avg"),
                        input_size=a.get("input_size"), resize=a.get("resize"),
                        precision=a.get("precision", "float32"), scales=scales, flip=bool(a.get("flip", False)),
-                       aggregate=a.get("aggregate", "mean"), l2=bool(a.get("l2", False)))
+                       aggregate=a.get("aggregate", "mean"), l2=bool(a.get("l2", False)),
+                       jpeg_decode=a.get("jpeg_decode", JPEG_DECODE_BEFORE_RECORDED))
         except (InputError, LayerError, ArchitectureError) as exc:
             raise type(exc)(f"{source}: stored settings: {exc}") from None
         except (ValueError, TypeError) as exc:

@@ -71,6 +71,7 @@ class FeatureExtractor:
         self.form = config.form
         self.precision = config.precision
         self.batch_size = batch_size
+        self.jpeg_decode = config.jpeg_decode
         self._build(config.arch, config.weights, config.seed, config.input_size, config.resize,
                     expected_sha256=config.weights_sha256)
         self.config = config.replace(arch=self.arch, input_size=self.input_size, resize=self.geometry.resize,
@@ -147,7 +148,7 @@ class FeatureExtractor:
                                 seed=NO_INIT)
                 copy_weights(base, net)
         del base
-        self.geometry = Geometry(resize, size)
+        self.geometry = Geometry(resize, size, self.jpeg_decode)
         self.weights_info = info
         self.preprocessing = info.preprocessing
         self.input_size = size

@@ -54,6 +54,10 @@ _quiet_bomb_warnings()
 
 RESIZE_MODES = ("crop", "squash", "short")
 
+#: How a JPEG is decoded (`Geometry.jpeg_decode`): `full` (every pixel, as an array of the image is
+#: resized) or `reduced` (Pillow's `draft`: a 1/2, 1/4 or 1/8 DCT scale, never below twice the target size).
+JPEG_DECODES = ("full", "reduced")
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -65,14 +69,21 @@ class Geometry:
             `short` (shorter side to `size`, no crop: for the fully-convolutional forms, whose
             output then depends on the image's aspect ratio).
         size: the crop side (`crop`, `squash`) or the shorter side (`short`).
+        jpeg_decode: `full` (default): a JPEG is decoded at its own size, then resized, so a file and its
+            decoded array give the same network input; `reduced`: a JPEG over twice the target size is
+            decoded at a reduced DCT scale first (Pillow's `draft`: faster, slightly different pixels;
+            vggfeat's only behaviour before this setting existed).
     """
 
     resize: str = "crop"
     size: int = 224
+    jpeg_decode: str = "full"
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
             raise InputError(f"unknown resize mode {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if self.jpeg_decode not in JPEG_DECODES:
+            raise InputError(f"unknown jpeg_decode {self.jpeg_decode!r}; choose one of {', '.join(JPEG_DECODES)}")
         if int(self.size) < 32:
             raise InputError(f"input size must be at least 32 pixels. Received: {self.size}")
 
@@ -213,14 +224,16 @@ def load_image(path, geometry: Geometry | None = Geometry(), max_pixels: int = M
     """Read one image file as an RGB uint8 array of shape (H, W, 3) in the given geometry.
 
     EXIF orientation is applied; any mode (L, LA, P, RGBA, CMYK, I;16, F...) becomes RGB; GIFs give
-    their first frame. A JPEG much larger than needed is decoded at a reduced DCT scale (Pillow's
-    `draft`, never below twice the target size) before the bilinear, antialiased resize.
-    With `geometry=None` the image is returned at its own size.
+    their first frame. The image is decoded at its own size, then resized (bilinear, antialiased), as
+    `prepare_array` resizes its decoded array; with `geometry.jpeg_decode="reduced"`, a JPEG much larger
+    than needed is decoded at a reduced DCT scale first (Pillow's `draft`, never below twice the target
+    size): faster, slightly different pixels. With `geometry=None` the image is returned at its own size.
 
     Limits, each refused as that image's failure before anything large is decoded: a side longer than
-    `max_side`; more than `max_pixels` pixels, counted at the size the image is decoded at (a JPEG with
-    a geometry is judged at its reduced `draft` size, so a 108-megapixel photo that decodes at 1/8 scale
-    passes; any other image at its own size); with `short` geometry, a network input of more than
+    `max_side`; more than `max_pixels` pixels, counted at the size the image is decoded at (with the
+    `reduced` JPEG decode, a JPEG is judged at its reduced `draft` size, so a 108-megapixel photo that
+    decodes at 1/8 scale passes; any other image, and every image with the `full` decode, at its own
+    size); with `short` geometry, a network input of more than
     `max_pixels` pixels or a side longer than `max_side` (a very thin image). Pillow itself refuses
     any image above twice `PIL.Image.MAX_IMAGE_PIXELS` when it opens it.
 
@@ -260,14 +273,16 @@ def _decode(fp, geometry, max_pixels, max_side):
             raise ImageError(f"empty image ({w}x{h})")
         if w > max_side or h > max_side:
             raise ImageError(f"image too large: {w}x{h} has a side longer than the limit of {max_side} pixels")
-        if geometry is not None and im.format == "JPEG":
+        if geometry is not None and im.format == "JPEG" and geometry.jpeg_decode == "reduced":
             tw, th = _target_size(w, h, geometry)
             im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, (2 * tw, 2 * th))
         dw, dh = im.size
         if dw * dh > max_pixels:
             at = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
+            hint = ("; the reduced JPEG decode (--jpeg-decode reduced) reads it at a smaller scale"
+                    if geometry is not None and im.format == "JPEG" and geometry.jpeg_decode == "full" else "")
             raise ImageError(f"decompression bomb: {w}x{h}{at} is {dw * dh} pixels, more than the limit of "
-                             f"{max_pixels}")
+                             f"{max_pixels}{hint}")
         if geometry is not None and geometry.resize == "short":
             ow, oh = _short_side_size(dw, dh, geometry.resize_side)
             if ow * oh > max_pixels or max(ow, oh) > max_side:

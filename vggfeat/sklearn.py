@@ -42,6 +42,8 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         batch_size: images per forward pass.
         scales, flip, aggregate, l2: the paper's multi-scale descriptor (with form `dense` or
             `fully_conv`; see `vggfeat.multiscale`).
+        jpeg_decode: `full` (a JPEG path and its decoded array give the same features) or `reduced`
+            (see `vggfeat.ExtractorConfig`).
 
     Examples:
         Six small images in a temporary folder, dark ones and bright ones; random weights at 32x32 so
@@ -73,7 +75,7 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
 
     def __init__(self, arch=None, weights="imagenet", layer="fc7", pooling="avg", form="standard",
                  input_size=None, resize=None, precision="float32", seed=0, batch_size=32, scales=None,
-                 flip=False, aggregate="mean", l2=False):
+                 flip=False, aggregate="mean", l2=False, jpeg_decode="full"):
         self.arch = arch
         self.weights = weights
         self.layer = layer
@@ -88,6 +90,7 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         self.flip = flip
         self.aggregate = aggregate
         self.l2 = l2
+        self.jpeg_decode = jpeg_decode
 
     def config(self):
         """The `ExtractorConfig` of these parameters (validated)."""
@@ -97,7 +100,7 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
                                form=self.form, pooling=self.pooling, input_size=self.input_size,
                                resize=self.resize, precision=self.precision,
                                scales=list(self.scales) if self.scales else None, flip=self.flip,
-                               aggregate=self.aggregate, l2=self.l2)
+                               aggregate=self.aggregate, l2=self.l2, jpeg_decode=self.jpeg_decode)
 
     def _build(self):
         """The network of these parameters: built once and shared by every featurizer with equal
@@ -180,6 +183,10 @@ class VGGFeaturizer(TransformerMixin, BaseEstimator):
         state = dict(self.__dict__)
         state.pop("extractor_", None)  # a Keras model; rebuilt from the parameters when needed
         return state
+
+    def __setstate__(self, state):
+        state.setdefault("jpeg_decode", "reduced")  # pickled before the setting existed, when JPEGs were read so
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
