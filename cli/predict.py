@@ -19,8 +19,10 @@ from ._common import (input_options, output_options, quiet_backend, quiet_option
               help="With a .skops classifier: the weight file its features were extracted with (its hash is "
                    "checked). Without --classifier: the ImageNet weights to predict ImageNet's classes with.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
-              help="Predict the k most probable classes (label, score, label_2, score_2...). Default: 5 for "
-                   "ImageNet, 1 for a fine-tuned model; skops classifiers give one.")
+              help="Predict the k most probable classes (label, score, label_2, score_2...). Default: by what "
+                   "the network's fc8 predicts, whether --classifier or --weights names it: 5 for ImageNet's "
+                   "classes, 1 for a fine-tuned model's own (its p_<class> columns give all); skops "
+                   "classifiers give one.")
 @output_options("CSV file (default: stdout).", resume=False, required=False,
                 overwrite_help="Replace an existing --output.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)

@@ -165,3 +165,24 @@ def test_a_config_read_back_from_its_file_equals_it(tmp_path, monkeypatch):
     assert ExtractorConfig(weights="random") == ExtractorConfig(weights="random", arch="vgg16", input_size=224)
     assert ExtractorConfig(weights="random") != ExtractorConfig(weights="random", arch="vgg19")
     assert ExtractorConfig(weights="random") != ExtractorConfig(weights="random", input_size=192)
+
+
+def test_one_top_k_default_whichever_option_names_a_finetuned_model(tmp_path):
+    """`predict --weights mine.keras` gave the top 5 of a fine-tuned model's classes, `--classifier mine.keras`
+    the top 1. The default follows what fc8 predicts: 1 of a fine-tuned model's classes, 5 of ImageNet's."""
+    from vggfeat.classifier import load_predictor
+    from vggfeat.models import build_vgg
+    from vggfeat.weights import write_keras_metadata
+
+    path = str(tmp_path / "mine.keras")
+    build_vgg("vgg11", input_size=32, classes=6).save(path)
+    write_keras_metadata(path, {"class_names": [f"c{i}" for i in range(6)], "input_size": 32,
+                                "preprocessing": "caffe"})
+    by_classifier, by_weights = load_predictor(path), load_predictor(weights=path)
+    assert by_classifier.kind == by_weights.kind == "finetuned"
+    assert by_classifier.top_k == by_weights.top_k == 1
+    assert load_predictor(path, top_k=3).top_k == load_predictor(weights=path, top_k=3).top_k == 3
+    from vggfeat.prediction import DEFAULT_TOP_K
+
+    assert DEFAULT_TOP_K == {"imagenet": 5, "finetuned": 1}
+

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, OutputError, WeightsError
-from .parts import load_features
+from .io.read import load_features
 
 CLASSIFIERS = ("linear-svm", "logreg", "knn")
 
@@ -163,7 +163,7 @@ def check_same_features(train_path, test_path, layer=None) -> None:
     precision, scales... as `extract --resume` compares them) for `layer`, plus the preprocessing and the
     stored dtype. Reads the files' attributes only."""
     from .config import ExtractorConfig
-    from .parts import read_attrs
+    from .io.read import read_attrs
 
     a, b = read_attrs(train_path), read_attrs(test_path)
     mine = ExtractorConfig.from_attrs(a, source=str(train_path))
@@ -337,7 +337,7 @@ def check_output(path, *, overwrite=False, inputs=(), extensions=None) -> str:
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: permission denied")
     if inputs:
-        from .pipeline import check_output_not_input
+        from .run.checks import check_output_not_input
 
         check_output_not_input(path, inputs, extensions=extensions)
     return path
@@ -482,21 +482,24 @@ def load_predictor(classifier=None, *, weights=None, arch=None, top_k=None):
     """What `predict` classifies with, checked without Keras:
 
     - a `.skops` file of `vggfeat classify -o`: `load_classifier`'s `(pipeline, settings, class_names)`;
-    - a `.keras` model of `vggfeat finetune -o`: a `ModelClassifier` predicting with its fc8 (`top_k`
-      default 1);
-    - no classifier: ImageNet's top-k (`top_k` default 5) with ImageNet `weights` (`load_imagenet`).
+    - a `.keras` model of `vggfeat finetune -o`: a `ModelClassifier` predicting with its fc8;
+    - no classifier: ImageNet's top-k with ImageNet `weights` (`load_imagenet`), or the fc8 of a fine-tuned
+      model given as `weights`.
+
+    `top_k` None: `vggfeat.prediction.DEFAULT_TOP_K` of what the fc8 predicts, whichever argument names the
+    network: 5 of ImageNet's classes, 1 of a fine-tuned model's own.
 
     Anything else is refused in one line saying what each kind of file is and which command makes it."""
     from .prediction import classifier_kind, load_finetuned, load_imagenet
 
     if classifier is None:
-        return load_imagenet(weights, arch, 5 if top_k is None else top_k)
+        return load_imagenet(weights, arch, top_k)
     kind = classifier_kind(classifier)
     if kind == "keras":
         if weights is not None:
             raise InputError(f"{os.path.basename(os.fspath(classifier))} is a whole model with its own weights; "
                              "drop --weights")
-        return load_finetuned(classifier, 1 if top_k is None else top_k)
+        return load_finetuned(classifier, top_k)
     if top_k not in (None, 1):
         raise InputError("--top-k needs a classifier with one score per class: a .keras model of "
                          "`vggfeat finetune`, or ImageNet weights without --classifier")

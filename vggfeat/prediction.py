@@ -24,6 +24,11 @@ IMAGENET_CLASS_INDEX = ("imagenet_class_index.json",
                         "c2c37ea517e94d9795004a39431a14cb")
 IMAGENET_CLASSES = 1000
 
+#: `--top-k`'s default, by what the network's fc8 predicts, whichever option names the network (`--classifier`
+#: or `--weights`): ImageNet's 1000 classes, their top 5 (the ImageNet benchmark's); a fine-tuned model's own
+#: classes (its `p_<class>` columns give every probability anyway), its top 1.
+DEFAULT_TOP_K = {"imagenet": 5, "finetuned": 1}
+
 #: What each kind of `--classifier` file is, for the error about a file that is neither.
 KINDS = ("a classifier file of `vggfeat classify -o` (.skops: a scikit-learn pipeline trained on features of "
          "`vggfeat extract`) or a model of `vggfeat finetune -o` (.keras: a network whose fc8 predicts your classes)")
@@ -68,9 +73,10 @@ def classifier_kind(path) -> str:
     raise InputError(f"{path} is not a classifier vggfeat can use: --classifier takes {KINDS}")
 
 
-def load_finetuned(path, top_k=1) -> ModelClassifier:
+def load_finetuned(path, top_k=None) -> ModelClassifier:
     """A `.keras` model of `vggfeat finetune` as a classifier, checked without Keras (`inspect_keras_file`:
-    every tensor's shape; fc8 present; the class names finetune stored, one per fc8 output)."""
+    every tensor's shape; fc8 present; the class names finetune stored, one per fc8 output). `top_k`: None
+    for `DEFAULT_TOP_K["finetuned"]`."""
     from .weights import inspect_keras_file
 
     path = os.fspath(path)
@@ -82,8 +88,8 @@ def load_finetuned(path, top_k=1) -> ModelClassifier:
     if not names:
         raise InputError(f"{base} is a Keras model without the class names `vggfeat finetune` stores with it; use "
                          f"it for features (`vggfeat extract --weights {base}`), or --classifier takes {KINDS}")
-    return ModelClassifier("finetuned", path, held.arch, names, _top_k(top_k, len(names)), source=base,
-                           settings={k: held.metadata[k] for k in ("input_size", "preprocessing", "base_weights")
+    return ModelClassifier("finetuned", path, held.arch, names, _top_k(top_k, len(names), "finetuned"),
+                           source=base, settings={k: held.metadata[k] for k in ("input_size", "preprocessing", "base_weights")
                                      if k in held.metadata})
 
 
@@ -120,9 +126,11 @@ def imagenet_class_names(path=None) -> list:
     return names
 
 
-def load_imagenet(weights, arch=None, top_k=5) -> ModelClassifier:
+def load_imagenet(weights, arch=None, top_k=None) -> ModelClassifier:
     """ImageNet top-k from weights with ImageNet's 1000-class fc8: `imagenet` (Keras's files), or a weight
-    file of that layout (`keras.applications`' files, a `.weights.h5`); names from Keras's class index."""
+    file of that layout (`keras.applications`' files, a `.weights.h5`); names from Keras's class index. A
+    model of `vggfeat finetune` given as `weights` is that model's classifier (`load_finetuned`). `top_k`:
+    None for `DEFAULT_TOP_K` of the kind found (5 for ImageNet, 1 for a fine-tuned model)."""
     from .weights import describe_weights
 
     if weights is None or str(weights) == "random":
@@ -140,11 +148,13 @@ def load_imagenet(weights, arch=None, top_k=5) -> ModelClassifier:
                              f"without --classifier needs ImageNet weights; or pass --classifier, {KINDS}")
         arch = described["arch"]
     names = imagenet_class_names()
-    return ModelClassifier("imagenet", weights, arch, names, _top_k(top_k, IMAGENET_CLASSES),
+    return ModelClassifier("imagenet", weights, arch, names, _top_k(top_k, IMAGENET_CLASSES, "imagenet"),
                            source=f"ImageNet ({weights})")
 
 
-def _top_k(k, n):
+def _top_k(k, n, kind):
+    if k is None:
+        k = DEFAULT_TOP_K[kind]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"--top-k must be a whole number of at least 1. Received: {k!r}")
     return int(min(k, n))
@@ -256,6 +266,6 @@ def class_names_of(loaded) -> list:
     return list(loaded.class_names) if isinstance(loaded, ModelClassifier) else list(loaded[2])
 
 
-__all__ = ["IMAGENET_CLASS_INDEX", "KINDS", "ModelClassifier", "PredictionTally", "check_model_predict",
+__all__ = ["DEFAULT_TOP_K", "IMAGENET_CLASS_INDEX", "KINDS", "ModelClassifier", "PredictionTally", "check_model_predict",
            "class_names_of", "classifier_kind", "imagenet_class_index_path", "imagenet_class_names", "load_finetuned",
            "load_imagenet", "model_columns", "predict_with_model"]
