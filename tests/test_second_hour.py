@@ -186,3 +186,41 @@ def test_one_top_k_default_whichever_option_names_a_finetuned_model(tmp_path):
 
     assert DEFAULT_TOP_K == {"imagenet": 5, "finetuned": 1}
 
+
+def test_calls_again_in_one_session_do_not_retrace(tmp_path, monkeypatch):
+    """A notebook calling extract / iter_features / VGGFeaturizer again, with other batch sizes: each call built
+    a network and traced its forward pass again, and after a few calls TensorFlow warned "5 out of the last 11
+    calls to <function ...one_step_on_data_distributed> triggered tf.function retracing"."""
+    import logging
+    import weakref
+
+    import numpy as np
+
+    import vggfeat
+    from conftest import make_folder
+
+    try:  # TensorFlow counts traces per function code across the process: start from a fresh session's count
+        from tensorflow.python.eager.polymorphic_function import polymorphic_function as pf
+
+        monkeypatch.setattr(pf._frequent_tracing_detector_manager, "_detectors", weakref.WeakKeyDictionary())
+    except (ImportError, AttributeError):
+        pass
+    make_folder(str(tmp_path / "images"), per_class=2)
+    config = vggfeat.ExtractorConfig(layers=["pool5"], arch="vgg11", weights="random", input_size=32, seed=7)
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for i, batch_size in enumerate([2, 4, 5, 3, 8, 1]):
+            vggfeat.extract([tmp_path / "images"], tmp_path / f"{i}.h5", config=config, batch_size=batch_size,
+                            progress=False)
+            list(vggfeat.iter_features([tmp_path / "images"], config, batch_size=batch_size + 1, progress=False))
+        featurizer = vggfeat.VGGFeaturizer(arch="vgg11", weights="random", layer="pool5", input_size=32, seed=7)
+        for n in (1, 3, 6, 2):
+            featurizer.fit().transform([np.full((40, 48, 3), 10 * n, np.uint8)] * n)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages
+    first = vggfeat.load_features(tmp_path / "0.h5", "pool5").features
+    np.testing.assert_array_equal(vggfeat.load_features(tmp_path / "5.h5", "pool5").features, first)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -380,20 +382,55 @@ def build_extractor(config, *, batch_size=32):
     """The extractor an `ExtractorConfig` describes: a `FeatureExtractor`, wrapped in a
     `MultiScaleExtractor` when the config has scales. Its `config` is the given one with what the
     weights decided filled in (arch, input size, the weight file's SHA-256). Every entry point builds
-    its extractor here.
+    its extractor here. The network is shared: an equal config, with its weight file unchanged, gets the
+    network built last time (the last `NETWORKS_KEPT` are kept), traced already, whatever the batch size.
 
     Examples:
         >>> from vggfeat import ExtractorConfig, build_extractor
         >>> fx = build_extractor(ExtractorConfig(layers=["fc7"], weights="random"))  # doctest: +SKIP
     """
-    check_extractor(config)  # every check that needs no Keras, before Keras is imported
+    check = check_extractor(config)  # every check that needs no Keras, before Keras is imported
     if not config.multiscale:
-        return FeatureExtractor.from_config(config, batch_size=batch_size)
+        return _shared(config, check, batch_size)
     from .multiscale import MultiScaleExtractor
 
-    base = FeatureExtractor.from_config(config.replace(input_size=max(config.scales), scales=None, flip=False,
-                                                       aggregate="mean", l2=False), batch_size=batch_size)
+    base = _shared(config.replace(input_size=max(config.scales), scales=None, flip=False, aggregate="mean",
+                                  l2=False), check, batch_size)
     return MultiScaleExtractor(base, config.scales, flip=config.flip, aggregate=config.aggregate, l2=config.l2)
+
+
+#: The networks `build_extractor` built, by settings and weight file (most recently used last), the last
+#: `NETWORKS_KEPT` of them kept: the next `extract`, `iter_features`, `predict` or `VGGFeaturizer` with the
+#: same settings (in a notebook, say) reuses the network and its traced forward pass, whatever its batch size.
+#: A network built per call was traced again per call, and after a few TensorFlow warned "5 out of the last 5
+#: calls to <function ...one_step_on_data_distributed> triggered tf.function retracing".
+_NETWORKS = OrderedDict()
+NETWORKS_KEPT = 2
+_NETWORKS_LOCK = threading.Lock()
+
+
+def _shared(config, check, batch_size):
+    """A `FeatureExtractor` of `config` with `batch_size`: a copy sharing the network of an earlier equal
+    config whose weight file (or Keras's ImageNet file) is unchanged, else a new one."""
+    import copy
+
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1. Received: {batch_size}")
+    key = (config,)
+    if check.path and os.path.isfile(check.path):  # a file replaced or edited in place is other weights
+        st = os.stat(check.path)
+        key += (os.path.abspath(check.path), st.st_mtime_ns, st.st_size, st.st_ino)
+    with _NETWORKS_LOCK:
+        built = _NETWORKS.pop(key, None)
+        if built is None:
+            built = FeatureExtractor.from_config(config, batch_size=batch_size)
+        _NETWORKS[key] = built
+        while len(_NETWORKS) > NETWORKS_KEPT:
+            _NETWORKS.popitem(last=False)
+    fx = copy.copy(built)  # its own attributes (batch size), the same Keras model
+    fx.batch_size = batch_size
+    return fx
 
 
 def _padded_size(n, batch_size):
