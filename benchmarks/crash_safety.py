@@ -2,7 +2,7 @@
 
 Each cycle starts a process that resumes the file (`FeatureWriter.resume`: verify, roll back, or
 rebuild) and appends batches as fast as it can (no model, so that almost all of its time is spent in
-the write and flush path), kills it after a random moment, then runs `vggfeat.store.verify` on the
+the write and flush path), kills it after a random moment, then runs `vggfeat.io.layout.verify_file` on the
 file. Row i always holds the same values (made from i), as an uninterrupted run would write them.
 At the end one more resume finishes the file, and every row is compared with what it must be.
 
@@ -28,7 +28,8 @@ import numpy as np
 
 WRITER = r'''
 import os, sys, numpy as np
-from vggfeat.store import FeatureWriter
+from vggfeat.io.recover import resume_file
+from vggfeat.io.writer import FeatureWriter
 path, compression, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 compression = None if compression == "none" else compression
 settings = {"arch": "vgg16", "weights": "random", "layers": '["fc7", "pool5"]'}
@@ -41,7 +42,7 @@ def rows(i, n):
     return {"fc7": fc7, "pool5": np.repeat(j.astype(np.float32)[:, None], 512, 1)}
 
 if os.path.exists(path):
-    w = FeatureWriter.resume(path, settings=settings)
+    w = resume_file(path, settings=settings)
 else:
     w = FeatureWriter.create(path, settings=settings, feature_shapes={"fc7": (4096,), "pool5": (512,)},
                              class_names=["a"], compression=compression)
@@ -65,7 +66,8 @@ def expected(i, n):
 
 
 def check_final(path, total):
-    from vggfeat.store import load_features, verify
+    from vggfeat.io.layout import verify_file as verify
+    from vggfeat.io.read import load_file as load_features
 
     report = verify(path)
     assert report.ok and report.rows == total, report.line()
@@ -81,7 +83,7 @@ def check_final(path, total):
 
 def series(compression, kills, total, work, rng):
     from vggfeat.errors import OutputError
-    from vggfeat.store import verify
+    from vggfeat.io.layout import verify_file as verify
 
     path = os.path.join(work, f"kill-{compression}.h5")
     counts = {"kills": 0, "intact": 0, "rolled_back": 0, "broken": 0, "rows_at_kills": []}

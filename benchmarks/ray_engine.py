@@ -1,8 +1,7 @@
 """What the Ray engine costs and what bounds it, measured on this machine.
 
-1. The merge (the one serial step, on the driver): shards written as workers write them (blocks of
-   rows spread over shards, out of order, one block twice), merged into one file; median seconds,
-   rows/s and MB/s of feature data.
+1. The take (the one serial step, on the driver): the staged parts the workers write (one per unit of
+   256 rows) appended into one file in unit order; median seconds, rows/s and MB/s of feature data.
 2. Whole runs, each as its own process as a user starts it (`vggfeat extract`), interleaved: the local
    engine, then `--engine ray` with 1 and 2 workers on a new local Ray; median seconds and images/s.
 
@@ -27,29 +26,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def bench_merge(rows, dims=4096, block=256, shards=4, runs=3):
-    from vggfeat.images import ImageList
-    from vggfeat.ray_engine import Manifest, merge
-    from vggfeat.store import FeatureWriter
+    """The driver's serial step: staged parts (one per unit of `block` rows, as the actors write them)
+    taken into one file in unit order (`vggfeat.io.merge.append_part`, what `FileSink.take` does)."""
+    from vggfeat.io.merge import append_part
+    from vggfeat.io.writer import FeatureWriter
 
     settings = {"arch": "vgg16", "weights": "random", "seed": 0, "layers": '["fc7"]'}
     tmp = tempfile.mkdtemp(prefix="vggfeat-merge-")
     try:
-        images = ImageList([f"/x/{i}.jpg" for i in range(rows)], [f"{i}.jpg" for i in range(rows)], [0] * rows,
-                           ["a"], "/x")
-        folder = os.path.join(tmp, "out.h5.shards")
-        manifest = Manifest.create(folder, images, list(range(rows)), settings, "float32")
         rng = np.random.default_rng(0)
-        blocks = [list(range(s, min(rows, s + block))) for s in range(0, rows, block)]
-        order = rng.permutation(len(blocks)).tolist() + [0]  # one block run twice
-        writers = [FeatureWriter.create(os.path.join(folder, f"shard-{k}.h5"), settings=settings,
-                                        feature_shapes={"fc7": (dims,)}, class_names=["a"], index=True)
-                   for k in range(shards)]
-        for n, k in enumerate(order):
-            b = blocks[k]
-            feats = rng.random((len(b), dims), dtype=np.float32)
-            writers[n % shards].append([f"{i}.jpg" for i in b], [0] * len(b), {"fc7": feats}, index=b)
-        for w in writers:
-            w.close()
+        parts = []
+        for k, s in enumerate(range(0, rows, block)):
+            b = list(range(s, min(rows, s + block)))
+            path = os.path.join(tmp, f"part-{k:06d}.h5")
+            w = FeatureWriter.create(path, settings=settings, feature_shapes={"fc7": (dims,)}, class_names=["a"])
+            w.append([f"{i}.jpg" for i in b], [0] * len(b), {"fc7": rng.random((len(b), dims), dtype=np.float32)})
+            w.close(complete=True)
+            parts.append(path)
         times = []
         for _ in range(runs):
             out = os.path.join(tmp, "out.h5")
@@ -57,7 +50,8 @@ def bench_merge(rows, dims=4096, block=256, shards=4, runs=3):
                 os.remove(out)
             writer = FeatureWriter.create(out, settings=settings, feature_shapes={"fc7": (dims,)}, class_names=["a"])
             start = time.perf_counter()
-            merge(manifest, writer, np.arange(rows))
+            for path in parts:
+                append_part(writer, path, ["fc7"])
             writer.close(complete=True)
             times.append(time.perf_counter() - start)
         t = statistics.median(times)
@@ -102,7 +96,7 @@ def main():
     ap.add_argument("--skip-runs", action="store_true", help="only the merge")
     args = ap.parse_args()
     m = bench_merge(args.merge_rows, runs=args.runs)
-    print(f"merge: {m['rows']} rows of fc7 ({m['MB']:.0f} MB) from 4 shards in {m['seconds']:.2f} s "
+    print(f"merge: {m['rows']} rows of fc7 ({m['MB']:.0f} MB) from staged parts in {m['seconds']:.2f} s "
           f"(median of {args.runs}): {m['rows_per_s']:.0f} rows/s, {m['MB_per_s']:.0f} MB/s")
     if args.skip_runs:
         return

@@ -50,7 +50,12 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--old", default=None)
     args = ap.parse_args()
-    from vggfeat import store
+    from types import SimpleNamespace
+
+    from vggfeat.io.read import load_file
+    from vggfeat.io.writer import FeatureWriter
+
+    store = SimpleNamespace(FeatureWriter=FeatureWriter, load_features=load_file)
 
     stores = {"new": store}
     if args.old:

@@ -22,7 +22,7 @@ def merge_command(index, output, overwrite, quiet):
     \b
     Example: vggfeat merge features.h5 -o features-all.h5
     """
-    from vggfeat.parts import merge_parts
+    from vggfeat import merge_parts
 
     rows, failures = merge_parts(index, output, overwrite=overwrite, progress=None if not quiet else False)
     if not quiet:

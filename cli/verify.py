@@ -27,7 +27,7 @@ def verify_command(file, repair_to):
     import os
 
     from vggfeat import repair, verify
-    from vggfeat.parts import is_index
+    from vggfeat.io.index import is_index
 
     if os.path.isfile(file) and is_index(file):
         if repair_to is not None:

@@ -132,28 +132,44 @@ def test_format_1_attributes_read_as_the_same_config():
 # No import cycle
 
 
-def _imports_of(path, package):
-    tree = ast.parse(open(path).read())
+def _library_modules():
+    """{dotted name relative to vggfeat (`io.sink`): its file} of every module of the library."""
+    root = os.path.join(REPO, "vggfeat")
+    out = {}
+    for folder, _, files in os.walk(root):
+        rel = os.path.relpath(folder, root).replace(os.sep, ".")
+        for n in files:
+            if n.endswith(".py") and n != "__init__.py":
+                out[(n[:-3] if rel == "." else f"{rel}.{n[:-3]}")] = os.path.join(folder, n)
+    return out
+
+
+def _imports_of(name, path, modules):
+    """The library modules that module `name` imports (at the top or in a function)."""
+    package = name.split(".")[:-1]
     out = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(open(path).read())):
+        targets = []
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                out.add(node.module.split(".")[0])
-            elif node.level == 1:
-                out.update(a.name for a in node.names)
-            elif node.module and node.module.startswith(package + "."):
-                out.add(node.module.split(".")[1])
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("vggfeat."):
+                mod = node.module[len("vggfeat."):]
+            else:
+                continue
+            targets = [mod] + [f"{mod}.{a.name}".strip(".") for a in node.names]
         elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith(package + "."):
-                    out.add(a.name.split(".")[1])
+            targets = [a.name[len("vggfeat."):] for a in node.names if a.name.startswith("vggfeat.")]
+        out.update(t for t in targets if t in modules)
+    out.discard(name)
     return out
 
 
 def test_no_import_cycle_among_the_library_modules():
-    folder = os.path.join(REPO, "vggfeat")
-    modules = {f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py"}
-    graph = {m: _imports_of(os.path.join(folder, m + ".py"), "vggfeat") & modules for m in modules}
+    modules = _library_modules()
+    graph = {m: _imports_of(m, p, modules) for m, p in modules.items()}
+    assert "io.sink" in graph and "run.job" in graph and "io.writer" in graph["io.sink"]  # it reads subpackages
     state = {}
 
     def visit(m, stack):
@@ -168,7 +184,7 @@ def test_no_import_cycle_among_the_library_modules():
     for m in sorted(modules):
         if m not in state:
             visit(m, [])
-    assert "pipeline" not in graph["ray_engine"] and "pipeline" not in graph["stream"]
+    assert not any(m.startswith("run.") for m in graph["stream"])
 
 
 def test_the_library_never_imports_the_cli_nor_private_names_of_other_modules():
@@ -240,7 +256,11 @@ def _cli_args(s):
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_same_settings_same_features_on_every_entry_point(name, few_images, tmp_path):
     from vggfeat.images import load_image, scan_images
-    from vggfeat.ray_engine import ShardWorker
+    import pickle
+
+    from vggfeat.io.layout import OutputSpec
+    from vggfeat.run.ray import PartWorker
+    from vggfeat.run.units import units_of
 
     s = SETTINGS[name]
     config = ExtractorConfig(**s)
@@ -284,18 +304,17 @@ def test_same_settings_same_features_on_every_entry_point(name, few_images, tmp_
     same(fz.transform(files), layers[0], "VGGFeaturizer paths")
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     same(fz.transform(arrays), layers[0], "VGGFeaturizer arrays")
-    # the Ray engine's worker build (the actor class, called as Ray Data calls it)
+    # the Ray engine's worker build (the actor class, called as Ray Data calls it): one unit, one part
     images = scan_images([str(few_images)])
-    folder = tmp_path / "shards"
+    folder = tmp_path / "staged"
     folder.mkdir()
     driver = vggfeat.build_extractor(config, batch_size=4)
-    worker = ShardWorker(str(folder), driver.config, 4, driver.settings(), images.class_names, "float32", 2,
-                         10**8, {})
-    worker({"index": np.arange(len(images)), "file": np.array([os.fsencode(f) for f in images.files], dtype=object),
-            "path": np.array(images.paths, dtype=object), "label": np.array(images.labels)})
-    shard = os.path.join(folder, os.listdir(folder)[0])
+    spec = OutputSpec(driver.settings(), driver.output_shapes, images.class_names)
+    worker = PartWorker(str(folder), driver.config, 4, spec, 2, 10**8, {})
+    worker({"unit": np.array([pickle.dumps(units_of(images)[0])], dtype=object)})
+    part = os.path.join(folder, os.listdir(folder)[0])
     for k in layers:
-        got = vggfeat.load_features(shard, k)
+        got = vggfeat.load_features(part, k)
         assert list(got.paths) == paths
         same(got.features, k, "Ray worker")
 

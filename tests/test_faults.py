@@ -19,7 +19,8 @@ import pytest
 import vggfeat
 from vggfeat import load_features, repair, verify
 from vggfeat.errors import OutputError, WriteFailed
-from vggfeat.store import FeatureWriter
+from vggfeat.io.recover import resume_file
+from vggfeat.io.writer import FeatureWriter
 
 from conftest import REPO, make_folder
 
@@ -112,10 +113,10 @@ def test_full_disk_is_one_line_and_resume_elsewhere_completes(tmp_path, folder, 
 
 def _inject_write_failure(monkeypatch, budget, err=errno.ENOSPC):
     """Every write through the store's guarded file fails once `budget` bytes have been written."""
-    from vggfeat import store
+    from vggfeat.io import guard as store
 
     state = {"left": budget}
-    real_write = store._GuardedIO.write
+    real_write = store.GuardedIO.write
 
     def write(self, b):
         n = memoryview(b).nbytes
@@ -124,7 +125,7 @@ def _inject_write_failure(monkeypatch, budget, err=errno.ENOSPC):
         state["left"] -= n
         return real_write(self, b)
 
-    monkeypatch.setattr(store._GuardedIO, "write", write)
+    monkeypatch.setattr(store.GuardedIO, "write", write)
 
 
 @pytest.mark.parametrize("budget,err", [(200_000, errno.ENOSPC), (420_000, errno.ENOSPC), (300_000, errno.EIO)])
@@ -185,7 +186,7 @@ def test_resume_over_references_to_lost_strings_completes(tmp_path):
     _dangle(path, "paths", 40)
     _dangle(path, "paths", 45)
     _dangle(path, "failed/paths", 1)
-    w = FeatureWriter.resume(path, settings=SETTINGS)
+    w = resume_file(path, settings=SETTINGS)
     assert w.rows == 40
     _append(w, 40, 30, failed=[("bad1", "broken")])
     w.close(complete=True)
@@ -215,7 +216,7 @@ def test_an_hdf5_error_while_writing_is_one_line_and_resume_completes(tmp_path, 
     w.close()  # writes nothing more
     monkeypatch.undo()
     assert verify(path).rows == 40
-    w = FeatureWriter.resume(path, settings=SETTINGS)
+    w = resume_file(path, settings=SETTINGS)
     _append(w, 40, 10)
     w.close(complete=True)
     assert list(load_features(path, "fc7").paths) == [f"img{j}" for j in range(50)]
@@ -307,7 +308,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume_completes(tmp_path, folder, 
 
 HELD_WRITER = r"""
 import sys, numpy as np
-from vggfeat.store import FeatureWriter
+from vggfeat.io.writer import FeatureWriter
 w = FeatureWriter.create(sys.argv[1], settings={"arch": "vgg11"}, feature_shapes={"fc7": (8,)}, class_names=["a"])
 w.append(["a", "b"], [0, 0], {"fc7": np.ones((2, 8))})
 w.flush()
@@ -343,14 +344,14 @@ def test_overwrite_replaces_only_when_done_and_keeps_the_old_file_if_stopped(tmp
     shutil.copyfile(clean, out)
     before = out.read_bytes()
     proc = _start_and_wait_for_rows(["extract", folder, *ARGS, "--batch-size", "1", "-o", out, "--overwrite"],
-                                    tmp_path / ("f.h5" + vggfeat.store.OVERWRITE_SUFFIX), rows=4)
+                                    tmp_path / ("f.h5" + vggfeat.io.guard.TMP_SUFFIX), rows=4)
     assert proc.poll() is None
     assert out.read_bytes() == before  # the old file is untouched while the new one is written beside it
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "left as it was" in err, err
     assert out.read_bytes() == before
-    assert not (tmp_path / ("f.h5" + vggfeat.store.OVERWRITE_SUFFIX)).exists()
+    assert not (tmp_path / ("f.h5" + vggfeat.io.guard.TMP_SUFFIX)).exists()
     assert run("extract", folder, *ARGS, "-o", out, "--overwrite").returncode == 0
     assert_same_rows(clean, out)
     assert out.read_bytes() != before  # replaced (another creation time)

@@ -255,9 +255,9 @@ def test_classify_checks_labels_before_counting_them(tmp_path, monkeypatch, fx):
     assert result.class_names == ["3", "10"] and len(result.y_true) == 8
     with h5py.File("c.h5", "r+") as f:  # a hand edit: the CRC check is bypassed by reading unverified below
         f["labels"][2] = np.iinfo(np.int64).max
-    from vggfeat import store
+    from vggfeat.io import read
 
-    monkeypatch.setattr(store, "_verify_loaded", lambda *a, **k: None)
+    monkeypatch.setattr(read, "_verify_loaded", lambda *a, **k: None)
     with pytest.raises(InputError, match=r"row 2 .* has label 9223372036854775807, outside"):
         classify("c.h5", "pool5", cv=2)
 

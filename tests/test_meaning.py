@@ -9,14 +9,15 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import REPO
 from test_shards import dataset, write_tar
 from test_write_safety import make_index
+
 from vggfeat import extract, load_features, merge_parts, open_features, verify
 from vggfeat.errors import OutputError
-from vggfeat.parts import parts_dir
-from vggfeat.store import FeatureWriter, repair
+from vggfeat.io.guard import parts_dir
+from vggfeat.io.recover import repair, resume_file
+from vggfeat.io.writer import FeatureWriter
 
 SETTINGS = {"arch": "vgg16", "weights": "random", "layers": '["fc7"]', "inputs": "[]"}
 
@@ -47,7 +48,7 @@ def test_a_file_with_swapped_class_names_is_damaged_everywhere(tmp_path):
     with pytest.raises(OutputError, match="class_names were changed"):
         open_features(path)
     with pytest.raises(OutputError, match="cannot resume .*class_names were changed"):
-        FeatureWriter.resume(path, settings=SETTINGS)
+        resume_file(path, settings=SETTINGS)
     with pytest.raises(OutputError, match="cannot repair"):
         repair(path, tmp_path / "copy.h5")
     assert len(load_features(path, verify=False).paths) == 6  # read as it is, when asked for
@@ -93,7 +94,7 @@ def test_files_of_format_2_are_read_and_resumed_without_seals(tmp_path):
         del f.attrs["meaning_keys"], f.attrs["meaning_crc32"]
         del f["sources"]
     assert verify(path).ok and len(load_features(path).paths) == 6
-    w = FeatureWriter.resume(path, settings=SETTINGS)
+    w = resume_file(path, settings=SETTINGS)
     w.close(complete=True)
 
 

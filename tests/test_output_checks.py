@@ -148,7 +148,7 @@ def test_resume_index_with_other_settings_is_refused_before_tensorflow(index_pla
 
 
 def test_resume_index_with_the_same_settings_passes_the_early_check(index_place, monkeypatch):
-    from vggfeat.pipeline import prepare_extract
+    from vggfeat.run.job import prepare_extract
 
     monkeypatch.chdir(index_place)
     job = prepare_extract(["images"], "idx.h5", ["fc7"], arch="vgg11", weights="random", input_size=32, resume=True,

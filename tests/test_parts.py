@@ -16,7 +16,10 @@ from conftest import REPO, run_cli
 from test_shards import FAST_CLI, dataset, png, write_tar
 from vggfeat import FeatureExtractor, extract, load_features, merge_parts, open_features
 from vggfeat.errors import ExtractInterrupted, InputError, OutputError
-from vggfeat.parts import Unit, parts_dir, read_index, units_of, write_index
+from vggfeat.io.guard import parts_dir
+from vggfeat.io.index import read_index, write_index
+from vggfeat.io.layout import OutputSpec
+from vggfeat.run.units import Unit, units_of
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +212,7 @@ def test_lazy_iteration_holds_a_bounded_number_of_rows(tmp_path):
     from sklearn.linear_model import SGDClassifier
 
     from vggfeat.images import ImageList
-    from vggfeat.store import FeatureWriter
+    from vggfeat.io.writer import FeatureWriter
 
     folder = tmp_path / "big.h5.parts"
     folder.mkdir()
@@ -229,9 +232,8 @@ def test_lazy_iteration_holds_a_bounded_number_of_rows(tmp_path):
             w.append([f"s/{k:05d}.tar/{i}.png" for i in rows], [(-1 if i % 7 == 0 else i % 2) for i in rows],
                      {"fc7": rng.random((50, 1024), np.float32) + np.asarray(rows, np.float32)[:, None] % 2})
         w.close(complete=True)
-    write_index(str(tmp_path / "big.h5"), settings=settings, class_names=["a", "b"], feature_shapes={"fc7": (1024,)},
-                dtype="float32", compression=None, units=units, rows=[per] * n_parts, failed=[0] * n_parts,
-                folder=str(folder), complete=True, run_id="r1")
+    write_index(str(tmp_path / "big.h5"), OutputSpec(settings, {"fc7": (1024,)}, ["a", "b"]), units, [per] * n_parts,
+                [0] * n_parts, folder=str(folder), complete=True, run_id="r1")
     fs = open_features(tmp_path / "big.h5")
     assert len(fs) == n_parts * per and fs.classes.tolist() == [0, 1]
     row_bytes = 1024 * 4
@@ -300,14 +302,15 @@ def test_parts_of_a_folder_and_bad_uses(tmp_path, fx, image_folder):
     extract([str(image_folder)], out, extractor=fx, progress=False, output_shards=True, overwrite=True)
     _same(tmp_path / "one.h5", out)
     # two runs on one output: the second is refused in one line while the first holds the parts folder
-    from vggfeat.parts import _locked_folder
+    from vggfeat.io.guard import OutputLock
 
-    held = _locked_folder(parts_dir(out))
+    held = OutputLock(out)
     try:
         r = run_cli("extract", image_folder, "-o", out, "--output-shards", "--resume", *FAST_CLI)
-        assert r.returncode == 2 and "is in use by another process" in r.stderr and r.stderr.count("\n") == 1
+        assert r.returncode == 2 and "is in use by another process" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1
     finally:
-        held.close()
+        held.release()
     with pytest.raises(InputError):
         open_features(tmp_path / "nothing.h5")
     with pytest.raises(InputError, match="rows must be at least 1"):

@@ -1,5 +1,6 @@
-"""`--engine ray`: the shard merge (no Ray needed), then whole runs on a local Ray (`ray.init(num_cpus=2)`)
-compared with the local engine, with an actor killed mid-run, and an interrupted run resumed."""
+"""`--engine ray`: whole runs on a local Ray (`ray.init(num_cpus=2)`) compared with the local engine, with an
+actor killed mid-run, the driver killed, and an interrupted run resumed. One protocol for every output:
+actors write whole parts of units; a single file takes its staged parts in order."""
 
 import glob
 import os
@@ -13,112 +14,12 @@ import pytest
 from conftest import REPO, SECRET, _upload, make_folder, run_cli
 from vggfeat.errors import InputError, OutputError
 from vggfeat.errors import ExtractFailed
-from vggfeat.images import ImageList
-from vggfeat.store import FeatureWriter, load_features
+from vggfeat.io.read import load_features
+from vggfeat.io.sink import staging_dir
+from vggfeat.io.writer import FeatureWriter
 
 SETTINGS = {"arch": "vgg16", "weights": "random", "seed": 0, "layers": '["fc7"]'}
 OPTIONS = dict(weights="random", input_size=32, batch_size=4, layers=["fc7", "pool5"])
-
-
-# ---------------------------------------------------------------------------------------------
-# The merge, on shards written by hand.
-
-
-def _images(n):
-    files = [f"/data/img_{i:03d}.png" for i in range(n)]
-    return ImageList(files, [f"img_{i:03d}.png" for i in range(n)], [i % 3 for i in range(n)], ["a", "b", "c"], "/data")
-
-
-def _feature(i):
-    return np.full((5,), i, np.float32) + np.arange(5, dtype=np.float32) / 10
-
-
-def _write_shard(folder, name, rows, failed=(), uncommitted=0):
-    """A shard holding positions `rows` (in that order) and failures `failed`; `uncommitted` extra
-    feature rows as a worker killed mid-batch leaves them (features written, paths not)."""
-    w = FeatureWriter.create(os.path.join(folder, name), settings=SETTINGS, feature_shapes={"fc7": (5,)},
-                             class_names=["a", "b", "c"], index=True)
-    if rows or failed:
-        w.append([f"img_{i:03d}.png" for i in rows], [i % 3 for i in rows], {"fc7": np.stack([_feature(i) for i in rows])
-                 if rows else np.empty((0, 5), np.float32)},
-                 [(f"img_{i:03d}.png", f"broken {i}") for i in failed], index=list(rows), failed_index=list(failed))
-    if uncommitted:
-        ds = w._f["features/fc7"]
-        ds.resize(ds.shape[0] + uncommitted, axis=0)
-        ds[-uncommitted:] = -1
-    w.close()
-
-
-def test_merge_orders_rows_and_takes_each_image_once(tmp_path):
-    from vggfeat.ray_engine import Manifest, merge
-
-    images = _images(20)
-    folder = str(tmp_path / "out.h5.shards")
-    manifest = Manifest.create(folder, images, list(range(20)), SETTINGS, "float32")
-    # Blocks out of order across shards; block 8-11 ran twice (its first worker died after committing);
-    # a third worker died mid-batch; image 13 failed, and failed twice in the retried block.
-    _write_shard(folder, "shard-a.h5", [8, 9, 10, 11, 0, 1, 2, 3, 16, 17, 18, 19])
-    _write_shard(folder, "shard-b.h5", [4, 5, 6, 7, 12, 14, 15], failed=[13], uncommitted=2)
-    _write_shard(folder, "shard-c.h5", [8, 9, 10, 11], failed=[13], uncommitted=3)
-    with open(os.path.join(folder, "shard-d.h5"), "wb") as f:  # a worker killed while creating its shard
-        f.write(b"\x89HDF\r\n")
-    out = tmp_path / "out.h5"
-    writer = FeatureWriter.create(out, settings=SETTINGS, feature_shapes={"fc7": (5,)}, class_names=["a", "b", "c"])
-    rows, failures = merge(manifest, writer, np.arange(20))
-    writer.close(complete=True)
-    assert (rows, failures) == (19, 1)
-    data = load_features(out)
-    want = [i for i in range(20) if i != 13]
-    assert list(data.paths) == [f"img_{i:03d}.png" for i in want]
-    np.testing.assert_array_equal(data.features, np.stack([_feature(i) for i in want]))
-    np.testing.assert_array_equal(data.labels, [i % 3 for i in want])
-    assert data.failed == [("img_013.png", "broken 13")]
-
-
-def test_merge_of_a_part_and_small_steps(tmp_path, monkeypatch):
-    """Only the positions asked for are merged, in order, however few rows a step holds."""
-    from vggfeat import ray_engine
-
-    monkeypatch.setattr(ray_engine, "_MERGE_BYTES", 3 * 5 * 4)  # three rows per step
-    images = _images(10)
-    folder = str(tmp_path / "out.h5.shards")
-    manifest = ray_engine.Manifest.create(folder, images, list(range(10)), SETTINGS, "float32")
-    _write_shard(folder, "shard-a.h5", [5, 6, 7, 8, 9])
-    _write_shard(folder, "shard-b.h5", [0, 1, 2, 3, 4])
-    writer = FeatureWriter.create(tmp_path / "out.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)},
-                                  class_names=["a", "b", "c"])
-    assert ray_engine.merge(manifest, writer, np.array([1, 2, 4, 5, 9])) == (5, 0)
-    writer.close(complete=True)
-    data = load_features(tmp_path / "out.h5")
-    assert list(data.paths) == ["img_001.png", "img_002.png", "img_004.png", "img_005.png", "img_009.png"]
-    np.testing.assert_array_equal(data.features, np.stack([_feature(i) for i in (1, 2, 4, 5, 9)]))
-
-
-def test_merge_refuses_an_image_without_result_and_writes_nothing(tmp_path):
-    from vggfeat.ray_engine import Manifest, merge
-
-    images = _images(8)
-    folder = str(tmp_path / "out.h5.shards")
-    manifest = Manifest.create(folder, images, list(range(8)), SETTINGS, "float32")
-    _write_shard(folder, "shard-a.h5", [0, 1, 2, 3, 5, 6, 7])  # 4 lost
-    writer = FeatureWriter.create(tmp_path / "out.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)},
-                                  class_names=["a", "b", "c"])
-    with pytest.raises(OutputError, match=r"1 images of the run have no result .*first: img_004.png"):
-        merge(manifest, writer, np.arange(8))
-    assert writer.rows == 0
-    writer.close()
-
-
-def test_manifest_keeps_file_names_that_are_not_utf8(tmp_path):
-    from vggfeat.ray_engine import Manifest
-
-    name = os.fsdecode(b"/data/caf\xe9.png")
-    images = ImageList([name], ["caf\\xe9.png"], [-1], [], "/data")
-    Manifest.create(str(tmp_path / "m"), images, [0], SETTINGS, "float32")
-    back = Manifest.open(str(tmp_path / "m"), SETTINGS, "float32")
-    assert back.files == [name] and back.paths == ["caf\\xe9.png"]
-    with pytest.raises(OutputError, match="settings differ.*seed=0 in the file, 1 now"):
-        Manifest.open(str(tmp_path / "m"), dict(SETTINGS, seed=1), "float32")
 
 
 def test_indexed_append_is_checked(tmp_path):
@@ -226,12 +127,9 @@ def test_ray_engine_gives_the_local_engines_file(local_ray, folder, reference, t
     out = tmp_path / "ray.h5"
     summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
     _same_as(reference, out)
-    assert not os.path.exists(str(out) + ".shards")  # the work folder is gone
+    assert not os.path.exists(staging_dir(out))  # the staged parts are gone
     assert (summary.written, summary.failed, summary.workers) == (18, 1, 2)
-    # a shard per worker that started in time (on a busy machine one worker can do every block before
-    # the other has built its network), more if Ray had to restart one
-    assert summary.shards >= 1
-    assert f"Ray: 2 workers, {summary.shards} shards merged" in summary.line()
+    assert "Ray: 2 workers" in summary.line()
     # an existing output is refused, as with the local engine
     with pytest.raises(OutputError, match="exists"):
         vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
@@ -245,33 +143,28 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(local_ray, fold
     killed = []
 
     def kill_one_worker(batch):
-        # After the first block comes back, SIGKILL the process of a worker (its pid is in its shard's
-        # name) while the pool still has blocks to run.
+        # After the first unit comes back, SIGKILL the process of a worker while the pool still has units
         if not killed:
-            shard = sorted(glob.glob(str(out) + ".shards/shard-*.h5"))[0]
-            pid = int(os.path.basename(shard).split("-")[-2])
+            pid = _part_worker_pids()[0]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
     summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=2,
                               on_batch=kill_one_worker, **OPTIONS)
     assert killed
-    # the killed worker's shard holds its first block; the rest came from its replacement or the other
-    assert summary.shards >= 2
+    assert summary.workers == 2
     _same_as(reference, out)
 
 
 @pytest.mark.ray
 def test_an_interrupted_sharded_run_resumes(local_ray, folder, reference, tmp_path):
     import vggfeat
-    from vggfeat.ray_engine import committed, work_dir
-
     out = tmp_path / "ray.h5"
-    # --strict stops the run at the broken image, with part of the blocks in shards.
+    # --strict stops the run at the broken image, with some units' parts staged whole.
     with pytest.raises(ExtractFailed, match="broken.jpg.*--resume"):
         vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=2, strict=True, **OPTIONS)
-    before = len(committed(work_dir(out)))
-    assert before > 0  # the shards hold rows
+    before = 2 * len(glob.glob(os.path.join(staging_dir(out), "part-*.h5")))
+    assert before > 0  # staged parts hold rows
     with pytest.raises(OutputError, match="exists; pass --resume"):
         vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
     with pytest.raises(OutputError, match="settings differ"):
@@ -279,10 +172,10 @@ def test_an_interrupted_sharded_run_resumes(local_ray, folder, reference, tmp_pa
     seen = []
     summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, resume=True,
                               on_batch=lambda b: seen.extend(b.paths + [p for p, _ in b.failed]), **OPTIONS)
-    assert len(seen) <= 19 - before  # only what the shards did not hold was extracted again
+    assert len(seen) <= 19 - before  # only what the staged parts did not hold was extracted again
     assert summary.written == 18 and summary.failed == 1
     _same_as(reference, out)
-    assert not os.path.exists(work_dir(out))
+    assert not os.path.exists(staging_dir(out))
 
 
 @pytest.mark.ray
@@ -299,7 +192,7 @@ def test_cli_joins_a_cluster_by_address(local_ray, folder, reference, tmp_path):
                 "random", "--input-size", "32", str(folder), "-o", str(tmp_path / "gpu.h5"))
     assert r.returncode == 2 and "the Ray cluster has 0 GPUs" in r.stderr
     assert "Traceback" not in r.stderr
-    assert not (tmp_path / "gpu.h5").exists() and not (tmp_path / "gpu.h5.shards").exists()
+    assert not (tmp_path / "gpu.h5").exists() and not os.path.exists(staging_dir(tmp_path / "gpu.h5"))
 
 
 @pytest.mark.ray
@@ -308,34 +201,34 @@ def test_a_worker_that_computes_other_settings_refuses_to_start(local_ray, folde
     ExtractorConfig, whose weights_sha256 its file does not match, and the run stops with that reason
     in one line."""
     from vggfeat.images import scan_images
+    from vggfeat.io.layout import OutputSpec
+    from vggfeat.io.sink import FileSink
     from vggfeat.models import build_vgg
-    from vggfeat.ray_engine import Cluster, run
+    from vggfeat.run.options import RunOptions
+    from vggfeat.run.ray import RayEngine
 
     from conftest import build
 
     weights = tmp_path / "w.weights.h5"
     build_vgg("vgg11", input_size=32, seed=1).save_weights(weights)
     fx = build(["pool5"], weights=str(weights), arch="vgg11", form="fully_conv", input_size=32, batch_size=4)
-    config = fx.config.replace(weights_sha256="0" * 64)  # what the driver's own file was
-    settings = fx.settings()
+    fx.config = fx.config.replace(weights_sha256="0" * 64)  # what the driver's own file was
     out = tmp_path / "f.h5"
     images = scan_images(str(folder))
-    writer = FeatureWriter.create(out, settings=settings, feature_shapes=fx.output_shapes,
-                                  class_names=images.class_names)
-    cluster = Cluster.join(None, 1, 0)
+    sink = FileSink(out, OutputSpec(fx.settings(), fx.output_shapes, images.class_names))
+    options = RunOptions(engine="ray", ray_workers=1)
+    engine = RayEngine(options)
+    engine.start()
     with pytest.raises(OutputError, match=r"cannot build the run's extractor: .*w.weights.h5 is not the weight file"):
-        run(images, writer, cluster, output=str(out), config=config, batch_size=4, settings=settings,
-            dtype="float32")
-    assert writer.rows == 0
-    writer.close()
+        engine.write(images, sink, fx, options)
+    assert sink.rows == 0
+    sink.close(False)
 
 
 @pytest.mark.ray
 def test_driver_killed_mid_run_then_cli_resume(local_ray, folder, reference, tmp_path):
     """The driver itself dies (kill -9, as a preempted head node would) after its first block: its
-    workers go with it, the shards keep what they committed, and `vggfeat extract --resume` finishes."""
-    from vggfeat.ray_engine import committed, work_dir
-
+    workers go with it, the staged parts are whole or absent, and `vggfeat extract --resume` finishes."""
     address = local_ray.get_runtime_context().gcs_address
     out = tmp_path / "ray.h5"
     code = ("import os, signal, sys, vggfeat\n"
@@ -345,14 +238,14 @@ def test_driver_killed_mid_run_then_cli_resume(local_ray, folder, reference, tmp
     proc = subprocess.run([sys.executable, "-c", code, str(folder), str(out), address], capture_output=True,
                           text=True, cwd=REPO, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert os.path.isdir(work_dir(out))
-    assert 0 < len(committed(work_dir(out))) < 19
+    assert os.path.isdir(staging_dir(out))
+    assert 0 < len(glob.glob(os.path.join(staging_dir(out), "part-*.h5"))) < 10
     r = run_cli("extract", "--engine", "ray", "--address", address, "--ray-workers", "2", "--weights", "random",
                 "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", str(folder),
                 "-o", str(out), "--resume")
     assert r.returncode == 0, r.stderr
     _same_as(reference, out)
-    assert not os.path.exists(work_dir(out))
+    assert not os.path.exists(staging_dir(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,14 +284,14 @@ def test_ray_reads_s3_shards_as_the_local_engine(local_ray, s3_env, tmp_path, mo
     parts = vggfeat.extract(["s3://vgg-ray/d/"], "parts.h5", engine="ray", ray_workers=2, progress=False,
                             output_shards=True, **OPTIONS)
     assert (local.written, local.failed) == (ray.written, ray.failed) == (parts.written, parts.failed) == (11, 5)
-    assert ray.shards == 8 and parts.parts == 8  # 7 shards and the loose images
+    assert ray.workers == 2 and parts.parts == 8  # 7 shards and the loose images
     for out in ("ray.h5", "parts.h5"):
         for layer in ("fc7", "pool5"):
             a, b = vggfeat.load_features("local.h5", layer), vggfeat.load_features(out, layer)  # an index too
             assert list(b.paths) == list(a.paths) and b.failed == a.failed
             np.testing.assert_array_equal(b.labels, a.labels)
             np.testing.assert_array_equal(b.features, a.features)
-    assert not os.path.exists("ray.h5.shards")
+    assert not os.path.exists(staging_dir("ray.h5"))
 
 
 @pytest.mark.ray
@@ -453,7 +346,7 @@ def test_ray_shards_stopped_by_strict_resume_without_running_complete_shards(loc
     a, b = load_features("local.h5", "fc7"), load_features("ray.h5", "fc7")
     assert list(b.paths) == list(a.paths) and b.failed == a.failed
     np.testing.assert_array_equal(b.features, a.features)
-    assert not os.path.exists("ray.h5.shards")
+    assert not os.path.exists(staging_dir("ray.h5"))
 
 
 @pytest.mark.ray
@@ -494,3 +387,120 @@ def test_ray_http_shards_keep_secrets_and_resume_transient_failures(local_ray, h
         np.testing.assert_array_equal(b.features[order], a.features)
     files = [p for p in glob.glob(str(tmp_path / "**" / "*"), recursive=True) if os.path.isfile(p) and "www" not in p]
     _assert_no_secret([caplog.text], files)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray engine's cells of the fault matrix (tests/test_fault_matrix.py has the local engine's): the
+# driver stopped at a random moment (kill -9, SIGTERM) while it creates or overwrites one file or an index,
+# and a full disk on the driver; afterwards `--resume` gives the local engine's output, or the earlier
+# output is byte for byte what it was.
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory):
+    import vggfeat
+    from test_shards import png, write_tar
+
+    root = tmp_path_factory.mktemp("ray-matrix")
+    for s in range(4):
+        write_tar(str(root / "s" / f"{s:05d}.tar"),
+                  [m for i in range(6) for m in ((f"{s * 6 + i:06d}.png", png(s * 6 + i)),
+                                                (f"{s * 6 + i:06d}.cls", str(i % 3).encode()))])
+    inputs = [f"{root}/s/{{00000..00003}}.tar"]
+    ref = root / "ref.h5"
+    vggfeat.extract(inputs, ref, progress=False, **OPTIONS)
+    return inputs, ref
+
+
+def _digest(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("kind,sig", [("parts", signal.SIGKILL), ("file", signal.SIGTERM),
+                                      ("overwrite", signal.SIGKILL)])
+def test_fault_matrix_ray_driver_stopped_at_a_random_moment(local_ray, shard_set, tmp_path, kind, sig):
+    import random
+    import time
+
+    import vggfeat
+
+    inputs, ref = shard_set
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    rng.seed(seed)
+    out = str(tmp_path / "out.h5")
+    before = None
+    if kind == "overwrite":
+        vggfeat.extract(inputs[0].replace("00003", "00001"), out, progress=False, **OPTIONS)
+        before = _digest(out)
+    address = local_ray.get_runtime_context().gcs_address
+    args = ["extract", "--engine", "ray", "--address", address, "--ray-workers", "2", "--weights", "random",
+            "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", *inputs, "-o", out]
+    args += {"parts": ["--output-shards"], "overwrite": ["--overwrite"], "file": []}[kind]
+    proc = subprocess.Popen([sys.executable, "-m", "vggfeat_cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    watch = os.path.join(out + ".parts", "part-*.h5") if kind == "parts" else os.path.join(staging_dir(out), "*")
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not glob.glob(watch) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 1.5))
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, -signal.SIGKILL, 143), f"seed {seed}: {err[-2000:]}"
+    if proc.returncode == 143:
+        assert err.count("\n") == 1 and "terminated (SIGTERM)" in err, err
+    if before is not None and proc.returncode != 0:
+        assert _digest(out) == before, f"seed {seed}: the old output changed"
+    if os.path.exists(out) and proc.returncode != 0:
+        report = vggfeat.verify(out)
+        problems = getattr(report, "problems", [] if report.ok else [report.line()])
+        assert all("is incomplete (the run was interrupted)" in p for p in problems), f"seed {seed}: {problems}"
+    vggfeat.extract(inputs, out, engine="ray", ray_workers=2, progress=False, output_shards=kind == "parts",
+                    resume=kind != "overwrite", overwrite=kind == "overwrite", **OPTIONS)
+    _same_as(ref, out)
+    assert not os.path.exists(staging_dir(out))
+
+
+@pytest.mark.ray
+def test_fault_matrix_ray_full_disk_on_the_driver(local_ray, shard_set, tmp_path, monkeypatch):
+    """The driver's writes of the one file fail as a full disk's do: one line, the file's committed rows
+    kept, the staged parts kept; `--resume` completes it without writing them again."""
+    import errno
+
+    import vggfeat
+    from vggfeat.errors import WriteFailed
+    from vggfeat.io import guard
+
+    inputs, ref = shard_set
+    out = str(tmp_path / "out.h5")
+    from vggfeat.io.sink import FileSink
+
+    real_write, real_take = guard.GuardedIO.write, FileSink.take
+    taking = [0]
+
+    def take(sink, unit):  # the disk fills up while the driver takes the second staged part
+        taking[0] += 1
+        return real_take(sink, unit)
+
+    def write(io, b):
+        if taking[0] >= 2 and io.error is None:
+            io.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(io, b)
+
+    monkeypatch.setattr(guard.GuardedIO, "write", write)
+    monkeypatch.setattr(FileSink, "take", take)
+    with pytest.raises(WriteFailed, match="No space left") as info:
+        vggfeat.extract(inputs, out, engine="ray", ray_workers=2, progress=False, **OPTIONS)
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert vggfeat.verify(out).ok and glob.glob(os.path.join(staging_dir(out), "part-*.h5"))
+    seen = []
+    vggfeat.extract(inputs, out, engine="ray", ray_workers=2, progress=False, resume=True,
+                    on_batch=lambda b: seen.append(b), **OPTIONS)
+    assert not seen  # every unit was staged whole: none extracted again
+    _same_as(ref, out)

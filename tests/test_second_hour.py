@@ -23,10 +23,10 @@ def test_an_output_naming_a_folder_is_refused_before_tensorflow(tmp_path, image_
     assert f"{tmp_path / 'newdir' / 'features.h5'}" in r.stderr and "Found" not in r.stderr  # before the scan
     assert not os.path.exists(tmp_path / "newdir")
     from vggfeat.errors import OutputError
-    from vggfeat.store import FeatureWriter
+    from vggfeat.io.guard import check_output
 
     try:  # an existing folder (click refuses it first at the CLI)
-        FeatureWriter.check_output(str(tmp_path) + os.sep)
+        check_output(str(tmp_path) + os.sep)
     except OutputError as exc:
         assert "names a folder;" in str(exc)
     else:

@@ -9,7 +9,7 @@ import pytest
 
 from vggfeat import open_features
 from vggfeat.errors import InputError, OutputError
-from vggfeat.store import FeatureWriter
+from vggfeat.io.writer import FeatureWriter
 
 SETTINGS = {"arch": "vgg16", "weights": "random", "layers": '["fc7"]', "inputs": "[]"}
 

@@ -17,9 +17,13 @@ import pytest
 from conftest import REPO, run_cli
 from vggfeat import load_features, merge_parts
 from vggfeat.errors import WriteFailed
-from vggfeat.parts import Unit, parts_dir, write_index
+from vggfeat.io.guard import parts_dir
+from vggfeat.io.index import write_index
+from vggfeat.io.layout import OutputSpec
+from vggfeat.run.units import Unit
 from vggfeat.shards import ShardInputs, Source
-from vggfeat.store import OVERWRITE_SUFFIX, FeatureWriter
+from vggfeat.io.guard import TMP_SUFFIX
+from vggfeat.io.writer import FeatureWriter
 
 SETTINGS = {"arch": "vgg16", "weights": "random", "layers": '["fc7"]', "inputs": "[]"}
 
@@ -40,9 +44,8 @@ def make_index(path, n_parts=6, per=400, width=4096, seed=0, complete=True):
         w.append([f"s/{k:05d}.tar/{i}.png" for i in range(per)], [i % 2 for i in range(per)],
                  {"fc7": rng.random((per, width), np.float32)})
         w.close(complete=True)
-    write_index(path, settings=SETTINGS, class_names=["a", "b"], feature_shapes={"fc7": (width,)},
-                dtype="float32", compression=None, units=units,
-                rows=[per if complete else -1] * n_parts, failed=[0 if complete else -1] * n_parts,
+    write_index(path, OutputSpec(SETTINGS, {"fc7": (width,)}, ["a", "b"]), units,
+                [per if complete else -1] * n_parts, [0 if complete else -1] * n_parts,
                 folder=folder, complete=complete, run_id="r1")
     return path
 
@@ -81,7 +84,7 @@ def test_a_merge_killed_leaves_no_file_or_the_old_one_and_merges_again(tmp_path,
     temporary and gives the uninterrupted merge's file."""
     index, ref = big_index
     out = tmp_path / "one.h5"
-    tmp = str(out) + OVERWRITE_SUFFIX
+    tmp = str(out) + TMP_SUFFIX
     extra = ["--overwrite"] if overwrite else []
     if overwrite:
         out.write_bytes(b"the old merged file " * 5000)
@@ -240,7 +243,7 @@ def test_a_single_file_run_is_refused_while_a_parts_run_writes_the_output(tmp_pa
     assert proc.poll() is None, "the parts run ended before the test could run beside it"
     try:
         for kw in ({"overwrite": True}, {"resume": True}):
-            with pytest.raises(OutputError, match=r"is being written by an --output-shards run .*wait for it") as info:
+            with pytest.raises(OutputError, match=r"is in use by another process.*wait for it") as info:
                 extract(inputs, out, "fc7", arch="vgg11", weights="random", input_size=32, progress=False, **kw)
             assert "\n" not in str(info.value)
         assert proc.poll() is None, "the parts run ended while the refusals were tested: make it longer"

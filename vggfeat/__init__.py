@@ -17,7 +17,7 @@ _quiet_keras_import()  # vggfeat's first import of Keras runs without TensorFlow
 _install_log_filter()  # no log line of vggfeat's names a credential (vggfeat.redact), whatever the handler
 
 # public name -> module that defines it. What a user calls; everything else stays in its module
-# (vggfeat.errors, vggfeat.images, vggfeat.models, vggfeat.store...).
+# (vggfeat.errors, vggfeat.images, vggfeat.models, vggfeat.io...).
 _API = {
     # the settings that decide a feature, and what computes features
     "ExtractorConfig": "config",
@@ -25,17 +25,18 @@ _API = {
     "build_extractor": "extractor",
     "MultiScaleExtractor": "multiscale",
     # the main job, and reading what it wrote
-    "extract": "pipeline",
+    "extract": "run.job",
     "iter_features": "stream",
-    "ExtractSummary": "pipeline",
-    "load_features": "parts",
-    "open_features": "parts",
-    "merge_parts": "parts",
-    "read_attrs": "parts",
-    "verify": "parts",
+    "ExtractSummary": "run.job",
+    "RunOptions": "run.options",
+    "load_features": "io.read",
+    "open_features": "io.read",
+    "merge_parts": "io.merge",
+    "read_attrs": "io.read",
+    "verify": "io.read",
     # the classifier `vggfeat classify` fits: L2 rows then a linear SVM (C=10), logistic regression or k-NN
     "make_classifier": "classifier",
-    "repair": "store",
+    "repair": "io.recover",
     # images
     "scan_images": "images",
     "load_image": "images",

@@ -321,7 +321,7 @@ def check_output(path, *, overwrite=False, inputs=(), extensions=None) -> str:
     `path`: not a folder, its folder exists and is writable, and an existing file only with `overwrite`.
     With `inputs` (of `predict`): not one of them, as `extract` checks its output (an input file or list
     given by name, or a name a folder scan reads, by `extensions`, inside an input folder; see
-    `vggfeat.pipeline.prepare_extract`).
+    `vggfeat.run.job.prepare_extract`).
 
     Raises:
         OutputError: one line naming the path and the way out.

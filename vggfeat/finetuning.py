@@ -243,7 +243,7 @@ def check_output(output, *, resume=False, overwrite=False) -> str:
 
 def _probe(folder, output):
     """Create (O_CREAT|O_EXCL), write 4 kB to and remove a probe file in `folder`, as `extract` checks its
-    output (`FeatureWriter.check_output`, whose probe this is: that method refuses names other than HDF5's, and
+    output (`vggfeat.io.guard.check_output`, whose probe this is: it refuses names other than HDF5's, and
     the library imports no private name of another module); an OS error is one `OutputError` line."""
     import errno
 

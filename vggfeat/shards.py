@@ -506,7 +506,7 @@ class Sample:
     path: str
     label: int
     data: object
-    unit: int = 0  # the unit of input (`vggfeat.parts`) it belongs to: a batch never spans two
+    unit: int = 0  # the unit of input (`vggfeat.run.units`) it belongs to: a batch never spans two
 
 
 def _key_ext(name):
@@ -652,19 +652,6 @@ def identities(inputs) -> dict:
         with ThreadPoolExecutor(16) as pool:
             found = dict(zip((s.name for s in remote), pool.map(identity, remote)))
     return {s.name: found[s.name] if s.name in found else identity(s) for s in shards}
-
-
-def changed_sources(recorded: dict, now: dict) -> list:
-    """The shards whose identity differs from the one recorded (one that could not be asked either
-    time is not called changed)."""
-    out = []
-    for name, was in recorded.items():
-        is_now = now.get(name)
-        if is_now is None or was.startswith("unknown") or is_now.startswith("unknown"):
-            continue
-        if is_now != was:
-            out.append(name)
-    return out
 
 
 def _excluded(patterns, *names):
@@ -1002,7 +989,7 @@ def _last_source_with_rows(sources, done) -> int:
     return last
 
 
-#: Loose images (not in a tar shard) per unit of input (`vggfeat.parts`: a part of `--output-shards`).
+#: Loose images (not in a tar shard) per unit of input (`vggfeat.run.units`: a part of `--output-shards`).
 LOOSE_PER_UNIT = 4096
 
 
