@@ -249,7 +249,9 @@ def model_options(func):
                           "--seed, a .h5 / .weights.h5 / .keras file, or torchvision's ImageNet weights: "
                           "timm:vgg11 .. timm:vgg19_bn (from the Hugging Face cache, downloaded once) or a "
                           "torchvision/timm .safetensors file."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of --weights random."),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="The seed of what is random in the run: --weights random (and, in finetune, the "
+                          "validation split, shuffling and augmentation). classify's fold seed is --split-seed."),
     ]
     for option in reversed(options):
         func = option(func)

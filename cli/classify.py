@@ -10,8 +10,10 @@ from ._common import output_options, reports_errors
 @click.command("classify")
 @click.argument("features", type=click.Path())
 @click.option("--layer", default=None, help="Layer in the file (default: the only one).")
-@click.option("--classifier", type=click.Choice(["linear-svm", "logreg", "knn"]), default="linear-svm",
-              show_default=True, help="linear-svm is the paper's choice.")
+@click.option("--kind", type=click.Choice(["linear-svm", "logreg", "knn"]), default=None,
+              help="The classifier: linear-svm (default, the paper's choice), logreg or knn.")
+@click.option("--classifier", "old_kind", type=click.Choice(["linear-svm", "logreg", "knn"]), default=None,
+              hidden=True)  # the older name of --kind (predict's --classifier is a file)
 @click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Inverse regularisation of linear-svm/logreg (> 0). Default: 10 for linear-svm, 100 for "
                    "logreg, suited to L2-normalised rows (see docs/benchmarks.md).")
@@ -23,14 +25,16 @@ from ._common import output_options, reports_errors
 @click.option("--test", "test", type=click.Path(dir_okay=False), default=None, metavar="OTHER.h5",
               help="Train on all of FEATURES and score on this other features file instead of --cv (it must be "
                    "extracted with the same settings: architecture, weights, layer, geometry...; checked first).")
-@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
-              help="Seed of the folds / split.")
+@click.option("--split-seed", type=click.IntRange(0, 2 ** 32 - 1), default=None,
+              help="Seed of the folds / the held-out split (default 0).")
+@click.option("--seed", "old_seed", type=click.IntRange(0, 2 ** 32 - 1), default=None,
+              hidden=True)  # the older name of --split-seed (elsewhere --seed seeds random weights)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
 @output_options("Save the fitted pipeline with the extraction settings (.skops).", resume=False,
                 required=False, overwrite_help="Replace an existing --output.")
 @reports_errors
-def classify_command(features, layer, classifier, C, neighbors, normalize, cv, test_size, test, seed, plot, output,
-                     overwrite):
+def classify_command(features, layer, kind, old_kind, C, neighbors, normalize, cv, test_size, test, split_seed,
+                     old_seed, plot, output, overwrite):
     """Train a classifier on the features in FEATURES (a file of `vggfeat extract`) and report its
     accuracy: per fold and mean +/- std, and a classification report.
 
@@ -40,6 +44,9 @@ def classify_command(features, layer, classifier, C, neighbors, normalize, cv, t
       vggfeat classify train.h5 --test test.h5 -o clf.skops
     """
     from vggfeat.classifier import check_output, classify, plot_confusion, save_classifier
+
+    classifier = _renamed("--classifier", "--kind", old_kind, kind) or "linear-svm"
+    seed = _renamed("--seed", "--split-seed", old_seed, split_seed) or 0
 
     if output:
         check_output(output, overwrite=overwrite)  # before the work, not only when saving
@@ -65,3 +72,14 @@ def classify_command(features, layer, classifier, C, neighbors, normalize, cv, t
     if output:
         save_classifier(result, output, overwrite=overwrite)
         click.echo(f"classifier: {output}")
+
+
+def _renamed(old, new, old_value, value):
+    """The value of an option given by its older name (with a one-line note), else of its name."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        raise click.UsageError(f"{old} is the older name of {new}; give one of them")
+    click.echo(f"vggfeat: {old} of classify is now {new} (one meaning per flag: predict's --classifier is a "
+               "file, extract's --seed seeds random weights)", err=True)
+    return old_value

@@ -142,3 +142,42 @@ def test_shared_options_are_defined_once():
     same("--overwrite", "classify", "predict")
     assert repr(option("info", "--input-size").type) == repr(option("extract", "--input-size").type)
     assert repr(option("finetune", "--input-size").type) == repr(option("extract", "--input-size").type)
+
+
+def test_click_choices_are_the_librarys_constants():
+    """A value the library accepts is one the CLI offers, and the other way round (one list each)."""
+    from vggfeat.classifier import CLASSIFIERS
+    from vggfeat.io import COMPRESSIONS, DTYPES
+    from vggfeat.run import ENGINES
+
+    def choices(command, flag):
+        return tuple(next(p for p in cli.commands[command].params if flag in p.opts).type.choices)
+
+    assert choices("extract", "--dtype") == DTYPES
+    assert choices("extract", "--compression") == COMPRESSIONS
+    assert choices("extract", "--engine") == ENGINES
+    assert choices("classify", "--kind") == CLASSIFIERS
+
+
+def test_one_meaning_per_flag_classify_kind_and_split_seed(tmp_path):
+    """`--classifier` names a classifier file (predict) and `--seed` seeds random weights (extract,
+    finetune); classify's own are `--kind` and `--split-seed`, its older names still read with a note."""
+    import numpy as np
+
+    from vggfeat.io.writer import FeatureWriter
+
+    path = tmp_path / "f.h5"
+    w = FeatureWriter.create(path, settings={"arch": "vgg11", "weights": "random", "layers": '["fc7"]'},
+                             feature_shapes={"fc7": (4,)}, class_names=["a", "b"])
+    rng = np.random.default_rng(0)
+    w.append([f"{i}.png" for i in range(20)], [i % 2 for i in range(20)],
+             {"fc7": rng.random((20, 4), np.float32) + np.arange(20)[:, None] % 2})
+    w.close(complete=True)
+    new = run_cli("classify", path, "--kind", "knn", "--split-seed", "3", "--cv", "2")
+    old = run_cli("classify", path, "--classifier", "knn", "--seed", "3", "--cv", "2")
+    assert new.returncode == old.returncode == 0, new.stderr + old.stderr
+    assert new.stdout == old.stdout and new.stdout.startswith("knn + L2 normalisation")
+    assert "--classifier of classify is now --kind" in old.stderr and not new.stderr
+    clash = run_cli("classify", path, "--kind", "knn", "--classifier", "logreg")
+    assert clash.returncode == 2 and "--classifier is the older name of --kind" in clash.stderr
+    assert "--classifier" not in run_cli("classify", "--help").stdout

@@ -210,7 +210,7 @@ def test_public_api_is_small_documented_and_free_of_module_clashes():
         assert callable(obj) and (obj.__doc__ or "").strip(), name
     import importlib
 
-    for name in ("pipeline", "stream", "store", "config", "sklearn"):
+    for name in ("run.job", "run.options", "stream", "io.read", "io.merge", "io.recover", "config", "sklearn"):
         importlib.import_module(f"vggfeat.{name}")
     assert callable(vggfeat.extract)
 

@@ -23,6 +23,7 @@ from vggfeat import extract, load_features, merge_parts, verify
 from vggfeat.errors import ExtractInterrupted, WriteFailed
 from vggfeat.io import guard
 from vggfeat.io.guard import TMP_SUFFIX, parts_dir
+from vggfeat.io.layout import DamagedFile
 
 CLI = ["--arch", "vgg11", "--weights", "random", "--input-size", "32", "--layer", "fc7", "--batch-size", "4",
        "--workers", "1", "-q"]
@@ -67,10 +68,17 @@ def digest(path):
 
 
 def intact_or_unfinished(out):
-    """`verify` finds no damage: every commit intact; an unfinished index says only that it is."""
-    report = verify(out)
+    """`verify` says what is on disk, in one line and without a traceback: intact commits (an unfinished
+    index says only that it is), or, where the cut write was one of HDF5's own metadata, damage that
+    `--resume` rebuilds (the caller resumes next and compares with an uninterrupted run)."""
+    try:
+        report = verify(out)
+    except DamagedFile as exc:
+        assert "\n" not in str(exc) and "--resume" in str(exc), f"seed {SEED}: {exc}"
+        return
     problems = getattr(report, "problems", [] if report.ok else [report.line()])
-    assert all("is incomplete (the run was interrupted)" in p for p in problems), f"seed {SEED}: {problems}"
+    assert all("is incomplete (the run was interrupted)" in p or "DAMAGED" in p for p in problems), \
+        f"seed {SEED}: {problems}"
 
 
 def no_temporaries(folder):
@@ -197,15 +205,22 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, data, monkeypatch, 
                 **KW)
         before = digest(out)
     full = _FullDisk(monkeypatch, rng.randint(0, 60))
-    with pytest.raises(WriteFailed) as info:
+    failure = None
+    try:
         if op == "merge":
             merge_parts(ref_index, out, overwrite=True, progress=False)
         else:
             extract(inputs, out, "fc7", output_shards=parts, resume=op == "resume", overwrite=op == "overwrite",
                     **KW)
-    assert "\n" not in str(info.value) and "No space left" in str(info.value), f"seed {SEED}: {info.value}"
+    except WriteFailed as exc:
+        failure = exc
     monkeypatch.undo()
-    assert full.calls > full.after
+    # a write failed exactly when the disk refused one: never rows that look written but are not
+    assert (failure is not None) == (full.calls > full.after), f"seed {SEED}: {full.calls} writes, {failure}"
+    if failure is None:  # the run needed fewer writes than the disk had room for
+        same(out, ref)
+        return
+    assert "\n" not in str(failure) and "No space left" in str(failure), f"seed {SEED}: {failure}"
     if before is not None:
         assert digest(out) == before, f"seed {SEED}: the earlier output changed"
     elif os.path.exists(out):

@@ -4,9 +4,21 @@ The public API is imported lazily, so `import vggfeat` (and the `vggfeat --help`
 in TensorFlow; the first use of a function that needs Keras does.
 
 Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
     >>> import vggfeat
-    >>> vggfeat.extract(["images/"], "features.h5", layers=["fc7"])   # doctest: +SKIP
-    >>> data = vggfeat.load_features("features.h5", layer="fc7")       # doctest: +SKIP
+    >>> images = tempfile.mkdtemp()  # a folder of 4 images in 2 classes (subfolders)
+    >>> for i, name in enumerate(["cat", "cat", "dog", "dog"]):
+    ...     os.makedirs(os.path.join(images, name), exist_ok=True)
+    ...     pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    ...     Image.fromarray(pixels).save(os.path.join(images, name, f"{i}.png"))
+    >>> out = os.path.join(tempfile.mkdtemp(), "features.h5")
+    >>> summary = vggfeat.extract([images], out, ["fc7"], arch="vgg11", weights="random", input_size=32,
+    ...                           progress=False)  # ImageNet weights: weights="imagenet" (the default)
+    >>> data = vggfeat.load_features(out, layer="fc7")
+    >>> data.features.shape, data.class_names
+    ((4, 4096), ['cat', 'dog'])
 """
 
 from ._version import __version__

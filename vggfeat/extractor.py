@@ -13,6 +13,7 @@ from .config import ExtractorConfig
 from .errors import InputError, LayerError
 from .images import Geometry, ImageError, load_image, prepare_array
 from .specs import get_arch, is_conv_layer, resolve_layer
+from .weight_source import weight_source
 
 #: Compute precision -> Keras dtype policy.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -43,10 +44,13 @@ class FeatureExtractor:
         batch_size: images per forward pass.
 
     Examples:
-        >>> fx = FeatureExtractor("vgg16", weights="random", layers=["fc7", "pool5"])  # doctest: +SKIP
-        >>> out = fx.predict(list_of_uint8_images)                                     # doctest: +SKIP
-        >>> out["fc7"].shape                                                           # doctest: +SKIP
-        (len(list_of_uint8_images), 4096)
+        >>> import numpy as np
+        >>> from vggfeat import FeatureExtractor, prepare_array
+        >>> fx = FeatureExtractor("vgg11", weights="random", layers=["fc7", "pool5"], input_size=32)
+        >>> images = [np.full((40, 50, 3), v, np.uint8) for v in (0, 128, 255)]  # any uint8 RGB arrays
+        >>> out = fx.predict([prepare_array(a, fx.geometry) for a in images])  # as load_image does a file
+        >>> out["fc7"].shape, out["pool5"].shape
+        ((3, 4096), (3, 512))
     """
 
     def __init__(self, arch=None, weights="imagenet", layers=("fc7",), *, pooling="avg", form="standard",
@@ -288,12 +292,13 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
         config = config.replace(input_size=max(config.scales), scales=None, flip=False, aggregate="mean", l2=False)
     needs_top = config.form != "fully_conv" and any(_is_fc_name(n) for n in config.layers)
     w = config.weights
+    src = weight_source(w)  # its kind, and a missing file, a folder or an unknown type refused
     path = None
     base_size = 224
-    if w in ("random", "imagenet"):
+    if src.kind in ("random", "imagenet"):
         arch = get_arch(config.arch or "vgg16").name
         has_top = needs_top
-        if w == "random":
+        if src.kind == "random":
             described = f"with random weights (seed {config.seed})"
             if config.form == "standard" and config.input_size:
                 base_size = config.input_size
@@ -301,7 +306,7 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
             described = "with imagenet weights"
             _, _, _, path = imagenet_file(arch, needs_top)
         name = w
-    elif torch_weights.handles(w):  # torchvision/timm: a .safetensors file or timm:NAME (a .pth is refused)
+    elif src.kind == "torch":  # torchvision/timm: a .safetensors file or timm:NAME (a .pth is refused)
         found = torch_weights.check(w, config.arch, fetch=fetch)
         arch, path, name = found["arch"], found["path"], found["name"]
         described = f"with {name} weights" if torch_weights.is_timm_name(w) else f"from {name}"
@@ -314,21 +319,16 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
             raise WeightsError(f"{w} is not the weight file these settings were made with (its SHA-256 "
                                f"is {file_sha256(path)[:12]}..., the settings say {config.weights_sha256[:12]}...)")
     else:
-        path = w
-        name = os.path.basename(path)
+        path, name = src.path, src.name
         described = f"from {name}"
-        if not os.path.exists(path):
-            raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
-        if os.path.isdir(path):
-            raise WeightsError(f"weights path is a folder, not a file: {path}")
-        if path.endswith(".keras"):
+        if src.kind == "keras":
             held = inspect_keras_file(path)
             if config.arch is not None and get_arch(config.arch).name != held.arch:
                 raise WeightsError(f"{name} holds a {held.arch} network, not {get_arch(config.arch).name}; "
                                    "drop --arch or fix it")
             arch, has_top = held.arch, held.fc_form is not None
             base_size = held.input_size or 224
-        elif path.endswith((".h5", ".hdf5")):
+        else:  # "h5"
             from .specs import fc_input_side
 
             layout = read_weight_file_layout(path)
@@ -346,8 +346,6 @@ def check_extractor(config, *, fetch=True) -> ExtractorCheck:
             has_top = needs_top
             if needs_top:
                 base_size = fc_input_side(layout.fc1_inputs)
-        else:
-            raise WeightsError(f"unknown weight file type {name}: expected .h5, .weights.h5 or .keras")
         if config.weights_sha256 and file_sha256(path) != config.weights_sha256:
             raise WeightsError(f"{w} is not the weight file these settings were made with (its SHA-256 "
                                f"is {file_sha256(path)[:12]}..., the settings say {config.weights_sha256[:12]}...)")
@@ -387,7 +385,9 @@ def build_extractor(config, *, batch_size=32):
 
     Examples:
         >>> from vggfeat import ExtractorConfig, build_extractor
-        >>> fx = build_extractor(ExtractorConfig(layers=["fc7"], weights="random"))  # doctest: +SKIP
+        >>> fx = build_extractor(ExtractorConfig(layers=["pool5"], arch="vgg11", weights="random", input_size=32))
+        >>> fx.output_shapes, fx.config.arch
+        ({'pool5': (512,)}, 'vgg11')
     """
     check = check_extractor(config)  # every check that needs no Keras, before Keras is imported
     if not config.multiscale:

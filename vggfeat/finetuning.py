@@ -42,6 +42,7 @@ from .config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS
 from .errors import InputError, LayerError, OutputError, WeightsError
 from .images import Geometry, scan_images
 from .specs import get_arch, layer_names, resolve_layer
+from .weight_source import weight_source
 
 OPTIMIZERS = ("sgd", "adam")
 RECIPES = ("paper",)
@@ -383,27 +384,22 @@ def weights_layout(weights, arch=None) -> tuple[str, bool]:
     from .weights import IMAGENET_FILES, imagenet_weights_path, inspect_keras_file, read_weight_file_layout
 
     w = str(weights)
-    if w in ("random", "imagenet"):
+    src = weight_source(weights)  # its kind, and a missing file, a folder or an unknown type refused
+    if src.kind in ("random", "imagenet"):
         name = get_arch(arch or "vgg16").name
         if w == "imagenet" and (name, True) not in IMAGENET_FILES:
             imagenet_weights_path(name, True)  # raises the one-line "no ImageNet weights for ..." error
         return name, w == "imagenet"
     from .torch_weights import check as check_torch_weights
-    from .torch_weights import handles as is_torch_weights
 
-    if is_torch_weights(w):  # a torchvision/timm .safetensors file or timm:NAME (fetched when built)
+    if src.kind == "torch":  # a torchvision/timm .safetensors file or timm:NAME (fetched when built)
         held = check_torch_weights(w, arch, fetch=False)
         return held["arch"], held["has_top"]
-    path = os.fspath(weights)
-    base = os.path.basename(path)
-    if not os.path.exists(path):
-        raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
-    if os.path.isdir(path):
-        raise WeightsError(f"weights path is a folder, not a file: {path}")
-    if path.endswith(".keras"):
+    path, base = src.path, src.name
+    if src.kind == "keras":
         held = inspect_keras_file(path)
         archs, has_fc = (held.arch,), held.fc_form is not None
-    elif path.endswith((".h5", ".hdf5")):
+    else:  # "h5"
         layout = read_weight_file_layout(path)
         archs = layout.archs
         if layout.fc_form == "conv":
@@ -411,8 +407,6 @@ def weights_layout(weights, arch=None) -> tuple[str, bool]:
                                "carries Dense fc6-fc8 over from .h5 files: save the whole model as .keras, or "
                                "use a file without top")
         has_fc = layout.has_top
-    else:
-        raise WeightsError(f"unknown weight file type {base}: expected .h5, .weights.h5 or .keras")
     if arch is not None and get_arch(arch).name not in archs:
         raise WeightsError(f"weight file {base} holds a {archs[0]} network and does not fit "
                            f"{get_arch(arch).name}; drop --arch or fix it")

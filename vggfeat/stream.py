@@ -225,8 +225,20 @@ def iter_features(inputs, extractor=None, *, batch_size=32, workers=None, skip=(
         decode_timeout: seconds after which one image's decode is abandoned and recorded as failed.
 
     Examples:
-        >>> for batch in iter_features(["images/"], weights="random", layers=["fc7"]):  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> import vggfeat
+        >>> images = tempfile.mkdtemp()  # a folder of 4 images in 2 classes (subfolders)
+        >>> for i, name in enumerate(["cat", "cat", "dog", "dog"]):
+        ...     os.makedirs(os.path.join(images, name), exist_ok=True)
+        ...     pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        ...     Image.fromarray(pixels).save(os.path.join(images, name, f"{i}.png"))
+        >>> for batch in vggfeat.iter_features([images], arch="vgg11", weights="random", layers=["fc7"],
+        ...                                    input_size=32, batch_size=2, progress=False):
         ...     print(batch.paths, batch.features["fc7"].shape)
+        ['cat/0.png', 'cat/1.png'] (2, 4096)
+        ['dog/2.png', 'dog/3.png'] (2, 4096)
     """
     from .config import ExtractorConfig
 

@@ -36,6 +36,7 @@ from .config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from .errors import VggfeatError, WeightsError
 from .specs import ARCHS, BLOCK_WIDTHS, FC_WIDTH, MAX_CLASSES, conv_weight_shapes, get_arch, paper_name
 from .torch_weights import check_finite
+from .weight_source import weight_source
 
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -963,12 +964,13 @@ def describe_weights(path, arch=None) -> dict:
     from .specs import fc_input_side
 
     path = os.fspath(path)
-    if torch_weights.handles(path):  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
+    src = weight_source(path)
+    if src.kind == "torch":  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
         return torch_weights.describe(path, arch)
-    if not os.path.isfile(path):
-        raise WeightsError(f"weight file not found: {path}")
-    base = os.path.basename(path)
-    if path.endswith(".keras"):
+    if not src.is_file:
+        raise WeightsError(f"{path!r} names no weight file to describe ({src.kind} weights)")
+    base = src.name
+    if src.kind == "keras":
         info = inspect_keras_file(path)
         meta = info.metadata
         out = {"weights": base, "arch": info.arch, "classes": info.classes,
@@ -996,13 +998,11 @@ def describe_weights(path, arch=None) -> dict:
 def arch_note(weights, arch=None) -> str | None:
     """A note when a weight file fits several architectures, records none and none was chosen (vgg11 and
     vgg11-lrn: LRN has no weights, so the file cannot tell); None otherwise. Reads shapes only."""
-    from . import torch_weights
-
-    if arch is not None or str(weights) in ("imagenet", "random") or str(weights).endswith(".keras"):
+    if arch is not None:
         return None
-    if torch_weights.handles(weights):  # torch's vgg11 has no LRN twin
-        return None
-    try:
+    try:  # only a legacy or .weights.h5 file cannot tell (a .keras records its arch; torch's vgg11 has no LRN twin)
+        if weight_source(weights).kind != "h5":
+            return None
         meta = describe_weights(weights)
     except WeightsError:
         return None
@@ -1057,10 +1057,9 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
     A weight file is checked first (every tensor's shape against the architecture, the class count, the
     input size it implies; for `.keras` files also the model config), before Keras is even imported.
     """
-    if weights is None:
-        raise WeightsError("weights must be 'imagenet', 'random' or a path; there is no default of no weights")
-    w = str(weights)
-    if w == "random":
+    src = weight_source(weights)  # its kind, and None, a missing file, a folder or an unknown type refused
+    w = src.value
+    if src.kind == "random":
         spec = get_arch(arch or "vgg16")
         if seed is None:
             raise WeightsError("random weights need a seed (an integer) to be reproducible")
@@ -1068,7 +1067,7 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
 
         model = build_vgg(spec.name, include_top=include_top, input_size=input_size, seed=int(seed), dtype=dtype)
         return model, WeightsInfo("random", "random", seed=int(seed))
-    if w == "imagenet":
+    if src.kind == "imagenet":
         spec = get_arch(arch or "vgg16")
         path = imagenet_weights_path(spec.name, include_top)
         model = _load_h5_file(spec.name, path, include_top, input_size, dtype, form)
@@ -1076,18 +1075,13 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
 
     from . import torch_weights
 
-    if torch_weights.handles(w):  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
+    if src.kind == "torch":  # torchvision/timm: PATH.safetensors or timm:NAME (a .pth is refused)
         model, name, path, named = torch_weights.load_torch_network(arch, w, include_top=include_top,
                                                                     input_size=input_size, dtype=dtype, form=form)
         return model, WeightsInfo("timm" if named else "file", name, preprocessing=torch_weights.PREPROCESSING,
                                   path=path, sha256=None if named else file_sha256(path))
-    path = os.fspath(weights)
-    if not os.path.exists(path):
-        raise WeightsError(f"weights must be 'imagenet', 'random' or an existing file. Received: {path!r}")
-    if os.path.isdir(path):
-        raise WeightsError(f"weights path is a folder, not a file: {path}")
-    base = os.path.basename(path)
-    if path.endswith(".keras"):
+    path, base = src.path, src.name
+    if src.kind == "keras":
         checked = inspect_keras_file(path)  # before Keras builds anything from the file
         if arch is not None and get_arch(arch).name != checked.arch:
             raise WeightsError(f"{base} holds a {checked.arch} network, not {get_arch(arch).name}; "
@@ -1115,9 +1109,6 @@ def load_network(arch=None, weights="imagenet", *, seed=0, include_top=True, inp
         meta = checked.metadata
         return model, WeightsInfo("model", base, preprocessing=meta.get("preprocessing", "caffe"), path=path,
                                   sha256=sha, class_names=list(meta.get("class_names", [])), metadata=meta)
-    if not (path.endswith(".h5") or path.endswith(".hdf5")):
-        raise WeightsError(f"unknown weight file type {base}: expected .h5, .weights.h5 or .keras")
-
     model = _load_h5_file(arch, path, include_top, input_size, dtype, form)
     return model, WeightsInfo("file", base, path=path, sha256=file_sha256(path))
 

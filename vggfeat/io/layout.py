@@ -55,7 +55,24 @@ class OutputSpec:
     compression: str | None = None
 
 
+class DamagedFile(OutputError):
+    """A vggfeat file whose structure cannot be read (what a write cut short can leave): `--resume`
+    keeps its intact rows, or starts it again when none can be read."""
+
+
 def check_format(f, path, versions=READABLE_VERSIONS):
+    """The format_version of open file `f`; one-line errors for another format or version, and
+    `DamagedFile` for a structure that cannot be read."""
+    try:
+        return _check_format(f, path, versions)
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py's RuntimeError/OSError/KeyError on broken metadata
+        raise DamagedFile(f"{path} is damaged: its structure cannot be read ({first_line(exc)}); `vggfeat "
+                          "extract --resume` rebuilds it from what is intact") from None
+
+
+def _check_format(f, path, versions):
     fmt = attr(f.attrs.get("format", ""))
     version = attr(f.attrs.get("format_version", -1))
     if fmt != FORMAT:
@@ -68,7 +85,7 @@ def check_format(f, path, versions=READABLE_VERSIONS):
     if version >= 2 and "commits" not in f:
         missing.append("commits")
     if missing:
-        raise OutputError(f"{path} is damaged: it lacks {', '.join('/' + m for m in missing)}")
+        raise DamagedFile(f"{path} is damaged: it lacks {', '.join('/' + m for m in missing)}")
     return version
 
 
@@ -211,8 +228,12 @@ def committed_counts(f) -> tuple[int, int]:
 def check_commit(f, cols, record, failed_start) -> str | None:
     """None when the rows and failures of one commit record match their checksums, else what does not."""
     start, stop, failed_stop = (int(x) for x in record[:3])
-    if not (0 <= start <= stop <= f["paths"].shape[0]) or not (0 <= failed_start <= failed_stop <= f["failed/paths"].shape[0]):
-        return f"rows {start}-{stop} lie outside the file's {f['paths'].shape[0]} rows"
+    try:
+        rows, failures = f["paths"].shape[0], f["failed/paths"].shape[0]
+    except Exception as exc:  # noqa: BLE001 - a dataset that cannot be opened: the commit is damaged
+        return f"rows {start}-{stop} cannot be read ({first_line(exc)})"
+    if not (0 <= start <= stop <= rows) or not (0 <= failed_start <= failed_stop <= failures):
+        return f"rows {start}-{stop} lie outside the file's {rows} rows"
     for name, expected in zip(cols[3:], record[3:]):
         try:
             if name == "paths":
@@ -304,7 +325,8 @@ def verify_open(f, path, start_row=0) -> VerifyReport:
         cols = commit_columns(f)
         records = f["commits"][()]
     except Exception as exc:
-        raise OutputError(f"{path} is damaged: its commit records cannot be read ({first_line(exc)})") from None
+        raise DamagedFile(f"{path} is damaged: its commit records cannot be read ({first_line(exc)}); `vggfeat "
+                          "extract --resume` rebuilds it from what is intact") from None
     damaged, intact, previous, previous_failed = [], 0, 0, 0
     for record in records:
         start, stop = int(record[0]), int(record[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 
 import numpy as np
@@ -90,8 +91,6 @@ def _merge(index, output, settings, overwrite, sources, progress):
 
 def _merge_failed(exc, output) -> WriteFailed:
     """A failed write of a merge, in one line: nothing was written, `output` is as it was."""
-    import errno as _errno
-
     cause = str(exc).split("; ")[0]
     full = getattr(exc.__cause__ or exc.__context__, "errno", None) in (_errno.ENOSPC, _errno.EDQUOT) \
         or "No space left" in cause or "quota" in cause.lower()

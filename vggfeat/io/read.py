@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import warnings
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,8 +64,6 @@ def load_file(path, layer=None, *, return_X_y=False, verify=True):
 
 
 def as_bunch(path, features, labels, paths, class_names, failed, layer, attrs, return_X_y, complete):
-    import warnings
-
     from sklearn.utils import Bunch
 
     if not complete:
@@ -146,8 +145,6 @@ class FeatureSet:
                                       f"written (first missing: {self.parts[0]}); `vggfeat extract --resume "
                                       "--output-shards` completes it")
                 self._numbers = keep
-                import warnings
-
                 warnings.warn(f"{self.path} is incomplete (the run was interrupted): {len(keep)} of "
                               f"{len(self.parts)} parts are read; `vggfeat extract --resume --output-shards` "
                               "completes it", stacklevel=3)
@@ -271,11 +268,8 @@ class FeatureSet:
         default: a file of a folder is sorted by class, and `partial_fit` on one class after another
         learns mostly the last. `shuffle=True` mixes them in a buffer of 256 MB of rows or 4 batches,
         whichever is more (`shuffle_buffer`); `shuffle=N` holds N rows; `shuffle=0` keeps file order.
-        `seed` fixes the order (call again with another seed, or None, for the next epoch):
-
-            >>> fs = vggfeat.open_features("features.h5")            # doctest: +SKIP
-            >>> for X, y in fs.iter_X_y(10000, seed=0):              # doctest: +SKIP
-            ...     clf.partial_fit(X.reshape(len(X), -1), y, classes=fs.classes)
+        `seed` fixes the order (call again with another seed, or None, for the next epoch); see
+        `open_features` for an example.
         """
         batches = self._shuffled(int(rows), self.shuffle_buffer(rows, shuffle), verify, seed, paths=False) \
             if int(rows) >= 1 and self.shuffle_buffer(rows, shuffle) else self.iter_batches(rows, verify=verify)
@@ -344,9 +338,24 @@ def load_features(path, layer=None, *, return_X_y=False, verify=True):
         Only committed rows are returned: rows of a batch that a crash cut short are not.
 
     Examples:
-        >>> data = load_features("features.h5", "fc7")          # doctest: +SKIP
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> import vggfeat
+        >>> images = tempfile.mkdtemp()  # a folder of 4 images in 2 classes (subfolders)
+        >>> for i, name in enumerate(["cat", "cat", "dog", "dog"]):
+        ...     os.makedirs(os.path.join(images, name), exist_ok=True)
+        ...     pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        ...     Image.fromarray(pixels).save(os.path.join(images, name, f"{i}.png"))
+        >>> out = os.path.join(tempfile.mkdtemp(), "features.h5")
+        >>> summary = vggfeat.extract([images], out, ["fc7"], arch="vgg11", weights="random", input_size=32,
+        ...                           progress=False)  # ImageNet weights: weights="imagenet" (the default)
+        >>> data = vggfeat.load_features(out, "fc7")
+        >>> list(data.paths), data.labels.tolist()
+        (['cat/0.png', 'cat/1.png', 'dog/2.png', 'dog/3.png'], [0, 0, 1, 1])
         >>> from sklearn.svm import LinearSVC
-        >>> LinearSVC().fit(data.features, data.labels)         # doctest: +SKIP
+        >>> clf = LinearSVC().fit(data.features, data.labels)
+        >>> X, y = vggfeat.load_features(out, "fc7", return_X_y=True)  # as scikit-learn's loaders
     """
     path = os.fspath(path)
     if not (os.path.isfile(path) and is_index(path)):
@@ -385,11 +394,25 @@ def open_features(path, layer=None) -> FeatureSet:
         by default in a bounded buffer; `shuffle=0` for file order) and `read()`.
 
     Examples:
-        >>> fs = open_features("features.h5", "fc7")                      # doctest: +SKIP
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> import vggfeat
+        >>> images = tempfile.mkdtemp()  # a folder of 4 images in 2 classes (subfolders)
+        >>> for i, name in enumerate(["cat", "cat", "dog", "dog"]):
+        ...     os.makedirs(os.path.join(images, name), exist_ok=True)
+        ...     pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        ...     Image.fromarray(pixels).save(os.path.join(images, name, f"{i}.png"))
+        >>> out = os.path.join(tempfile.mkdtemp(), "features.h5")
+        >>> summary = vggfeat.extract([images], out, ["fc7"], arch="vgg11", weights="random", input_size=32,
+        ...                           progress=False)  # ImageNet weights: weights="imagenet" (the default)
+        >>> fs = vggfeat.open_features(out, "fc7")
+        >>> len(fs), fs.shape, fs.classes.tolist()
+        (4, (4, 4096), [0, 1])
         >>> from sklearn.linear_model import SGDClassifier
-        >>> clf = SGDClassifier()
-        >>> for X, y in fs.iter_X_y(10000):                                # doctest: +SKIP
-        ...     clf.partial_fit(X, y, classes=fs.classes)
+        >>> clf = SGDClassifier(random_state=0)
+        >>> for X, y in fs.iter_X_y(2, seed=0):  # 2 rows at a time, classes mixed by the shuffle
+        ...     clf = clf.partial_fit(X, y, classes=fs.classes)
     """
     return FeatureSet(path, layer)
 

@@ -11,9 +11,19 @@ import h5py
 import numpy as np
 
 from ..errors import OutputError
-from .guard import TMP_SUFFIX, GuardedIO, first_line, h5_error, lock, open_fd, remove_stale
+from .guard import (
+    TMP_SUFFIX,
+    GuardedIO,
+    first_line,
+    h5_error,
+    lock,
+    open_fd,
+    os_error,
+    remove_stale,
+)
 from .layout import (
     STRING_,
+    DamagedFile,
     attr,
     check_commit,
     check_format,
@@ -48,13 +58,22 @@ def resume_file(path, *, settings: dict, dtype="float32", verify_all=False) -> F
             f = h5py.File(io, "r+")
         except OSError as exc:
             raise h5_error(path, exc) from None
-        version = check_format(f, path)
-        check_settings(f, path, settings, dtype)
-        problem = meaning_problem(f)
+        try:
+            version = check_format(f, path)
+        except DamagedFile as exc:  # rebuilt below, once its settings are known to be this run's
+            version, rebuild_reason = None, str(exc).split(": ", 1)[-1]
+        try:
+            check_settings(f, path, settings, dtype)
+            problem = meaning_problem(f)
+        except OutputError:
+            raise
+        except Exception:  # noqa: BLE001 - settings unreadable: the rebuild reads what it can
+            problem = None
         if problem:
             raise OutputError(f"cannot resume {path}: {problem}; restore the original, or --overwrite "
                               "starts again")
-        rebuild_reason = "it was written in format 1" if version == 1 else None
+        if version is not None:
+            rebuild_reason = "it was written in format 1" if version == 1 else None
         report = None
         if rebuild_reason is None:
             try:
@@ -79,15 +98,21 @@ def resume_file(path, *, settings: dict, dtype="float32", verify_all=False) -> F
     writer._old_fd = None
     try:
         _roll_back(writer, report)
-    except BaseException:
+    except BaseException as exc:
         writer._abandon()
+        if io.error is not None and not isinstance(exc, OutputError):  # the disk failed first: say that
+            raise os_error(path, io.error) from None
         raise
     return writer
 
 def _rebuild(path, settings, dtype, reason):
     tmp = path + ".rebuild" + TMP_SUFFIX
     remove_stale(tmp)
-    kept, claimed = repair(path, tmp)
+    try:
+        kept, claimed = repair(path, tmp)
+    except DamagedFile:  # nothing of it can be read: the caller starts it again
+        remove_stale(tmp)
+        raise
     os.replace(tmp, path)
     writer = resume_file(path, settings=settings, dtype=dtype)
     writer.recovered = (f"{path} was rebuilt because {reason}: kept {kept} intact rows of {claimed}; "
@@ -96,9 +121,13 @@ def _rebuild(path, settings, dtype, reason):
     return writer
 
 def _roll_back(self, report):
-    """Keep the intact commits up to the last whole chunk; clear /failed; persist that state."""
+    """Keep the intact commits up to the last whole chunk; clear /failed; persist that state. The file
+    is marked as holding no cleanly closed row first: /paths is written anew below, and a run cut short
+    in the middle must leave every row to be checked by the next resume, not trusted."""
     f = self._f
     cols = commit_columns(f)
+    f.attrs["clean_rows"] = 0
+    self._flush_checked()
     records = f["commits"][()]
     keep_rows = report.intact_rows
     k = 0
@@ -204,7 +233,7 @@ def _copy_of(f, src, dst):
                                    class_names=decode_strings(f["class_names"][()]), dtype=str(first[1]),
                                    compression=first[2], sources=read_sources(f))
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise OutputError(f"cannot repair {src}: its settings cannot be read ({first_line(exc)})") from None
+        raise DamagedFile(f"cannot repair {src}: its settings cannot be read ({first_line(exc)})") from None
     return out, attrs
 
 

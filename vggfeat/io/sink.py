@@ -26,7 +26,7 @@ from ..errors import OutputError, WriteFailed
 from ..redact import redact_urls
 from .guard import TMP_SUFFIX, OutputLock, parts_dir
 from .index import part_counts, part_name, read_index, reusable_part, write_index
-from .layout import OutputSpec, settings_differences
+from .layout import DamagedFile, OutputSpec, settings_differences
 from .merge import append_part
 from .recover import resume_file
 from .writer import FeatureWriter
@@ -59,7 +59,7 @@ class FileSink:
         self.lock = OutputLock(self.output)
         try:
             if resume and os.path.exists(self.output):
-                self.writer = resume_file(self.output, settings=spec.settings, dtype=spec.dtype)
+                self.writer = self._resumed(spec)
                 if self.writer.class_names != list(spec.class_names):
                     names = self.writer.class_names
                     self.writer.close()
@@ -76,6 +76,20 @@ class FileSink:
         if overwrite and os.path.isdir(staging_dir(self.output)):
             shutil.rmtree(staging_dir(self.output))  # staged by an earlier run of what is replaced now
         self.done = set(self.writer.written_paths())
+
+    def _resumed(self, spec):
+        """The file resumed (checked, rolled back or rebuilt), or, when nothing of it can be read (a
+        write cut short in HDF5's own metadata), written again from the start, saying so."""
+        try:
+            return resume_file(self.output, settings=spec.settings, dtype=spec.dtype)
+        except DamagedFile as exc:
+            writer = FeatureWriter.create(self.output, settings=spec.settings, feature_shapes=spec.feature_shapes,
+                                          class_names=spec.class_names, dtype=spec.dtype,
+                                          compression=spec.compression, overwrite=True)
+            writer.recovered = (f"{self.output} could not be read at all ({str(exc).split(': ', 1)[-1]}); it is "
+                                "written again from the start")
+            log.warning(writer.recovered)
+            return writer
 
     @property
     def rows(self) -> int:

@@ -14,7 +14,16 @@ from ..errors import InputError, OutputError, VggfeatError, WriteFailed
 from ..redact import redact, redact_urls
 from ..specs import canonical_layer
 from . import COMPRESSIONS, DTYPES
-from .guard import TMP_SUFFIX, GuardedIO, first_line, lock, open_fd, os_error, remove_stale, sync_folder
+from .guard import (
+    TMP_SUFFIX,
+    GuardedIO,
+    first_line,
+    lock,
+    open_fd,
+    os_error,
+    remove_stale,
+    sync_folder,
+)
 from .layout import (
     FORMAT,
     FORMAT_VERSION,
@@ -93,13 +102,18 @@ class FeatureWriter:
             f.flush()
             if io.error is not None:
                 raise os_error(target, io.error, "create")
-        except BaseException:
+        except BaseException as exc:
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except Exception:  # noqa: BLE001 - HDF5 meeting what the failed write left out
+                    pass
             io.close()
             os.remove(target)
             if old_fd is not None:
                 os.close(old_fd)
+            if io.error is not None and not isinstance(exc, VggfeatError):  # the disk failed first: say that
+                raise os_error(target, io.error, "create") from None
             raise
         writer = cls(f, io, target, final_path=path)
         writer._old_fd = old_fd
@@ -188,9 +202,10 @@ class FeatureWriter:
             self._commit_rows(n)
         except VggfeatError:
             raise
-        except Exception as exc:  # HDF5 failed on its own (a damaged structure it met while writing)
-            if self._io.error is None:
-                self._io.error = exc
+        except Exception as exc:  # HDF5 failed: after a failed write of ours (said as such), or on its own
+            if self._io.error is not None:
+                raise os_error(self.final_path, self._io.error) from None
+            self._io.error = exc
             raise WriteFailed(f"cannot write {self.final_path}: {first_line(exc)}; the rows committed "
                               "before it are kept: run again with --resume, which checks the file and "
                               "repairs it") from None
@@ -269,6 +284,8 @@ class FeatureWriter:
             failure = exc
         replacing = self.path != self.final_path
         self._abandon()
+        if failure is None and self._io.error is not None:  # a write of HDF5's own close failed
+            failure = os_error(self.final_path, self._io.error)
         if replacing:
             if place and failure is None:
                 os.replace(self.path, self.final_path)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import os
 
+from .. import braces
 from ..config import ExtractorConfig
 from ..errors import OutputError, VggfeatError
+from ..images import is_image_name, normalize_extensions
 from ..io.guard import parts_dir
 from ..io.layout import changed_sources, open_read, read_sources, settings_differences
 from ..io.read import read_attrs
-from ..shards import ShardInputs, is_url
+from ..shards import ShardInputs, has_braces, is_shard_name, is_url, safe_url
 
 
 def inputs_attr(inputs) -> str:
-    from ..shards import safe_url
-
     return json.dumps([safe_url(p) if is_url(p) else os.path.abspath(p) for p in (
         os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs))])
 
@@ -44,10 +44,6 @@ def _same_file(a, b) -> bool:
 def check_output_not_input(output, inputs, *, extensions=None, output_shards=False):
     """Refuse an output that is, or would be read as, one of the inputs given (see `prepare_extract`):
     the inputs as given, without scanning them (`_check_output_not_scanned` checks what a scan found)."""
-    from .. import braces
-    from ..images import is_image_name, normalize_extensions
-    from ..shards import has_braces, is_shard_name
-
     extensions = normalize_extensions(extensions)
     real = os.path.realpath(output)
     parts = os.path.realpath(parts_dir(output)) if output_shards else None

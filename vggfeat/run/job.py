@@ -23,7 +23,13 @@ from ..io.layout import OutputSpec
 from ..io.read import open_features, read_failed
 from ..io.sink import FileSink, PartsSink
 from ..shards import ShardInputs, identities, scan_inputs, warn_unlabelled
-from .checks import check_output_not_input, check_output_not_scanned, check_resume, check_sources, inputs_attr
+from .checks import (
+    check_output_not_input,
+    check_output_not_scanned,
+    check_resume,
+    check_sources,
+    inputs_attr,
+)
 from .engine import Engine, make_engine
 from .options import RunOptions, default_batch_size
 from .units import units_of
@@ -137,6 +143,22 @@ def extract(inputs, output, layers=("fc7",), *, config=None, arch=None, weights=
 
     Returns:
         `ExtractSummary`.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> import vggfeat
+        >>> images = tempfile.mkdtemp()  # a folder of 4 images in 2 classes (subfolders)
+        >>> for i, name in enumerate(["cat", "cat", "dog", "dog"]):
+        ...     os.makedirs(os.path.join(images, name), exist_ok=True)
+        ...     pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        ...     Image.fromarray(pixels).save(os.path.join(images, name, f"{i}.png"))
+        >>> out = os.path.join(tempfile.mkdtemp(), "features.h5")
+        >>> summary = vggfeat.extract([images], out, ["fc7"], arch="vgg11", weights="random", input_size=32,
+        ...                           progress=False)  # ImageNet weights: weights="imagenet" (the default)
+        >>> summary.written, summary.failed, summary.total_rows
+        (4, 0, 4)
 
     Raises:
         InputError, LayerError, WeightsError, OutputError: before anything is written, and before

@@ -15,6 +15,7 @@ Keras: the actors do, on their machines.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -23,6 +24,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .. import errors
 from ..errors import ExtractFailed, InputError, OutputError, VggfeatError
 from ..io.index import part_name
 from ..io.sink import staging_dir
@@ -75,8 +77,6 @@ class Cluster:
 
     @classmethod
     def join(cls, address=None, workers=None, gpus_per_worker=0):
-        import logging
-
         ray = import_ray()
         owned = False
         if not ray.is_initialized():
@@ -182,8 +182,6 @@ def _cause(exc, folder):
     """The error a Ray failure stands for, in one line: a vggfeat error raised on a worker as itself
     (Ray passes some as objects and some only as text: a worker's constructor), anything else as
     `RayRunError` naming the worker's exception rather than Ray's wrapper."""
-    from .. import errors
-
     seen, todo = set(), [exc]
     while todo:
         e = todo.pop()
@@ -216,8 +214,6 @@ class _DropNotice:
 
 
 def _quiet_ray_data():
-    import logging
-
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     progress = logging.getLogger("ray.data._internal.progress")
     if not any(isinstance(f, _DropNotice) for f in progress.filters):

@@ -7,9 +7,9 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
-from ..images import MAX_PIXELS
+from ..images import MAX_PIXELS, ImageList
 from ..io.sink import part_writer
-from ..shards import LOOSE_PER_UNIT
+from ..shards import LOOSE_PER_UNIT, ShardInputs
 from ..stream import iter_features
 
 log = logging.getLogger("vggfeat")
@@ -39,8 +39,6 @@ class Unit:
     def key(self) -> str:
         """What the unit holds, as far as is known without reading it: a shard's name (shards are
         immutable by the WebDataset convention), or a digest of the loose images' stored paths."""
-        from ..shards import ShardInputs
-
         if isinstance(self.inputs, ShardInputs) and len(self.inputs.sources) == 1 \
                 and self.inputs.sources[0].kind == "shard":
             return "shard:" + self.inputs.sources[0].name
@@ -56,9 +54,6 @@ def unit_sources(unit) -> dict:
 
 def units_of(images, per_part=LOOSE_PER_PART) -> list:
     """The units of a run's inputs, in row order (see the module's docstring)."""
-    from ..images import ImageList
-    from ..shards import ShardInputs
-
     units = []
     if isinstance(images, ShardInputs):
         run = []
