@@ -4,7 +4,7 @@ It knows the HDF5 layouts (one file: `layout`, `writer`; an index of parts: `ind
 and checksums, the seals over what a row means, reading (`read`), merging (`merge`), the rules of every
 write (`guard`: one lock per output name, a temporary name renamed into place, a guarded file) and the
 sinks engines write into (`sink`). It imports h5py and NumPy, never Keras, TensorFlow or the run wing
-(`vggfeat.run`); `tests/test_architecture.py` checks that. See docs/architecture.md.
+(`vggfeat.run`); `tests/io/test_io_architecture.py` checks that. See docs/architecture.md.
 """
 
 #: how features may be stored (`--dtype`, `--compression`); cheap to import (the CLI's choices)

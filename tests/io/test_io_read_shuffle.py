@@ -11,6 +11,8 @@ from vggfeat import open_features
 from vggfeat.errors import InputError, OutputError
 from vggfeat.io.writer import FeatureWriter
 
+from io_helpers import no_framework_imported  # noqa: F401 - the autouse check
+
 SETTINGS = {"arch": "vgg16", "weights": "random", "layers": '["fc7"]', "inputs": "[]"}
 
 

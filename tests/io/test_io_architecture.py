@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from io_helpers import REPO, no_framework_imported  # noqa: F401 - the autouse check
 
 PKG = os.path.join(REPO, "vggfeat")
 
