@@ -34,6 +34,7 @@ from . import braces, faults
 from .errors import ImageError, InputError
 from .faults import is_transient
 from .images import escape_path, is_image_name, normalize_extensions
+from .io.layout import local_identity
 from .redact import has_credentials, redact, redact_url, remember, split_userinfo
 
 log = logging.getLogger("vggfeat")
@@ -604,13 +605,9 @@ def identity(source: Source, retries=LISTING_RETRIES) -> str:
         return "missing"
     url = source.url
     if not is_url(url):
-        try:
-            st = os.stat(url)
-        except FileNotFoundError:
+        if not os.path.lexists(url):
             return "missing"
-        except OSError as exc:
-            return f"unknown: {faults.describe(exc)}"
-        return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+        return local_identity(url) or "unknown: cannot stat it"
     remember(url)
     try:
         fs, path = _filesystem(url)

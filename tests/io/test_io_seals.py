@@ -93,3 +93,23 @@ def test_files_of_format_2_are_read_and_resumed_without_seals(tmp_path):
     assert verify(path).ok and len(load_features(path).paths) == 6
     w = resume_file(path, settings=SETTINGS)
     w.close(complete=True)
+
+
+def test_verify_tells_a_shard_changed_since_its_rows_were_written(tmp_path):
+    from vggfeat.io.layout import local_identity
+
+    shard = tmp_path / "00000.tar"
+    shard.write_bytes(b"x" * 1000)
+    path = str(tmp_path / "f.h5")
+    w = FeatureWriter.create(path, settings=SETTINGS, feature_shapes={"fc7": (8,)}, class_names=["a"],
+                             sources={str(shard): local_identity(str(shard)), "s3://b/1.tar": "ETag=\"abc\""})
+    w.append([f"{shard}/0.png"], [0], {"fc7": np.zeros((1, 8), np.float32)})
+    w.close(complete=True)
+    report = verify(path)
+    assert report.ok and report.unchecked == 1 and "1 input shards not looked at" in report.line()
+    shard.write_bytes(b"y" * 1001)  # rewritten: another size
+    report = verify(path)
+    assert not report.ok and f"the shard {shard} changed since its rows were written" in report.line()
+    r = subprocess.run([sys.executable, "-m", "vggfeat_cli", "verify", path], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "changed since its rows were written" in r.stdout

@@ -177,6 +177,29 @@ def read_sources(f) -> dict:
     return dict(zip(decode_strings(f["sources/names"][()]), decode_strings(f["sources/identities"][()])))
 
 
+def local_identity(path) -> str | None:
+    """A local file's identity as `vggfeat.shards.identity` records it (None: not a local file here)."""
+    if "://" in path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+
+
+def local_sources_changed(recorded: dict) -> tuple[list, int]:
+    """(the recorded shards that are local files here and changed, how many could not be looked at)."""
+    changed, unchecked = [], 0
+    for name, was in recorded.items():
+        now = local_identity(name)
+        if now is None or was.startswith("unknown"):
+            unchecked += 1
+        elif now != was:
+            changed.append(name)
+    return changed, unchecked
+
+
 def changed_sources(recorded: dict, now: dict) -> list:
     """The shards whose identity differs from the one recorded (one that could not be asked either
     time is not called changed)."""
@@ -265,6 +288,9 @@ class VerifyReport:
         complete: the run that wrote it finished.
         meaning: what of its settings, class names or input identities was changed after its rows
             were written (None: nothing; files of format 3 and later hold their checksums).
+        changed: the input shards found where they were read (local files) whose size or modification
+            time is not what /sources recorded: their rows no longer describe them.
+        unchecked: the recorded shards that could not be looked at here (URLs; local paths not found).
     """
 
     path: str
@@ -276,10 +302,12 @@ class VerifyReport:
     unverifiable: bool = False
     complete: bool = False
     meaning: str | None = None
+    changed: list = field(default_factory=list)
+    unchecked: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.damaged and not self.meaning
+        return not self.damaged and not self.meaning and not self.changed
 
     def line(self) -> str:
         if self.unverifiable:
@@ -289,8 +317,15 @@ class VerifyReport:
         if self.meaning:
             return (f"{self.path}: DAMAGED: {self.meaning} ({self.rows} rows; restore the original, or "
                     "`vggfeat extract --overwrite` writes it again)")
+        if self.changed:
+            more = f" (and {len(self.changed) - 1} more)" if len(self.changed) > 1 else ""
+            return (f"{self.path}: DAMAGED: the shard {self.changed[0]}{more} changed since its rows were written "
+                    "(size or modification time); `vggfeat extract --overwrite` writes them again (an index of "
+                    "parts: `--resume --output-shards` reads that shard again)")
         if self.ok:
-            return f"{self.path}: intact: {self.rows} rows in {self.commits} commits verified; {state}"
+            unchecked = (f"; {self.unchecked} input shards not looked at (URLs, or not found from here)"
+                         if self.unchecked else "")
+            return f"{self.path}: intact: {self.rows} rows in {self.commits} commits verified; {state}{unchecked}"
         ranges = ", ".join(f"{a}-{b}" for a, b, _ in self.damaged)
         return (f"{self.path}: DAMAGED: rows {ranges} fail their check ({self.damaged[0][2]}); the first "
                 f"{self.intact_rows} rows are intact (`vggfeat verify {self.path} --repair OUT` keeps them)")
@@ -341,8 +376,9 @@ def verify_open(f, path, start_row=0) -> VerifyReport:
             intact = stop
         previous, previous_failed = stop, int(record[2])
     rows = int(records[-1][1]) if len(records) else 0
+    changed, unchecked = local_sources_changed(read_sources(f))
     return VerifyReport(path, version, rows, intact, len(records), damaged, complete=complete,
-                        meaning=meaning_problem(f))
+                        meaning=meaning_problem(f), changed=changed, unchecked=unchecked)
 
 
 def write_root_attrs(f, fmt, version, settings, dtype, compression):
