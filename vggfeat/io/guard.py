@@ -274,8 +274,9 @@ class OutputLock:
 
 
 def check_output(path, *, resume=False, overwrite=False):
-    """Every check of an output name that needs nothing built, for every kind of run. Cheap checks of an output before any model is built: the folder exists and can be written,
-    an existing file is refused unless resumed or overwritten, a file in use is refused."""
+    """Every check of an output name that needs nothing built, for every kind of run: the folder exists
+    and can be written, an existing file is refused unless resumed or overwritten, an output that another
+    run writes (in any mode: `OutputLock`) is refused."""
     path = os.fspath(path)
     if path.endswith(("/", os.sep)):  # `-o newdir/`: a folder meant, whether it exists or not
         there = "" if os.path.isdir(path) else ", which does not exist"

@@ -132,7 +132,8 @@ def _meaning_parts(f, keys) -> dict:
     out = {"settings": zlib.crc32(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")),
            "class_names": crc_strings(names) ^ len(names)}
     if "sources" in f:
-        out["sources"] = crc_strings(decode_strings(f["sources/names"][()]) + decode_strings(f["sources/identities"][()]))
+        shards, identities = decode_strings(f["sources/names"][()]), decode_strings(f["sources/identities"][()])
+        out["sources"] = crc_strings(shards + identities)
     return out
 
 

@@ -270,6 +270,7 @@ class FeatureWriter:
         place = complete if place is None else place
         if not self._f.id.valid:
             return
+        reported = self._io.error is not None  # a failed write already raised: nothing is written any more
         failure = None
         try:
             if self._io.error is None:
@@ -284,7 +285,7 @@ class FeatureWriter:
             failure = exc
         replacing = self.path != self.final_path
         self._abandon()
-        if failure is None and self._io.error is not None:  # a write of HDF5's own close failed
+        if failure is None and self._io.error is not None and not reported:  # a write of HDF5's own close failed
             failure = os_error(self.final_path, self._io.error)
         if replacing:
             if place and failure is None:
