@@ -108,8 +108,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (timeout, systemd, Kubernetes), delivered as an interrupt so that it stops a run cleanly."""
 
 
+_SIGTERMS = []  # when the handler ran: a library between it and us may raise an interrupt of its own
+
+
 def _on_sigterm(signum, frame):
+    _SIGTERMS.append(signum)
     raise Terminated()
+
+
+def _terminated(exc) -> bool:
+    """Whether a SIGTERM is what stopped the run: `exc`, or one it was raised while handling (Ray's
+    iterators, for one, turn the interrupt into their own)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Terminated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def reports_errors(func):
@@ -139,13 +155,13 @@ def reports_errors(func):
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            _SIGTERMS.clear()
         try:
             return func(*args, **kwargs)
         except VggfeatError as exc:
             raise UserError(redact(exc), getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated) or isinstance(exc.__context__, Terminated) \
-                or getattr(exc, "signal", None) == "SIGTERM"
+            terminated = _terminated(exc) or bool(_SIGTERMS) or getattr(exc, "signal", None) == "SIGTERM"
             what = "terminated (SIGTERM)" if terminated else "interrupted"
             detail = redact(exc) or "stopped"
             raise UserError(f"{what}; {detail}", 143 if terminated else 130) from None

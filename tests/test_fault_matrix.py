@@ -112,7 +112,7 @@ def test_create_then_resume_equals_an_uninterrupted_run(tmp_path, data, kind, si
     shards = ["--output-shards"] if kind == "parts" else []
     watch = parts_dir(out) if kind == "parts" else out
     code = killed(["extract", *inputs, *CLI, *shards, "-o", out], sig, rng, watch)
-    assert code in (0, -signal.SIGKILL, 143), f"seed {SEED}: exit {code}"
+    assert code in (0, -signal.SIGKILL, 143, -signal.SIGTERM), f"seed {SEED}: exit {code}"  # -15: before the handler
     if code != 0 and os.path.exists(out):
         intact_or_unfinished(out)
     # a second interruption while resuming, then the resume that completes it
@@ -134,10 +134,9 @@ def test_overwrite_leaves_the_old_output_or_the_new_one_whole(tmp_path, data, ki
     before = digest(out)
     watch = parts_dir(out) + TMP_SUFFIX if kind == "parts" else out + TMP_SUFFIX
     code = killed(["extract", *inputs, *CLI, *shards, "--overwrite", "-o", out], sig, rng, watch)
-    if code == 0:
+    if code == 0 or digest(out) != before:  # done, or stopped after the new output took its place: whole
         same(out, ref)
     else:
-        assert digest(out) == before, f"seed {SEED}: the old output changed (exit {code})"
         assert verify(out).ok
         extract(inputs, out, "fc7", overwrite=True, output_shards=kind == "parts", **KW)
         same(out, ref)
@@ -156,7 +155,7 @@ def test_merge_leaves_no_file_or_the_old_one(tmp_path, data, sig, old):
         before = digest(out)
     args = ["merge", ref_index, "-o", out] + (["--overwrite"] if old else [])
     code = killed(args, sig, rng, out + TMP_SUFFIX)
-    if code == 0:
+    if code == 0 or (os.path.exists(out) and digest(out) != before):  # stopped after the rename: whole
         same(out, ref)
     elif old:
         assert digest(out) == before, f"seed {SEED}: the old file changed"

@@ -22,18 +22,6 @@ SETTINGS = {"arch": "vgg16", "weights": "random", "seed": 0, "layers": '["fc7"]'
 OPTIONS = dict(weights="random", input_size=32, batch_size=4, layers=["fc7", "pool5"])
 
 
-def test_indexed_append_is_checked(tmp_path):
-    w = FeatureWriter.create(tmp_path / "s.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)}, class_names=[],
-                             index=True)
-    with pytest.raises(ValueError, match="one index per row"):
-        w.append(["a"], [0], {"fc7": np.zeros((1, 5))})
-    w.close()
-    w = FeatureWriter.create(tmp_path / "p.h5", settings=SETTINGS, feature_shapes={"fc7": (5,)}, class_names=[])
-    with pytest.raises(ValueError, match="index=True"):
-        w.append(["a"], [0], {"fc7": np.zeros((1, 5))}, index=[0])
-    w.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # Choosing the engine.
 
@@ -115,7 +103,9 @@ def _same_as(reference, out):
     np.testing.assert_allclose(b.features, a.features, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(load_features(out, "pool5").features, load_features(reference, "pool5").features,
                                rtol=1e-5, atol=1e-5)
-    skip = {"created"}
+    # the settings as recorded; not when, nor what only an index records, nor the seals derived from them
+    skip = {"created", "format", "format_version", "meaning_keys", "meaning_crc32", "feature_shapes", "parts_folder",
+            "run_id", "chunk_rows", "clean_rows"}
     assert {k: v for k, v in b.attrs.items() if k not in skip} == {k: v for k, v in a.attrs.items() if k not in skip}
     assert b.attrs["complete"] is True or b.attrs["complete"] == 1
 
@@ -125,7 +115,7 @@ def test_ray_engine_gives_the_local_engines_file(local_ray, folder, reference, t
     import vggfeat
 
     out = tmp_path / "ray.h5"
-    summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
+    summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=4, **OPTIONS)
     _same_as(reference, out)
     assert not os.path.exists(staging_dir(out))  # the staged parts are gone
     assert (summary.written, summary.failed, summary.workers) == (18, 1, 2)
@@ -183,8 +173,8 @@ def test_cli_joins_a_cluster_by_address(local_ray, folder, reference, tmp_path):
     address = local_ray.get_runtime_context().gcs_address
     out = tmp_path / "cli.h5"
     r = run_cli("extract", "--engine", "ray", "--address", address, "--ray-workers", "2", "--weights", "random",
-                "--input-size", "32", "--batch-size", "4", "--layer", "fc7", "--layer", "pool5", str(folder),
-                "-o", str(out))
+                "--input-size", "32", "--batch-size", "4", "--block-size", "4", "--layer", "fc7", "--layer", "pool5",
+                str(folder), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "18 images written, 1 failed" in r.stderr and "Ray: 2 workers" in r.stderr
     _same_as(reference, out)
@@ -325,9 +315,8 @@ def test_ray_shard_worker_killed_mid_run_loses_nothing(local_ray, tmp_path, monk
 
 @pytest.mark.ray
 def test_ray_shards_stopped_by_strict_resume_without_running_complete_shards(local_ray, tmp_path, monkeypatch):
-    """`--strict` stops a Ray run over shards at a bad image: the shards done are kept as parts in the work
-    folder (the one with the failure is not), and `--resume` runs only the others, giving the local
-    engine's file."""
+    """`--strict` stops a Ray run over shards at a bad image: the shards done are kept as staged parts (the
+    one with the failure is not), and `--resume` runs only the others, giving the local engine's file."""
     import vggfeat
     from test_shards import png, write_tar
 
@@ -339,7 +328,8 @@ def test_ray_shards_stopped_by_strict_resume_without_running_complete_shards(loc
     vggfeat.extract(inputs, "local.h5", progress=False, **OPTIONS)
     with pytest.raises(ExtractFailed, match=r"s/00004.tar/bad.png.*--strict.*--resume"):
         vggfeat.extract(inputs, "ray.h5", engine="ray", ray_workers=2, strict=True, progress=False, **OPTIONS)
-    kept = {n: os.stat(f"ray.h5.shards/{n}").st_ino for n in os.listdir("ray.h5.shards") if n.endswith(".h5")}
+    staged = staging_dir("ray.h5")
+    kept = {n: os.stat(os.path.join(staged, n)).st_ino for n in os.listdir(staged) if n.endswith(".h5")}
     assert kept and "part-000004.h5" not in kept
     summary = vggfeat.extract(inputs, "ray.h5", engine="ray", ray_workers=2, resume=True, progress=False, **OPTIONS)
     assert (summary.written, summary.failed) == (18, 1)
@@ -451,11 +441,12 @@ def test_fault_matrix_ray_driver_stopped_at_a_random_moment(local_ray, shard_set
     if proc.poll() is None:
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode in (0, -signal.SIGKILL, 143), f"seed {seed}: {err[-2000:]}"
-    if proc.returncode == 143:
-        assert err.count("\n") == 1 and "terminated (SIGTERM)" in err, err
-    if before is not None and proc.returncode != 0:
-        assert _digest(out) == before, f"seed {seed}: the old output changed"
+    # -15: SIGTERM arrived before the command had installed its handler (Python still starting)
+    assert proc.returncode in (0, -signal.SIGKILL, 143, -signal.SIGTERM), f"seed {seed}: {proc.returncode} {err[-2000:]}"
+    if proc.returncode == 143:  # stopped cleanly: its last line says so, and what was kept
+        assert err.strip().splitlines()[-1].startswith("Error: terminated (SIGTERM); ") and "Traceback" not in err
+    if before is not None and proc.returncode != 0 and _digest(out) != before:
+        _same_as(ref, out)  # stopped after the new file took its place: it is whole
     if os.path.exists(out) and proc.returncode != 0:
         report = vggfeat.verify(out)
         problems = getattr(report, "problems", [] if report.ok else [report.line()])

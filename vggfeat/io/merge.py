@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..errors import OutputError, WriteFailed
 from ..progress import progress_bar
-from .guard import TMP_SUFFIX, OutputLock, check_output
+from .guard import TMP_SUFFIX, OutputLock, check_output, remove_stale
 from .index import INDEX_ONLY, check_part, part_complete, read_index
 from .layout import open_read, read_sources
 from .read import FeatureSet
@@ -55,21 +56,17 @@ def merge_parts(index_path, output, *, overwrite=False, progress=None) -> tuple[
 
 
 def _merge(index, output, settings, overwrite, sources, progress):
+    """The merge itself, under the output's lock: written beside `output`, put in place when whole; a merge
+    stopped anywhere (an error, Ctrl-C, SIGTERM) removes its temporary (kill -9: the next merge does)."""
     layers = list(index.feature_shapes)
+    bar = progress_bar(int(index.rows.sum()), progress, desc="merge")
+    writer, rows, failures, ok, failure = None, 0, 0, False, None
     try:
         writer = FeatureWriter.create(output, settings=settings, feature_shapes=index.feature_shapes,
                                       class_names=index.class_names, dtype=index.attrs.get("dtype", "float32"),
                                       compression=None if index.attrs.get("compression") in (None, "none")
                                       else index.attrs["compression"], overwrite=overwrite, beside=True,
                                       sources=sources)
-    except WriteFailed as exc:
-        raise _merge_failed(exc, output) from None
-    assert writer.path == output + TMP_SUFFIX
-    bar = progress_bar(int(index.rows.sum()), progress, desc="merge")
-    rows = failures = 0
-    ok = False
-    failure = None
-    try:
         for i in range(len(index.files)):
             r, fl = append_part(writer, index.part_path(i), layers, on_rows=bar.update)
             rows += r
@@ -80,10 +77,15 @@ def _merge(index, output, settings, overwrite, sources, progress):
     finally:
         bar.close()
         try:  # complete: flushed, fsynced and renamed onto `output`; else the temporary is removed
-            writer.close(complete=ok and rows > 0, place=ok)
+            if writer is not None:
+                writer.close(complete=ok and rows > 0, place=ok)
         except WriteFailed as exc:
             if failure is None:
                 failure = _merge_failed(exc, output)
+        finally:
+            if not ok and os.path.lexists(output + TMP_SUFFIX):  # stopped between two steps of the above
+                with contextlib.suppress(OSError, OutputError):
+                    remove_stale(output + TMP_SUFFIX)
     if failure is not None:
         raise failure
     return rows, failures

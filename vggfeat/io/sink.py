@@ -15,6 +15,7 @@ partial file at a final name. Nothing here builds or runs a network: the engines
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -107,6 +108,23 @@ class FileSink:
         self.writer.append(batch.paths, batch.labels, batch.features, batch.failed)
 
     # units written elsewhere (the Ray engine's workers), taken in order -------------------------
+    def unit_size(self, wanted: int) -> int:
+        """Images per staged unit: the size a stopped run cut its staged parts to, when it left some (a
+        part is reused only for the same unit), else `wanted`, recorded for a run that resumes this one."""
+        record = os.path.join(staging_dir(self.output), "units.json")
+        try:
+            with open(record, encoding="utf-8") as f:
+                size = int(json.load(f)["images_per_unit"])
+            if size != wanted:
+                log.info("resumed: the staged parts hold units of %d images (not %d): kept", size, wanted)
+            return size
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        os.makedirs(staging_dir(self.output), exist_ok=True)
+        with open(record, "w", encoding="utf-8") as f:
+            json.dump({"images_per_unit": int(wanted)}, f)
+        return int(wanted)
+
     def staged_part(self, unit) -> str:
         folder = staging_dir(self.output)
         os.makedirs(folder, exist_ok=True)

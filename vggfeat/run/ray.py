@@ -19,7 +19,9 @@ import logging
 import os
 import pickle
 import re
+import signal
 import socket
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -83,6 +85,7 @@ class Cluster:
             # The workers' output (TensorFlow's start-up notices among it) goes to Ray's log files, not
             # to the terminal; errors come back as exceptions. Ray's start-up notices are cut to errors.
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+            term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                          log_to_driver=False)
@@ -90,6 +93,9 @@ class Cluster:
                 text = str(exc).strip().splitlines()
                 raise InputError(f"cannot connect to Ray at {address or 'the default address'}: "
                                  f"{text[0] if text else type(exc).__name__}") from None
+            finally:
+                if callable(term):  # Ray's core worker takes SIGTERM (and aborts); the run's own handler stops
+                    signal.signal(signal.SIGTERM, term)  # it cleanly, saying what was kept (exit 143)
             owned = True
         try:
             size = cls._pool_size(ray, workers, gpus_per_worker)
@@ -315,7 +321,7 @@ class RayEngine:
         if sink.kind == "parts":
             todo, folder = sink.todo, sink.folder
         else:  # units of `block_size` images (a shard each), staged as parts, then taken in order
-            units = units_of(images, per_part=options.block_size or 8 * int(extractor.batch_size))
+            units = units_of(images, per_part=sink.unit_size(options.block_size or 8 * int(extractor.batch_size)))
             todo = [u for u in units if not (_in_file(u, sink) or sink.staged(u))]
             folder = os.path.dirname(sink.staged_part(units[0])) if units else None
         reports, used = [], 0
