@@ -27,31 +27,95 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 class GuardedIO:
     """A file object for h5py's file-object driver that turns the first failed write into a stop.
 
-    After a write fails (ENOSPC, EIO, EDQUOT...), this and every later write or truncate of the file
-    is dropped and reported to HDF5 as done: the bytes on disk stay those written before the failure,
-    as if the process had been killed there (which `--resume` repairs), and HDF5 closes cleanly
-    instead of failing its flush. `error` holds the first failure; the writer checks it after each
-    flush and stops the run with it.
+    After a write fails (ENOSPC, EIO, EDQUOT...), the file on disk is left as it was before the
+    failure, as if the process had been killed there (which `--resume` repairs), and `error` holds the
+    failure; the writer checks it after each flush and stops the run with it. HDF5 must not notice:
+    a failed write inside HDF5's metadata cache leaves its structures half updated, and HDF5 reading
+    back bytes it believes written (but that were dropped) parses garbage and can crash the process.
+    So from the failure on, every write, truncate and read goes to an in-memory copy of the pages
+    written since (a page read from disk the first time it is touched): HDF5 sees a consistent file
+    and closes cleanly, and the memory held is bounded by what HDF5 writes between the failure and
+    the stop (at most one batch and the file's metadata).
     """
+
+    PAGE = 4096
 
     def __init__(self, fd):
         self._f = os.fdopen(fd, "r+b", buffering=0)
-        self.error: Exception | None = None  # an OSError, or what HDF5 raised while writing
+        self._error: Exception | None = None
+        self._pos = 0
+        self._pages: dict[int, bytearray] = {}  # after a failure: page number -> its bytes as HDF5 sees them
+        self._size = 0  # after a failure: the file's size as HDF5 sees it
+        self._disk = 0  # after a failure: bytes past this are never read from disk (truncated away)
+
+    @property
+    def error(self) -> Exception | None:
+        """The first failure: an OSError of a write, or what HDF5 raised while writing."""
+        return self._error
+
+    @error.setter
+    def error(self, exc):
+        """Stop writing to disk: from here on the file on disk stays as it is now."""
+        if self._error is None and exc is not None:
+            self._error = exc
+            try:
+                self._size = self._disk = os.fstat(self._f.fileno()).st_size
+            except OSError:
+                self._size = self._disk = 0
 
     def fileno(self):
         return self._f.fileno()
 
     def seek(self, offset, whence=0):
-        return self._f.seek(offset, whence)
+        if whence == os.SEEK_SET:
+            self._pos = offset
+        elif whence == os.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._pos = self._eof() + offset
+        return self._pos
 
     def tell(self):
-        return self._f.tell()
+        return self._pos
+
+    def _eof(self):
+        return os.fstat(self._f.fileno()).st_size if self.error is None else self._size
 
     def readinto(self, b):
-        return self._f.readinto(b)
+        view = memoryview(b).cast("B")
+        if self.error is None:
+            n = os.preadv(self._f.fileno(), [view], self._pos)
+        else:
+            n = max(0, min(len(view), self._size - self._pos))
+            done = 0
+            while done < n:
+                page, start = divmod(self._pos + done, self.PAGE)
+                k = min(n - done, self.PAGE - start)
+                view[done:done + k] = self._page(page)[start:start + k]
+                done += k
+        self._pos += n
+        return n
 
     def read(self, n=-1):
-        return self._f.read(n)
+        if n is None or n < 0:
+            n = max(0, self._eof() - self._pos)
+        buf = bytearray(n)
+        return bytes(buf[:self.readinto(buf)])
+
+    def _page(self, page):
+        """After a failure: the page's bytes as HDF5 sees them (read from disk the first time)."""
+        got = self._pages.get(page)
+        if got is None:
+            got = bytearray(self.PAGE)
+            at = page * self.PAGE
+            if at < self._disk:
+                try:
+                    data = os.pread(self._f.fileno(), min(self.PAGE, self._disk - at), at)
+                except OSError:  # an unreadable page reads as zeros, as past the end
+                    data = b""
+                got[:len(data)] = data
+            self._pages[page] = got
+        return got
 
     def write(self, b):
         view = memoryview(b).cast("B")
@@ -59,17 +123,38 @@ class GuardedIO:
             try:
                 done = 0
                 while done < len(view):
-                    done += self._f.write(view[done:])
+                    done += os.pwrite(self._f.fileno(), view[done:], self._pos + done)
             except OSError as exc:
                 self.error = exc
+        if self.error is not None:  # kept in memory: HDF5 reads back what it wrote
+            done = 0
+            while done < len(view):
+                page, start = divmod(self._pos + done, self.PAGE)
+                k = min(len(view) - done, self.PAGE - start)
+                self._page(page)[start:start + k] = view[done:done + k]
+                done += k
+            self._size = max(self._size, self._pos + len(view))
+        self._pos += len(view)
         return len(view)
 
     def truncate(self, size=None):
+        size = self._pos if size is None else size
         if self.error is None:
             try:
-                return self._f.truncate(size)
+                self._f.truncate(size)
+                return size
             except OSError as exc:
                 self.error = exc
+        if size < self._size:  # the bytes cut off read as zeros if the file grows again
+            self._disk = min(self._disk, size)
+            cut, start = divmod(size, self.PAGE)
+            for page in [p for p in self._pages if p > cut]:
+                del self._pages[page]
+            if start and cut in self._pages:
+                self._pages[cut][start:] = bytes(self.PAGE - start)
+            elif cut in self._pages:
+                del self._pages[cut]
+        self._size = size
         return size
 
     def flush(self):
@@ -83,6 +168,7 @@ class GuardedIO:
                 self.error = exc
 
     def close(self):
+        self._pages.clear()
         self._f.close()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from .._version import __version__
 from ..config import ExtractorConfig, attr_value
 from ..errors import InputError, OutputError
 from ..redact import redact_urls
-from .guard import first_line, h5_error
+from .guard import HDF5_SIGNATURE, first_line, h5_error
 
 attr = attr_value
 
@@ -89,6 +90,31 @@ def _check_format(f, path, versions):
     return version
 
 
+def open_error(path, exc) -> OutputError:
+    """The one-line error for a file h5py cannot open. A vggfeat file whose writing was cut short (a full
+    disk, a kill) can leave HDF5's own structures pointing past its end; its first bytes still carry
+    the marks every vggfeat file starts with, and it is `DamagedFile`, which `--resume` starts again.
+    Any other file is said to be what it is (not HDF5, empty, truncated, in use)."""
+    text = first_line(exc)
+    if not re.search(r"\block(ing)?\b|signature|not an hdf5", text.lower()) and _marked_as_ours(path):
+        what = ("is truncated (its end is missing" if "truncated file" in text.lower()
+                else f"is damaged: HDF5 cannot open it ({text}")
+        return DamagedFile(f"{path} {what}: a write cut short by a full disk or a kill leaves this, as does a "
+                           "copy cut short); `vggfeat extract --resume` writes it again")
+    return h5_error(path, exc)
+
+
+def _marked_as_ours(path, span=1 << 20) -> bool:
+    """Whether `path` starts as a vggfeat file: HDF5's signature, then (in its first MiB, where the root
+    attributes written at creation lie) the names of vggfeat's format attributes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(span)
+    except OSError:
+        return False
+    return head.startswith(HDF5_SIGNATURE) and b"format_version" in head and b"vggfeat_version" in head
+
+
 def open_read(path, *, meaning=True):
     """Open a vggfeat file for reading (any readable version); one-line errors. With `meaning`, a file
     whose settings, class names or input identities were changed after it was written is refused."""
@@ -100,7 +126,7 @@ def open_read(path, *, meaning=True):
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise h5_error(path, exc) from None
+        raise open_error(path, exc) from None
     try:
         check_format(f, path)
         if meaning:
@@ -122,15 +148,20 @@ def read_file_attrs(path) -> dict:
 
 
 #: root attributes that are not part of what a row means (the run's state, or when it was written)
-_NOT_MEANING = ("complete", "clean_rows", "created", "vggfeat_version", "meaning_keys", "meaning_crc32")
+_NOT_MEANING = ("complete", "clean_rows", "writing", "created", "vggfeat_version", "meaning_keys", "meaning_crc32")
 
 
-def _meaning_parts(f, keys) -> dict:
-    """{kind: CRC-32} of what decides what the rows of open file (or index) `f` mean."""
+def _meaning_parts(f, keys, sealed=()) -> dict:
+    """{kind: CRC-32} of what decides what the rows of open file (or index) `f` mean. A part that
+    `sealed` names (the kinds the seal holds) but `f` lacks is damage, not a change: KeyError."""
     settings = [[k, attr(f.attrs[k]) if k in f.attrs else None] for k in keys]
+    if "class_names" in sealed and "class_names" not in f:
+        raise KeyError("/class_names is missing")
     names = decode_strings(f["class_names"][()]) if "class_names" in f else []
     out = {"settings": zlib.crc32(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")),
            "class_names": crc_strings(names) ^ len(names)}
+    if "sources" in sealed and "sources" not in f:
+        raise KeyError("/sources is missing")
     if "sources" in f:
         shards, identities = decode_strings(f["sources/names"][()]), decode_strings(f["sources/identities"][()])
         out["sources"] = crc_strings(shards + identities)
@@ -145,16 +176,18 @@ def seal_meaning(f):
     f.attrs["meaning_crc32"] = json.dumps(_meaning_parts(f, keys))
 
 
-def meaning_problem(f) -> str | None:
+def meaning_problem(f, path=None) -> str | None:
     """None when the settings, class names and input identities of `f` are as written (or `f` predates
-    their checksums), else what was changed."""
+    their checksums), else what was changed. `DamagedFile` when they cannot be read (a write cut short
+    leaves that, and no hand edit)."""
     if "meaning_crc32" not in f.attrs:
         return None
     try:
         want = json.loads(attr(f.attrs["meaning_crc32"]))
-        have = _meaning_parts(f, json.loads(attr(f.attrs["meaning_keys"])))
-    except Exception as exc:  # noqa: BLE001 - unreadable metadata is changed metadata
-        return f"its settings cannot be checked ({first_line(exc)})"
+        have = _meaning_parts(f, json.loads(attr(f.attrs["meaning_keys"])), sealed=want)
+    except Exception as exc:  # noqa: BLE001 - what the seal covers cannot be read: a damaged structure
+        raise DamagedFile(f"{path or f.filename} is damaged: what its rows mean cannot be read ({first_line(exc)}); "
+                          "`vggfeat extract --resume` writes it again") from None
     what = {"settings": "its settings (root attributes)", "class_names": "its /class_names",
             "sources": "its /sources (the inputs' identities)"}
     changed = [what.get(k, k) for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
@@ -166,7 +199,7 @@ def meaning_problem(f) -> str | None:
 
 def check_meaning(f, path):
     """Raise OutputError when `meaning_problem(f)`."""
-    problem = meaning_problem(f)
+    problem = meaning_problem(f, path)
     if problem:
         raise OutputError(f"{path} is damaged: {problem} (`vggfeat extract --overwrite` writes it again)")
 
@@ -379,7 +412,7 @@ def verify_open(f, path, start_row=0) -> VerifyReport:
     rows = int(records[-1][1]) if len(records) else 0
     changed, unchecked = local_sources_changed(read_sources(f))
     return VerifyReport(path, version, rows, intact, len(records), damaged, complete=complete,
-                        meaning=meaning_problem(f), changed=changed, unchecked=unchecked)
+                        meaning=meaning_problem(f, path), changed=changed, unchecked=unchecked)
 
 
 def write_root_attrs(f, fmt, version, settings, dtype, compression):

@@ -15,7 +15,6 @@ from .guard import (
     TMP_SUFFIX,
     GuardedIO,
     first_line,
-    h5_error,
     lock,
     open_fd,
     os_error,
@@ -24,6 +23,7 @@ from .guard import (
 from .layout import (
     STRING_,
     DamagedFile,
+    open_error,
     attr,
     check_commit,
     check_format,
@@ -46,52 +46,28 @@ def resume_file(path, *, settings: dict, dtype="float32", verify_all=False) -> F
     """Reopen `path` to continue it: checks that its settings equal `settings`, verifies the rows
     written since the last clean close (all rows with `verify_all`), rolls back to the last intact
     commit (and to a whole chunk), and clears /failed so that failed images are tried again.
-    A file whose structure is damaged, or a format 1 file, is rebuilt from its intact rows into
-    a new file that then replaces it. `recovered` says what was done, when anything was."""
+    A file that was not closed cleanly (a kill, a crash, a full disk), whose structure is damaged, or
+    of format 1, is only read: its intact rows are copied into a new file that then replaces it.
+    `recovered` says what was done, when anything was."""
     path = os.fspath(path)
     fd = open_fd(path, os.O_RDWR, "open")
     io = GuardedIO(fd)
-    f = None
     try:
         lock(fd, path)
-        try:
-            f = h5py.File(io, "r+")
+        try:  # decided on a read-only view: HDF5 writes nothing to a file it may not trust
+            f = h5py.File(io, "r")
         except OSError as exc:
-            raise h5_error(path, exc) from None
+            raise open_error(path, exc) from None
         try:
-            version = check_format(f, path)
-        except DamagedFile as exc:  # rebuilt below, once its settings are known to be this run's
-            version, rebuild_reason = None, str(exc).split(": ", 1)[-1]
-        try:
-            check_settings(f, path, settings, dtype)
-            problem = meaning_problem(f)
-        except OutputError:
-            raise
-        except Exception:  # noqa: BLE001 - settings unreadable: the rebuild reads what it can
-            problem = None
-        if problem:
-            raise OutputError(f"cannot resume {path}: {problem}; restore the original, or --overwrite "
-                              "starts again")
-        if version is not None:
-            rebuild_reason = "it was written in format 1" if version == 1 else None
-        report = None
-        if rebuild_reason is None:
-            try:
-                check_structure(f)
-                clean = int(attr(f.attrs.get("clean_rows", 0)))
-                chunk = int(attr(f.attrs.get("chunk_rows", 1)))
-                # the chunk that holds the clean end is rewritten by the next commit: check it too
-                start = 0 if verify_all else clean - clean % chunk
-                report = verify_open(f, path, start_row=start)
-            except Exception as exc:
-                rebuild_reason = f"its structure is damaged ({first_line(exc)})"
-    except BaseException:
-        if f is not None:
+            rebuild_reason, report = _resume_plan(f, path, settings, dtype, verify_all)
+        finally:
             f.close()
+        if rebuild_reason is None:
+            f = h5py.File(io, "r+")
+    except BaseException:
         io.close()
         raise
     if rebuild_reason is not None:
-        f.close()
         io.close()
         return _rebuild(path, settings, dtype, rebuild_reason)
     writer = FeatureWriter(f, io, path)
@@ -105,6 +81,43 @@ def resume_file(path, *, settings: dict, dtype="float32", verify_all=False) -> F
         raise
     return writer
 
+
+def _resume_plan(f, path, settings, dtype, verify_all):
+    """(why file `f` must be rebuilt or None, the VerifyReport of its rows to check when it need not)."""
+    try:
+        version = check_format(f, path)
+    except DamagedFile as exc:  # rebuilt, once its settings are known to be this run's
+        version, rebuild_reason = None, str(exc).split(": ", 1)[-1]
+    try:
+        check_settings(f, path, settings, dtype)
+        problem = meaning_problem(f, path)
+    except OutputError:
+        raise
+    except Exception:  # noqa: BLE001 - settings unreadable: the rebuild reads what it can
+        problem = None
+    if problem:
+        raise OutputError(f"cannot resume {path}: {problem}; restore the original, or --overwrite "
+                          "starts again")
+    if version is not None:
+        rebuild_reason = "it was written in format 1" if version == 1 else None
+        if rebuild_reason is None and bool(attr(f.attrs.get("writing", False))):
+            # stopped mid-write: HDF5's own structures on disk are from different moments, and changing
+            # them in place (freeing, shrinking, allocating past a stale end) can corrupt the file or
+            # crash HDF5 (a segfault freeing /failed of a file a full disk stopped)
+            rebuild_reason = "it was not closed cleanly (a kill, a crash or a full disk stopped its writing)"
+    if rebuild_reason is not None:
+        return rebuild_reason, None
+    try:
+        check_structure(f)
+        clean = int(attr(f.attrs.get("clean_rows", 0)))
+        chunk = int(attr(f.attrs.get("chunk_rows", 1)))
+        # the chunk that holds the clean end is rewritten by the next commit: check it too
+        start = 0 if verify_all else clean - clean % chunk
+        return None, verify_open(f, path, start_row=start)
+    except Exception as exc:  # noqa: BLE001 - h5py's errors on broken metadata
+        return f"its structure is damaged ({first_line(exc)})", None
+
+
 def _rebuild(path, settings, dtype, reason):
     tmp = path + ".rebuild" + TMP_SUFFIX
     remove_stale(tmp)
@@ -115,8 +128,9 @@ def _rebuild(path, settings, dtype, reason):
         raise
     os.replace(tmp, path)
     writer = resume_file(path, settings=settings, dtype=dtype)
-    writer.recovered = (f"{path} was rebuilt because {reason}: kept {kept} intact rows of {claimed}; "
-                        f"the other {claimed - kept} images will be extracted again")
+    lost = (f"kept {kept} intact rows of {claimed}; the other {claimed - kept} images will be extracted again"
+            if kept < claimed else f"all {kept} rows were intact and are kept")
+    writer.recovered = f"{path} was rebuilt because {reason}: {lost}"
     log.warning(writer.recovered)
     return writer
 
@@ -127,6 +141,7 @@ def _roll_back(self, report):
     f = self._f
     cols = commit_columns(f)
     f.attrs["clean_rows"] = 0
+    f.attrs.modify("writing", True)  # until the clean close: stopped before it, it is rebuilt
     self._flush_checked()
     records = f["commits"][()]
     keep_rows = report.intact_rows
@@ -189,7 +204,7 @@ def repair(src, dst) -> tuple[int, int]:
     if os.path.lexists(dst):
         raise OutputError(f"{dst} exists; choose a new file for the repaired copy")
     with open_read(src, meaning=False) as f:
-        problem = meaning_problem(f)
+        problem = meaning_problem(f, src)
         if problem:  # its intact rows would be copied under the changed meaning
             raise OutputError(f"cannot repair {src}: {problem}; restore the original settings first")
         out, attrs = _copy_of(f, src, dst)
@@ -218,7 +233,7 @@ def repair(src, dst) -> tuple[int, int]:
 
 
 _NOT_COPIED = ("format", "format_version", "dtype", "compression", "vggfeat_version", "created", "complete",
-               "chunk_rows", "clean_rows", "meaning_keys", "meaning_crc32")
+               "chunk_rows", "clean_rows", "writing", "meaning_keys", "meaning_crc32")
 
 
 def _copy_of(f, src, dst):

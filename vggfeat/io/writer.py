@@ -281,6 +281,13 @@ class FeatureWriter:
                 self._io.sync()
                 if self._io.error is not None:
                     raise os_error(self.final_path, self._io.error)
+                # marked closed last and alone (in place, once all else is on disk): a file whose mark
+                # reached the disk holds no other write in flight
+                self._f.attrs.modify("writing", False)
+                self._flush_checked()
+                self._io.sync()
+                if self._io.error is not None:
+                    raise os_error(self.final_path, self._io.error)
         except BaseException as exc:
             failure = exc
         replacing = self.path != self.final_path
@@ -341,6 +348,7 @@ def _new_layout(f, feature_shapes, class_names, np_dtype, compression, sources):
     """The datasets of an empty file, its chunking, /sources, then the seal over its meaning."""
     f.attrs["complete"] = False
     f.attrs["clean_rows"] = 0
+    f.attrs["writing"] = True  # until a clean close: a file found so was stopped mid-write (`resume_file`)
     shapes = {name: tuple(int(s) for s in shape) for name, shape in feature_shapes.items()}
     chunk = min([_chunk_rows(s, np_dtype.itemsize) for s in shapes.values()] or [1024])
     f.attrs["chunk_rows"] = chunk
