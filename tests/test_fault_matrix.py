@@ -24,6 +24,7 @@ from vggfeat.errors import ExtractInterrupted, WriteFailed
 from vggfeat.io import guard
 from vggfeat.io.guard import TMP_SUFFIX, parts_dir
 from vggfeat.io.layout import DamagedFile
+from vggfeat.io.sink import live_parts_folder, other_parts_folder
 
 CLI = ["--arch", "vgg11", "--weights", "random", "--input-size", "32", "--layer", "fc7", "--batch-size", "4",
        "--workers", "1", "-q"]
@@ -60,8 +61,9 @@ def same(out, ref):
 
 def digest(path):
     h = hashlib.sha256()
-    for p in [path] + ([os.path.join(parts_dir(path), n) for n in sorted(os.listdir(parts_dir(path)))]
-                       if os.path.isdir(parts_dir(path)) else []):
+    folder = live_parts_folder(path)  # the parts folder the index names (None: one file)
+    for p in [path] + ([os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+                       if folder and os.path.isdir(folder) else []):
         with open(p, "rb") as f:
             h.update(f.read())
     return h.hexdigest()
@@ -132,7 +134,8 @@ def test_overwrite_leaves_the_old_output_or_the_new_one_whole(tmp_path, data, ki
     shards = ["--output-shards"] if kind == "parts" else []
     extract(inputs[:1][0].replace(f"{SHARDS - 1:05d}", "00001"), out, "fc7", output_shards=kind == "parts", **KW)
     before = digest(out)
-    watch = parts_dir(out) + TMP_SUFFIX if kind == "parts" else out + TMP_SUFFIX
+    # the new output's first trace: the other parts folder than the old index's, or the file beside OUT
+    watch = other_parts_folder(out, live_parts_folder(out)) if kind == "parts" else out + TMP_SUFFIX
     code = killed(["extract", *inputs, *CLI, *shards, "--overwrite", "-o", out], sig, rng, watch)
     if code == 0 or digest(out) != before:  # done, or stopped after the new output took its place: whole
         same(out, ref)

@@ -159,7 +159,7 @@ def test_an_interrupted_index_resumes_without_reading_complete_shards(tmp_path, 
             assert os.stat(os.path.join("idx.h5.parts", n)).st_mtime_ns == t
     extract(inputs, "one.h5", extractor=fx, progress=False)
     _same("one.h5", "idx.h5")
-    # --overwrite writes new parts beside the old ones, which stay until the new run is complete
+    # --overwrite writes new parts beside the old ones (OUT.parts.2), which stay until the new run is complete
     def refuse(batch):
         raise KeyboardInterrupt
 
@@ -169,7 +169,8 @@ def test_an_interrupted_index_resumes_without_reading_complete_shards(tmp_path, 
     assert sorted(os.listdir(".")) == ["idx.h5", "idx.h5.parts", "loose", "one.h5", "shards"]  # nothing left
     extract(inputs, "idx.h5", extractor=fx, progress=False, output_shards=True, overwrite=True)
     _same("one.h5", "idx.h5")
-    assert sorted(os.listdir(".")) == ["idx.h5", "idx.h5.parts", "loose", "one.h5", "shards"]
+    # the new parts went to the other folder; the index names it, and the old one is gone
+    assert sorted(os.listdir(".")) == ["idx.h5", "idx.h5.parts.2", "loose", "one.h5", "shards"]
 
 
 def test_kill_9_then_resume_keeps_complete_parts(tmp_path):

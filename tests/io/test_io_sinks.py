@@ -16,7 +16,7 @@ from vggfeat import load_features, merge_parts, verify
 from vggfeat.errors import OutputError
 from vggfeat.io.guard import OutputLock, check_output, lock_path
 from vggfeat.io.layout import OutputSpec
-from vggfeat.io.sink import FileSink, PartsSink, part_writer, staging_dir
+from vggfeat.io.sink import FileSink, PartsSink, live_parts_folder, part_writer, staging_dir
 
 SPEC = OutputSpec(SETTINGS, {"fc7": (4,)}, ["a", "b"])
 
@@ -160,3 +160,79 @@ def test_merge_puts_nothing_at_its_name_until_complete(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert merge_parts(index, tmp_path / "m.h5", progress=False) == (60, 0)
     assert verify(tmp_path / "m.h5").ok
+
+
+KILLED_AT_STEP = r"""
+import os, shutil, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "tests", "io"))
+import numpy as np
+from io_helpers import SETTINGS, Unit
+from vggfeat.io.layout import OutputSpec
+from vggfeat.io.sink import PartsSink, part_writer
+
+out, step = sys.argv[2], int(sys.argv[3])
+spec = OutputSpec(SETTINGS, {"fc7": (4,)}, ["a", "b"])
+units = [Unit(k, f"s/{k:05d}.tar") for k in range(3)]
+sink = PartsSink(out, spec, units, overwrite=True)
+for u in units:
+    w = part_writer(sink.part_path(u), spec, number=u.number, name=u.name, key=u.key, run_id=sink.run_id)
+    w.append([f"new{u.number}.png"], [0], {"fc7": np.full((1, 4), u.number, np.float32)})
+    w.close(complete=True)
+    sink.record(u.number, 1, 0)
+calls = [0]
+def killing(real):
+    def step_then_maybe_die(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            os._exit(9)  # as kill -9 at this step of putting the new output in place
+        return real(*args, **kwargs)
+    return step_then_maybe_die
+os.replace, os.rename, os.remove, shutil.rmtree = (killing(os.replace), killing(os.rename), killing(os.remove),
+                                                   killing(shutil.rmtree))
+sink.close(True)
+print(calls[0])
+"""
+
+
+def test_an_overwrite_of_parts_killed_at_any_step_leaves_the_old_output_or_the_new(tmp_path):
+    """Every file-system step of putting a new index and its parts in place of the old, killed there:
+    the output is then the old one, whole, or the new one, whole (never an old index over new parts)."""
+    step, steps = 1, None
+    while steps is None or step <= steps + 1:
+        out = str(tmp_path / f"idx{step}.h5")
+        make_index(out, n_parts=2, per=5)
+        old = [str(p) for p in load_features(out).paths]
+        proc = subprocess.run([sys.executable, "-c", KILLED_AT_STEP, REPO, out, str(step)], cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            steps = int(proc.stdout.strip())  # the run's own number of steps: every one was a kill once
+        else:
+            assert proc.returncode == 9, proc.stderr[-2000:]
+        assert verify(out).ok, (step, verify(out).problems)
+        got = [str(p) for p in load_features(out).paths]
+        assert got in (old, ["new0.png", "new1.png", "new2.png"]), (step, got)
+        # the next run removes what the killed one left, and the output keeps only its own parts folder
+        units = [Unit(0, "s/0.tar")]
+        sink = PartsSink(out, SPEC, units, overwrite=True)
+        w = part_writer(sink.part_path(units[0]), SPEC, number=0, name="s/0.tar", key=units[0].key, run_id=sink.run_id)
+        b = batch(0, 2)
+        w.append(b.paths, b.labels, b.features)
+        w.close(complete=True)
+        sink.record(0, 2, 0)
+        sink.close(True)
+        assert list(load_features(out).paths) == ["0.png", "1.png"]
+        assert sorted(n for n in os.listdir(tmp_path) if n.startswith(f"idx{step}.h5")) == sorted(
+            [f"idx{step}.h5", os.path.basename(live_parts_folder(out))]), (step, os.listdir(tmp_path))
+        step += 1
+    assert steps >= 2
+
+
+def test_a_file_written_over_an_index_takes_its_parts_along(tmp_path):
+    out = str(tmp_path / "idx.h5")
+    make_index(out)
+    sink = FileSink(out, SPEC, overwrite=True)
+    sink.append(batch(0, 3))
+    assert os.path.isdir(out + ".parts")  # the old output stays whole until the new one is in place
+    sink.close(True)
+    assert list(load_features(out).paths) == ["0.png", "1.png", "2.png"]
+    assert not os.path.exists(out + ".parts")  # no orphaned parts in the way of a later --output-shards run

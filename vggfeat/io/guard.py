@@ -295,6 +295,12 @@ def parts_dir(output) -> str:
     return os.fspath(output) + PARTS_SUFFIX
 
 
+def parts_folders(output) -> tuple:
+    """The two folders the parts of index `output` can be in: `OUT.parts` and, for the new parts of an
+    `--overwrite` while the old ones are still named by the index, `OUT.parts.2` (in turn)."""
+    return parts_dir(output), parts_dir(output) + ".2"
+
+
 LOCK_SUFFIX = ".vggfeat-lock"
 
 

@@ -122,7 +122,7 @@ def _rebuild(path, settings, dtype, reason):
     tmp = path + ".rebuild" + TMP_SUFFIX
     remove_stale(tmp)
     try:
-        kept, claimed = repair(path, tmp)
+        kept, claimed = repair(path, tmp, mark=False)
     except DamagedFile:  # nothing of it can be read: the caller starts it again
         remove_stale(tmp)
         raise
@@ -194,11 +194,12 @@ def _renew_strings(f, rows):
             f[name][:] = values
 
 
-def repair(src, dst) -> tuple[int, int]:
+def repair(src, dst, *, mark=True) -> tuple[int, int]:
     """Write the intact rows of `src` (every commit before the first damaged one; all rows of a
     format 1 file) into a new file `dst`. Returns (rows kept, rows `src` claims).
 
-    `src` is only read. Raises OutputError when `src` cannot be opened at all or `dst` exists.
+    `src` is only read. Raises OutputError when `src` cannot be opened at all or `dst` exists. With
+    `mark`, `dst` records `repaired_from` (not when `--resume` rebuilds a file in its own place).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.lexists(dst):
@@ -222,7 +223,7 @@ def repair(src, dst) -> tuple[int, int]:
                     break
                 out.append(*rows)
                 kept, failed_done = stop, failed_stop
-            out.set_attrs(created=attrs.get("created", ""), repaired_from=os.path.abspath(src))
+            out.set_attrs(created=attrs.get("created", ""), **({"repaired_from": os.path.abspath(src)} if mark else {}))
             out.close(complete=bool(attrs.get("complete", False)) and kept == claimed)
         except BaseException:
             out._abandon()

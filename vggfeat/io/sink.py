@@ -21,12 +21,14 @@ import os
 import shutil
 import uuid
 
+import h5py
 import numpy as np
 
+from ..config import attr_value
 from ..errors import OutputError, WriteFailed
 from ..redact import redact_urls
-from .guard import TMP_SUFFIX, OutputLock, parts_dir
-from .index import part_counts, part_name, read_index, reusable_part, write_index
+from .guard import TMP_SUFFIX, OutputLock, parts_dir, parts_folders, sync_folder
+from .index import INDEX_FORMAT, part_counts, part_name, read_index, reusable_part, write_index
 from .layout import DamagedFile, OutputSpec, settings_differences
 from .merge import append_part
 from .recover import resume_file
@@ -59,6 +61,9 @@ class FileSink:
         self.output, self.spec = os.fspath(output), spec
         self.lock = OutputLock(self.output)
         try:
+            # an index replaced by this file: its parts go once the file is in place
+            self.replaced_parts = live_parts_folder(self.output) if overwrite and os.path.exists(self.output) \
+                else None
             if resume and os.path.exists(self.output):
                 self.writer = self._resumed(spec)
                 if self.writer.class_names != list(spec.class_names):
@@ -153,6 +158,8 @@ class FileSink:
             self.writer.close(complete=complete and self.writer.rows > 0)
             if complete and os.path.isdir(staging_dir(self.output)):
                 shutil.rmtree(staging_dir(self.output))
+            if complete and self.writer.rows > 0 and self.replaced_parts and os.path.isdir(self.replaced_parts):
+                shutil.rmtree(self.replaced_parts)
         finally:
             self.lock.release()
 
@@ -173,16 +180,19 @@ class PartsSink:
 
     def __init__(self, output, spec: OutputSpec, units, *, resume=False, overwrite=False):
         self.output, self.spec, self.units = os.fspath(output), spec, list(units)
-        self.final = parts_dir(self.output)
         self.replacing = overwrite and os.path.exists(self.output)
-        self.folder = self.final + TMP_SUFFIX if self.replacing else self.final
         self.index_path = self.output + TMP_SUFFIX if self.replacing else self.output
         self.rows = np.full(len(self.units), -1, np.int64)
         self.failed = np.full(len(self.units), -1, np.int64)
         resuming = resume and os.path.exists(self.output)
-        self.run_id = self._resumed_run() if resuming else uuid.uuid4().hex
         self.lock = OutputLock(self.output)
         try:
+            self.live = live_parts_folder(self.output) if os.path.exists(self.output) else None
+            # an --overwrite writes its parts into the other folder than the one the old index names:
+            # renaming the new index into place is the one moment the output changes
+            self.folder = other_parts_folder(self.output, self.live) if self.replacing else \
+                (self.live or parts_dir(self.output))
+            self.run_id = self._resumed_run() if resuming else uuid.uuid4().hex
             self._prepare(resuming)
         except BaseException:
             self.lock.release()
@@ -203,11 +213,11 @@ class PartsSink:
         return index.attrs.get("run_id", "")
 
     def _prepare(self, resuming):
-        os.makedirs(self.final, exist_ok=True)
-        if not resuming and self.folder == self.final:  # parts of an unfinished run, replaced as asked
-            _empty(self.final)
-        if self.folder != self.final and os.path.exists(self.folder):
-            shutil.rmtree(self.folder)  # a stale temporary folder of an interrupted --overwrite
+        for folder in parts_folders(self.output):  # ours, named by no index: left by a killed run
+            if folder not in (self.folder, self.live) and os.path.isdir(folder):
+                shutil.rmtree(folder)
+        if not resuming and os.path.isdir(self.folder):  # parts of an unfinished run, replaced as asked
+            shutil.rmtree(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         if resuming:
             for i, u in enumerate(self.units):
@@ -232,13 +242,13 @@ class PartsSink:
         self.rows[number], self.failed[number] = rows, failed
 
     def _write_index(self, path, complete):
-        write_index(path, self.spec, self.units, self.rows, self.failed, folder=self.final, complete=complete,
+        write_index(path, self.spec, self.units, self.rows, self.failed, folder=self.folder, complete=complete,
                     run_id=self.run_id)
 
     def fail(self, exc) -> BaseException:
         """The error to raise for `exc`, an engine's failure, after cleaning up: an `--overwrite` leaves
         the old output as it was; otherwise the complete parts stay for `--resume`."""
-        if self.replacing:
+        if self.replacing:  # the old index and the folder it names are untouched
             shutil.rmtree(self.folder, ignore_errors=True)
             if os.path.exists(self.index_path):
                 os.remove(self.index_path)
@@ -254,11 +264,12 @@ class PartsSink:
     def interrupted(self) -> str:
         if self.replacing:
             return f"{self._kept()} (run it again to replace them)"
-        return f"the parts completed so far are kept in {self.final}; `--resume --output-shards` continues"
+        return f"the parts completed so far are kept in {self.folder}; `--resume --output-shards` continues"
 
     def close(self, complete=True):
-        """Write the complete index (an `--overwrite`'s new index and parts then take the old ones' place:
-        the index is written first, so an index never meets another run's parts as its own)."""
+        """Write the complete index. An `--overwrite`'s new index (naming the new parts' folder) is
+        written beside the old one and renamed over it: the one step that changes the output; the old
+        parts' folder is removed after it (a kill in between leaves it to the next run to remove)."""
         try:
             if not complete:
                 return
@@ -267,19 +278,32 @@ class PartsSink:
                 raise OutputError(f"{int((self.rows < 0).sum())} parts of {self.output} were not written (first: "
                                   f"{missing}); `--resume --output-shards` continues")
             self._write_index(self.index_path, complete=int(self.rows.sum()) > 0)  # no row: not complete
-            if self.folder != self.final:
-                old = self.final + ".old" + TMP_SUFFIX
-                if os.path.exists(old):
-                    shutil.rmtree(old)
-                os.replace(self.final, old)
-                os.replace(self.folder, self.final)
+            if self.replacing:
                 os.replace(self.index_path, self.output)
-                shutil.rmtree(old)
+                sync_folder(self.output)
+                if self.live is not None and self.live != self.folder:
+                    shutil.rmtree(self.live, ignore_errors=True)
         finally:
             self.lock.release()
 
 
-def _empty(folder):
-    for name in os.listdir(folder):
-        target = os.path.join(folder, name)
-        shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+def live_parts_folder(output) -> str | None:
+    """The folder that the existing index `output` names (one of `parts_folders`), None for a single
+    file; for an index that cannot be read, the one of the two that exists (the first if both do)."""
+    first, second = parts_folders(output)
+    try:
+        with h5py.File(output, "r") as f:
+            if attr_value(f.attrs.get("format", "")) != INDEX_FORMAT:
+                return None
+            named = str(attr_value(f.attrs.get("parts_folder", "")))
+    except (OSError, RuntimeError, KeyError, TypeError):
+        named = ""
+    for folder in (first, second):
+        if named == os.path.basename(folder):
+            return folder
+    return second if os.path.isdir(second) and not os.path.isdir(first) else first
+
+
+def other_parts_folder(output, live) -> str:
+    first, second = parts_folders(output)
+    return second if live == first else first

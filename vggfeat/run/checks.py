@@ -10,7 +10,7 @@ from .. import braces
 from ..config import ExtractorConfig
 from ..errors import OutputError, VggfeatError
 from ..images import is_image_name, normalize_extensions
-from ..io.guard import parts_dir
+from ..io.guard import parts_folders
 from ..io.layout import changed_sources, open_read, read_sources, settings_differences
 from ..io.read import read_attrs
 from ..shards import ShardInputs, has_braces, is_shard_name, is_url, safe_url
@@ -46,7 +46,7 @@ def check_output_not_input(output, inputs, *, extensions=None, output_shards=Fal
     the inputs as given, without scanning them (`_check_output_not_scanned` checks what a scan found)."""
     extensions = normalize_extensions(extensions)
     real = os.path.realpath(output)
-    parts = os.path.realpath(parts_dir(output)) if output_shards else None
+    parts = parts_folders(output) if output_shards else ()
     scanned_name = is_image_name(output, extensions) or is_shard_name(output)
     for given in _local_inputs(inputs):
         if has_braces(given):
@@ -66,10 +66,10 @@ def check_output_not_input(output, inputs, *, extensions=None, output_shards=Fal
                                   "read as an input (an image or a tar shard); choose another name or folder")
         elif _same_file(output, given) or real == where:
             raise OutputError(f"the output {output} is the input {given}; choose another output")
-        if parts is not None and _inside(where, parts):
-            raise OutputError(f"the parts' folder {parts_dir(output)} of the output would hold the input "
-                              f"{given} (a run with --output-shards --overwrite empties it); name the output "
-                              "elsewhere")
+        for folder in parts:
+            if _inside(where, os.path.realpath(folder)):
+                raise OutputError(f"the parts' folder {folder} of the output would hold the input {given} (a "
+                                  "run with --output-shards --overwrite empties it); name the output elsewhere")
 
 
 def check_output_not_scanned(output, images):

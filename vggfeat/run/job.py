@@ -51,6 +51,7 @@ class ExtractSummary:
     recovered: str | None = None  # what --resume rolled back or rebuilt, if anything
     total_seconds: float | None = None  # the whole call: checks, building the network, extraction
     parts: int = 0  # with output_shards: the parts the index lists
+    parts_folder: str = ""  # with output_shards: the folder the index names (OUT.parts, or OUT.parts.2)
     transient: int = 0  # failures whose cause was transient (throttling, 5xx...): `resume` reads them again
     batch_size: int = 0  # images per forward pass
     device: str = ""  # "CPU" or "GPU" when the batch size was chosen for the device (none given)
@@ -70,7 +71,8 @@ class ExtractSummary:
         batch = f"; batch {self.batch_size} (the default on a {self.device})" if self.device else ""
         took = (f"in {self.total_seconds:.1f} s (extraction {self.seconds:.1f} s, "
                 if self.total_seconds is not None else f"in {self.seconds:.1f} s (")
-        where = (f"{self.output} (an index of {_count(self.parts, 'part')} in {self.output}.parts/)"
+        where = (f"{self.output} (an index of {_count(self.parts, 'part')} in "
+                 f"{self.parts_folder or self.output + '.parts'}/)"
                  if self.parts else self.output)
         return (f"{_count(self.written, 'image')} written, {failed}{skipped} {took}"
                 f"{self.images_per_second:.1f} images/s); {_count(self.total_rows, 'row')} in {where} "
@@ -274,7 +276,7 @@ class ExtractJob:
         return ExtractSummary(self.output, written, failed, skipped, rows, seconds,
                               {k: (rows,) + tuple(v) for k, v in shapes.items()}, engine=self.engine.name,
                               workers=report.get("workers", 0), recovered=None if parts else sink.recovered,
-                              parts=len(sink.units) if parts else 0,
+                              parts=len(sink.units) if parts else 0, parts_folder=sink.folder if parts else "",
                               transient=_transient_failures(self.output, failed, shapes))
 
 
