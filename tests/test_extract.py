@@ -243,3 +243,25 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
         assert a.failed == b.failed == [("circles/broken.png", a.failed[0][1])]
+
+
+def test_release_networks_lets_the_kept_network_go():
+    """`build_extractor` keeps the last networks for reuse; `release_networks` drops them, and the Keras
+    model is then freed once the caller's extractor is gone."""
+    import gc
+    import weakref
+
+    from vggfeat import ExtractorConfig, build_extractor
+    from vggfeat.extractor import release_networks
+
+    config = ExtractorConfig(layers=["pool5"], arch="vgg11", weights="random", input_size=32)
+    fx = build_extractor(config, batch_size=2)
+    assert build_extractor(config, batch_size=4).model is fx.model  # kept, and shared
+    model = weakref.ref(fx.model)
+    del fx
+    gc.collect()
+    assert model() is not None  # still kept for the next call
+    assert release_networks() >= 1
+    gc.collect()
+    assert model() is None
+    assert release_networks() == 0

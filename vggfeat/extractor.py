@@ -409,6 +409,22 @@ NETWORKS_KEPT = 2
 _NETWORKS_LOCK = threading.Lock()
 
 
+def release_networks() -> int:
+    """Let go of the networks `build_extractor` keeps for reuse (the last `NETWORKS_KEPT`); returns how
+    many it held. Their memory is freed once no extractor of yours uses them (in a notebook: after
+    `del fx`); the next `extract`, `iter_features` or `VGGFeaturizer` builds its network again.
+
+    Examples:
+        >>> from vggfeat.extractor import release_networks
+        >>> release_networks() >= 0
+        True
+    """
+    with _NETWORKS_LOCK:
+        n = len(_NETWORKS)
+        _NETWORKS.clear()
+    return n
+
+
 def _shared(config, check, batch_size):
     """A `FeatureExtractor` of `config` with `batch_size`: a copy sharing the network of an earlier equal
     config whose weight file (or Keras's ImageNet file) is unchanged, else a new one."""
