@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, SECRET, _upload, make_folder, run_cli
 from vggfeat.errors import InputError, OutputError
 from vggfeat.errors import ExtractFailed
+from vggfeat.io.index import part_counts
 from vggfeat.io.read import load_features
 from vggfeat.io.sink import staging_dir
 from vggfeat.io.writer import FeatureWriter
@@ -126,34 +127,14 @@ def test_ray_engine_gives_the_local_engines_file(local_ray, folder, reference, t
 
 
 @pytest.mark.ray
-def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(local_ray, folder, reference, tmp_path):
-    import vggfeat
-
-    out = tmp_path / "ray.h5"
-    killed = []
-
-    def kill_one_worker(batch):
-        # After the first unit comes back, SIGKILL the process of a worker while the pool still has units
-        if not killed:
-            pid = _part_worker_pids()[0]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    summary = vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=2,
-                              on_batch=kill_one_worker, **OPTIONS)
-    assert killed
-    assert summary.workers == 2
-    _same_as(reference, out)
-
-
-@pytest.mark.ray
 def test_an_interrupted_sharded_run_resumes(local_ray, folder, reference, tmp_path):
     import vggfeat
     out = tmp_path / "ray.h5"
     # --strict stops the run at the broken image, with some units' parts staged whole.
     with pytest.raises(ExtractFailed, match="broken.jpg.*--resume"):
         vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, block_size=2, strict=True, **OPTIONS)
-    before = 2 * len(glob.glob(os.path.join(staging_dir(out), "part-*.h5")))
+    # the images the staged parts hold (rows and failures): a unit of the block size, or the last, shorter one
+    before = sum(sum(part_counts(p)) for p in glob.glob(os.path.join(staging_dir(out), "part-*.h5")))
     assert before > 0  # staged parts hold rows
     with pytest.raises(OutputError, match="exists; pass --resume"):
         vggfeat.extract([str(folder)], out, engine="ray", ray_workers=2, **OPTIONS)
