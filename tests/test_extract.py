@@ -1,10 +1,5 @@
 """The main job: folders to HDF5, row order, labels, failures, refusal, resume, layouts, precision."""
 
-import signal
-import subprocess
-import sys
-import time
-
 import h5py
 import numpy as np
 import pytest
@@ -16,7 +11,7 @@ from vggfeat.errors import LayerError, OutputError
 from vggfeat.errors import ExtractFailed
 from vggfeat.images import load_image
 
-from conftest import REPO, make_folder
+from conftest import make_folder
 
 FAST = dict(arch="vgg11", weights="random", input_size=32, batch_size=4, progress=False)
 
@@ -193,56 +188,6 @@ def test_png_features_equal_keras_on_the_same_preprocessed_pixels(tmp_path):
     x = keras.applications.vgg16.preprocess_input(pixels[None].astype("float32"))
     theirs = keras.Model(model.input, model.get_layer("fc2").output).predict_on_batch(x)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "vggfeat_cli", *map(str, args)]
-
-
-def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
-    root = tmp_path / "in"
-    make_folder(str(root), per_class=40, size=(72, 64))
-    (root / "circles" / "broken.png").write_bytes(b"\x89PNG broken")
-    args = ["extract", root, "--arch", "vgg16", "--weights", "random", "--input-size", "64", "--batch-size", "4",
-            "--layer", "fc7", "--layer", "pool5", "-q"]
-    clean = tmp_path / "clean.h5"  # the same settings through the API, in this process (no second start-up)
-    extract([root], clean, ["fc7", "pool5"], arch="vgg16", weights="random", input_size=64, batch_size=4,
-            progress=False)
-    out = tmp_path / "killed.h5"
-    kills = 0
-    killed_last = False
-    for _ in range(2):  # kill twice: a fresh run, then a resumed one
-        proc = subprocess.Popen(_cli(*args, "-o", out, "--resume"), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        start_size = None
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if out.exists():
-                size = out.stat().st_size
-                start_size = start_size or size
-                if size > start_size + 20_000:
-                    break
-            time.sleep(0.01)
-        killed_last = proc.poll() is None
-        if killed_last:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        with h5py.File(out, "r") as f:  # readable after kill -9
-            assert f.attrs["format"] == "vggfeat"
-    assert kills >= 1, "the run ended before it could be killed"
-    partial = vggfeat.read_attrs(out)
-    if not killed_last:  # the resumed run ended by itself: then it finished the file
-        assert partial["complete"]
-    done = subprocess.run(_cli(*args, "-o", out, "--resume"), cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    for layer in ("fc7", "pool5"):
-        a, b = load_features(clean, layer), load_features(out, layer)
-        assert list(a.paths) == list(b.paths)
-        assert len(set(b.paths)) == len(b.paths) == 120
-        np.testing.assert_array_equal(a.labels, b.labels)
-        np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
-        assert a.failed == b.failed == [("circles/broken.png", a.failed[0][1])]
 
 
 def test_release_networks_lets_the_kept_network_go():

@@ -35,13 +35,16 @@ SEED = int(os.environ.get("VGGFEAT_FAULT_SEED", time.time_ns() % 100000))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Six tar shards of 40 images, and the uninterrupted outputs: one file, an index, a merge."""
+    """Six tar shards of 40 images (and, in the third, a broken one: every run records it as a failure,
+    exactly once, however it was stopped and resumed), and the uninterrupted outputs: one file, an index."""
     root = tmp_path_factory.mktemp("matrix")
     for s in range(SHARDS):
         members = []
         for i in range(PER_SHARD):
             n = s * PER_SHARD + i
             members += [(f"{n:06d}.png", png(n)), (f"{n:06d}.cls", str(n % 3).encode())]
+            if s == 2 and i == PER_SHARD // 2:
+                members += [("broken.png", b"\x89PNG not an image"), ("broken.cls", b"1")]
         write_tar(str(root / "s" / f"{s:05d}.tar"), members)
     inputs = [f"{root}/s/{{00000..{SHARDS - 1:05d}}}.tar"]
     ref, ref_index = str(root / "ref.h5"), str(root / "ref_index.h5")
@@ -56,6 +59,7 @@ def same(out, ref):
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.features, b.features)
     assert a.failed == b.failed and a.attrs["complete"]
+    assert [p for p, _ in a.failed] == [f"{os.path.dirname(ref)}/s/00002.tar/broken.png"]
     assert verify(out).ok
 
 
